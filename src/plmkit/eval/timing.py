@@ -1,0 +1,57 @@
+"""Wall-clock comparison of two callables, measured side by side in one process."""
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+
+@dataclass
+class Comparison:
+    baseline_s: float  # median seconds per call
+    candidate_s: float
+    ratio: float  # baseline / candidate: > 1 means the candidate is faster
+    repeats: int
+    baseline_all: list[float]
+    candidate_all: list[float]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        return (f"baseline {self.baseline_s * 1e3:.3f} ms, candidate {self.candidate_s * 1e3:.3f} ms, "
+                f"speed-up {self.ratio:.2f}x (median of {self.repeats})")
+
+
+def time_call(fn: Callable[[], object], repeats: int = 10, warmup: int = 2) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def compare(baseline: Callable[[], object], candidate: Callable[[], object], repeats: int = 10,
+            warmup: int = 2, sync: Callable[[], None] | None = None) -> Comparison:
+    """Median time of each callable, runs interleaved (A, B, A, B, ...) so that drifts in machine
+    speed hit both alike; ``sync`` (e.g. ``torch.cuda.synchronize``) is called after every run."""
+    def run(fn: Callable[[], object]) -> float:
+        t = time.perf_counter()
+        fn()
+        if sync:
+            sync()
+        return time.perf_counter() - t
+
+    for _ in range(warmup):
+        run(baseline)
+        run(candidate)
+    a, b = [], []
+    for _ in range(repeats):
+        a.append(run(baseline))
+        b.append(run(candidate))
+    ma, mb = statistics.median(a), statistics.median(b)
+    return Comparison(ma, mb, ma / mb, repeats, a, b)

@@ -1,0 +1,179 @@
+"""One small training loop on accelerate, reused by every method that trains.
+
+The same code runs on this CPU and, unchanged, under ``accelerate launch`` on many GPUs or nodes:
+accelerate shards the batches, syncs gradients and saves state from the main process only.
+"""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from torch.utils.data import DataLoader
+
+from .._io import write_json
+from ..errors import ConfigError
+
+LossFn = Callable[[torch.nn.Module, Any], torch.Tensor]
+EvalFn = Callable[[torch.nn.Module], dict[str, float]]
+
+
+@dataclass
+class TrainConfig:
+    out_dir: str
+    max_steps: int = 100
+    batch_size: int = 16  # per device
+    grad_accum: int = 1
+    lr: float = 5e-5
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    max_grad_norm: float | None = 1.0
+    eval_every: int | None = None
+    save_every: int | None = None
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    seed: int = 0
+    mixed_precision: str = "no"  # no | fp16 | bf16
+    resume: bool = True
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
+            raise ConfigError("max_steps, batch_size and grad_accum must be >= 1")
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            raise ConfigError("mixed_precision must be 'no', 'fp16' or 'bf16'")
+
+
+@dataclass
+class TrainResult:
+    step: int
+    losses: list[float] = field(default_factory=list)  # mean loss per logged window
+    evals: list[dict[str, float]] = field(default_factory=list)
+    out_dir: str = ""
+    resumed_from: int = 0
+
+
+def _checkpoints(out: Path) -> list[tuple[int, Path]]:
+    found = []
+    for p in (out / "checkpoints").glob("step-*"):
+        m = re.fullmatch(r"step-(\d+)", p.name)
+        if m and (p / "DONE").exists():
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def train(
+    model: torch.nn.Module,
+    data: Sequence[Any],
+    config: TrainConfig,
+    loss_fn: LossFn | None = None,
+    *,
+    collate_fn: Callable[[list[Any]], Any] | None = None,
+    eval_fn: EvalFn | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+) -> TrainResult:
+    """Train ``model`` for ``config.max_steps`` optimizer steps over ``data`` (reshuffled every epoch).
+
+    ``loss_fn(model, batch)`` returns the loss; by default ``model(**batch).loss``. Only parameters
+    with ``requires_grad`` are optimised. Checkpoints land in ``out_dir/checkpoints/step-N`` and a
+    rerun with ``resume=True`` continues from the newest complete one, reproducing the same batches.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from tqdm.auto import tqdm
+    from transformers import get_linear_schedule_with_warmup
+
+    out = Path(config.out_dir)
+    acc = Accelerator(gradient_accumulation_steps=config.grad_accum, mixed_precision=config.mixed_precision)
+    set_seed(config.seed)
+    loss_fn = loss_fn or (lambda m, b: m(**b).loss)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ConfigError("the model has no trainable parameters (all have requires_grad=False)")
+    optimizer = optimizer or torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = get_linear_schedule_with_warmup(optimizer, config.warmup_steps, config.max_steps)
+    model, optimizer, scheduler = acc.prepare(model, optimizer, scheduler)
+
+    result = TrainResult(step=0, out_dir=str(out))
+    ckpts = _checkpoints(out) if config.resume else []
+    if ckpts:
+        result.step, path = ckpts[-1]
+        acc.load_state(str(path))
+        state = json.loads((path / "trainer_state.json").read_text())
+        result.losses, result.evals, result.resumed_from = state["losses"], state["evals"], result.step
+    if acc.is_main_process:
+        write_json(out / "train_config.json", asdict(config))
+
+    def loader(epoch: int) -> DataLoader:
+        g = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
+        return acc.prepare_data_loader(
+            DataLoader(data, batch_size=config.batch_size, shuffle=True, generator=g, collate_fn=collate_fn,
+                       drop_last=len(data) >= config.batch_size * acc.num_processes))
+
+    batches_per_epoch = len(loader(0))
+    if batches_per_epoch == 0:
+        raise ConfigError("no training data")
+    micro = result.step * config.grad_accum  # micro-batches already consumed
+    epoch = micro // batches_per_epoch
+    dl = acc.skip_first_batches(loader(epoch), micro % batches_per_epoch)
+    it = iter(dl)
+    bar = tqdm(total=config.max_steps, initial=result.step, desc="train", disable=not (config.progress and
+                                                                                         acc.is_local_main_process))
+    window: list[float] = []
+    model.train()
+    while result.step < config.max_steps:
+        try:
+            batch = next(it)
+        except StopIteration:
+            epoch += 1
+            it = iter(loader(epoch))
+            continue
+        with acc.accumulate(model):
+            loss = loss_fn(model, batch)
+            acc.backward(loss)
+            if acc.sync_gradients and config.max_grad_norm:
+                acc.clip_grad_norm_(params, config.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+        window.append(acc.gather(loss.detach().float().reshape(1)).mean().item())
+        if not acc.sync_gradients:
+            continue
+        result.step += 1
+        bar.update(1)
+        if result.step % config.log_every == 0 or result.step == config.max_steps:
+            result.losses.append(sum(window) / len(window))
+            bar.set_postfix(loss=f"{result.losses[-1]:.4f}")
+            window = []
+        if eval_fn and config.eval_every and (result.step % config.eval_every == 0 or result.step == config.max_steps):
+            model.eval()
+            with torch.no_grad():
+                metrics = {"step": result.step, **eval_fn(acc.unwrap_model(model))}
+            model.train()
+            result.evals.append(metrics)
+            if acc.is_main_process:
+                with open(out / "metrics.jsonl", "a") as f:
+                    f.write(json.dumps(metrics) + "\n")
+        if config.save_every and (result.step % config.save_every == 0 or result.step == config.max_steps):
+            _save(acc, out, result, config.keep_checkpoints)
+    bar.close()
+    model.eval()
+    acc.wait_for_everyone()
+    return result
+
+
+def _save(acc: Any, out: Path, result: TrainResult, keep: int) -> None:
+    """Save accelerate state (model weights as safetensors) plus our own state; DONE marks completeness."""
+    path = out / "checkpoints" / f"step-{result.step}"
+    acc.save_state(str(path), safe_serialization=True)
+    if acc.is_main_process:
+        write_json(path / "trainer_state.json", {"step": result.step, "losses": result.losses, "evals": result.evals})
+        (path / "DONE").touch()
+        for _, old in _checkpoints(out)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    acc.wait_for_everyone()
+
