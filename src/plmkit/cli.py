@@ -1,0 +1,120 @@
+"""``plmkit``: the command line. It parses arguments and calls the Python API, nothing else."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import PlmkitError
+
+
+def _cmd_list(args: argparse.Namespace) -> None:
+    from .systems import SYSTEMS
+
+    w = max(len(s.name) for s in SYSTEMS.values())
+    print(f"{'system':<{w}}  {'area':<9}  {'status':<12}  entry point / docs")
+    for s in SYSTEMS.values():
+        print(f"{s.name:<{w}}  {s.area:<9}  {s.status.split(':')[0]:<12}  {s.entry_point}  ({s.docs})")
+
+
+def _cmd_arch(args: argparse.Namespace) -> None:
+    import torch
+
+    from . import arch
+    from .assets import load_config
+    from .assets.models import build_from_config
+
+    config = load_config(args.model, trust_remote_code=args.trust_remote_code)
+    with torch.device("meta"):  # no weights are read: the structure is enough
+        model = build_from_config(config, args.task, args.trust_remote_code)
+    info = arch.describe(model, override=args.arch_override)
+    print(json.dumps(info, indent=2) if args.json else arch.format_spec(info))
+
+
+def _cmd_assets(args: argparse.Namespace) -> None:
+    from .assets import ASSETS, install
+
+    if args.action == "install":
+        problems = install(args.names or None, include_optional=args.include_optional)
+        for p in problems:
+            print(f"could not install: {p}", file=sys.stderr)
+        if problems:
+            raise SystemExit(1)
+        return
+    rows = []
+    for a in ASSETS.values():
+        size = a.size_bytes()
+        rows.append((a.name, a.kind, "yes" if size is not None else "NO", f"{size / 1e6:.1f} MB" if size else "-",
+                     a.licence, "" if size is not None else a.install_command))
+    if args.json:
+        print(json.dumps([dict(zip(("name", "kind", "installed", "size", "licence", "install"), r)) for r in rows],
+                         indent=2))
+        return
+    widths = [max(len(str(r[i])) for r in rows) for i in range(5)]
+    for r in rows:
+        line = "  ".join(f"{str(v):<{w}}" for v, w in zip(r[:5], widths))
+        print(line + (f"  install: {r[5]}" if r[5] else "") + ("  (optional)" if ASSETS[r[0]].optional else ""))
+
+
+def _cmd_reproduce(args: argparse.Namespace) -> None:
+    from .reproduce import run_recipes
+
+    results = run_recipes(args.names, args.out, quick=args.quick, seed=args.seed, progress=not args.no_progress)
+    for r in results:
+        print(f"{r['name']}: done in {r['runtime_s']} s -> {Path(args.out) / r['name'] / 'results.json'}")
+    print(f"report: {Path(args.out).resolve() / 'index.html'}")
+
+
+def _cmd_report(args: argparse.Namespace) -> None:
+    from .report import write_report
+
+    print(f"report: {write_report(args.out).resolve()}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="plmkit", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("list", help="the eighteen systems, their status and entry points").set_defaults(fn=_cmd_list)
+
+    a = sub.add_parser("arch", help="print the resolved architecture spec of a model")
+    a.add_argument("model", help="asset name (minilm, smollm2, gemma3-270m), hub id or local path")
+    a.add_argument("--json", action="store_true")
+    a.add_argument("--task", default="auto", choices=("auto", "base", "causal-lm", "masked-lm", "seq2seq-lm"))
+    a.add_argument("--arch-override", metavar="FILE.json", help="spec for an unregistered family")
+    a.add_argument("--trust-remote-code", action="store_true", help="allow the checkpoint's own code to run")
+    a.set_defaults(fn=_cmd_arch)
+
+    s = sub.add_parser("assets", help="list the real assets, or install them")
+    s.add_argument("action", nargs="?", default="list", choices=("list", "install"))
+    s.add_argument("names", nargs="*", help="assets to install (default: all non-optional)")
+    s.add_argument("--include-optional", action="store_true", help="also install optional assets (gemma3-270m)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=_cmd_assets)
+
+    r = sub.add_parser("reproduce", help="run reproduction recipes and write a report")
+    r.add_argument("names", nargs="*", help="recipe names, or 'all' (default)")
+    r.add_argument("--quick", action="store_true", help="the small budget (minutes on 2 CPU cores)")
+    r.add_argument("--out", default="reports", help="output folder (default: reports)")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--no-progress", action="store_true")
+    r.set_defaults(fn=_cmd_reproduce)
+
+    rep = sub.add_parser("report", help="rebuild index.md/index.html from the results under --out")
+    rep.add_argument("--out", default="reports")
+    rep.set_defaults(fn=_cmd_report)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        args.fn(args)
+    except (PlmkitError, KeyError) as e:
+        print(f"plmkit: error: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

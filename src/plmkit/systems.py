@@ -1,0 +1,40 @@
+"""The eighteen systems plmkit implements, with their honest status."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class System:
+    key: str
+    name: str
+    area: str
+    status: str  # "implemented", "partial: ...", "not yet"
+    entry_point: str
+    docs: str
+
+
+_ROWS = [
+    ("eren", "EREN: editing by reading notes", "editing", "not yet", "plmkit.editing.EREN"),
+    ("modularity", "Modularity analysis: functional experts", "analysis", "not yet", "plmkit.analysis.modularity"),
+    ("variator", "Variator: compression plugins", "plugins", "not yet", "plmkit.plugins.variator"),
+    ("subchar", "SubChar: sub-character tokenization", "chinese", "not yet", "plmkit.chinese.subchar"),
+    ("readin", "READIN: realistic noisy Chinese input", "chinese", "not yet", "plmkit.chinese.readin"),
+    ("knowledge_plugin", "Knowledge Plugin: map-tuning", "knowledge", "not yet", "plmkit.knowledge.map_tuning"),
+    ("plugd", "PlugD: document plugins", "plugins", "not yet", "plmkit.plugins.plugd"),
+    ("skill_neurons", "Skill neurons", "analysis", "not yet", "plmkit.analysis.skill_neurons"),
+    ("bmcook", "BMCook: composable compression", "compress", "not yet", "plmkit.compress.cook"),
+    ("moefication", "MoEfication: FFNs into mixtures of experts", "compress",
+     "partial: activation-sparsity analysis (recipe 'sparsity')", "plmkit.analysis.sparsity.ffn_sparsity"),
+    ("dpt", "DPT: prompt tuning for discriminative PLMs", "prompting", "not yet", "plmkit.prompting.dpt"),
+    ("bminf", "BMInf: inference under a memory budget", "infer", "not yet", "plmkit.infer.offload"),
+    ("autoseq", "AutoSeq: automatic label sequences", "prompting", "not yet", "plmkit.prompting.autoseq"),
+    ("knowledge_inheritance", "Knowledge Inheritance", "pretrain", "not yet",
+     "plmkit.pretrain.knowledge_inheritance"),
+    ("kepler", "KEPLER: knowledge embedding + LM", "knowledge", "not yet", "plmkit.knowledge.kepler"),
+    ("hiddenkiller", "HiddenKiller: syntactic backdoor", "security", "not yet", "plmkit.security.hiddenkiller"),
+    ("selective_masking", "Selective masking", "pretrain", "not yet", "plmkit.pretrain.selective_masking"),
+    ("ernie", "ERNIE: knowledge-enhanced encoder", "knowledge", "not yet", "plmkit.knowledge.ernie"),
+]
+
+SYSTEMS: dict[str, System] = {k: System(k, n, a, s, e, f"docs/{k}.md") for k, n, a, s, e in _ROWS}
