@@ -15,6 +15,10 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def _cell(v: Any) -> str:
+    return _fmt(v).replace("|", "\\|")
+
+
 def load_results(out_dir: str | Path) -> list[dict[str, Any]]:
     return [json.loads(p.read_text()) for p in sorted(Path(out_dir).glob("*/results.json"))]
 
@@ -28,7 +32,7 @@ def _markdown(results: list[dict[str, Any]]) -> str:
         for t in r.get("tables", []):
             lines += [f"**{t['title']}**", "", "| " + " | ".join(t["columns"]) + " |",
                       "|" + "---|" * len(t["columns"])]
-            lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in t["rows"]]
+            lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in t["rows"]]
             lines.append("")
         lines += [f"![{p}]({r['name']}/{p})" for p in r.get("plots", [])]
         lines += [""] + [f"- {n}" for n in r.get("notes", [])] + ["", f"Citation: {r['citation']}", ""]
