@@ -1,6 +1,8 @@
 """The registered architecture families: one ModelSpec each, nowhere else."""
 from __future__ import annotations
 
+import dataclasses
+
 from .spec import BlockSpec, ModelSpec, StackSpec
 
 _BERT_BLOCK = BlockSpec(
@@ -58,14 +60,8 @@ GEMMA3 = ModelSpec(
             name="blocks",
             blocks="layers",
             final_norm="norm",
-            block=BlockSpec(
-                attn_q="self_attn.q_proj",
-                attn_k="self_attn.k_proj",
-                attn_v="self_attn.v_proj",
-                attn_o="self_attn.o_proj",
-                ffn_gate="mlp.gate_proj",
-                ffn_in="mlp.up_proj",
-                ffn_out="mlp.down_proj",
+            block=dataclasses.replace(  # LLaMA's projections, with Gemma 3's four norms
+                _LLAMA_BLOCK,
                 norms={
                     "attn": "input_layernorm",
                     "attn_post": "post_attention_layernorm",
