@@ -194,13 +194,13 @@ def capture(
 Edit = Callable[[torch.Tensor], torch.Tensor]
 
 
-def _on(neurons: Sequence[int] | torch.Tensor | None, fn: Edit) -> Edit:
+def _on(neurons: Sequence[int] | torch.Tensor | slice | None, fn: Edit) -> Edit:
     """Apply ``fn`` to the selected features (last dim) only; all features when ``neurons`` is None."""
 
     def edit(x: torch.Tensor) -> torch.Tensor:
         if neurons is None:
             return fn(x)
-        idx = torch.as_tensor(neurons, device=x.device, dtype=torch.long)
+        idx = neurons if isinstance(neurons, slice) else torch.as_tensor(neurons, device=x.device, dtype=torch.long)
         x = x.clone()
         x[..., idx] = fn(x[..., idx])
         return x
@@ -256,7 +256,7 @@ def intervene(
     handles = []
     for name, fn in edits.items():
         site = resolve_site(model, name, override)
-        apply = fn if site.features is None else _sliced(fn, site.features)
+        apply = _on(site.features, fn)
         if site.point == "input":
 
             def pre(m: nn.Module, args: tuple, apply: Edit = apply) -> tuple:
@@ -274,11 +274,3 @@ def intervene(
     with _hooked(handles):
         yield
 
-
-def _sliced(fn: Edit, features: slice) -> Edit:
-    def edit(x: torch.Tensor) -> torch.Tensor:
-        x = x.clone()
-        x[..., features] = fn(x[..., features])
-        return x
-
-    return edit

@@ -142,7 +142,7 @@ def layers(model: nn.Module, override: Override = None, stack: str | None = None
     """Every block of ``model`` (all stacks, or only ``stack``), with handles by role."""
     spec = resolve(model, override)
     base = base_model(model)
-    base_prefix = _path_of(model, base)
+    base_prefix = "" if base is model else model.base_model_prefix
     out: list[Layer] = []
     for st in spec.stacks:
         if stack is not None and st.name != stack:
@@ -171,15 +171,6 @@ def layers(model: nn.Module, override: Override = None, stack: str | None = None
                 )
             )
     return out
-
-
-def _path_of(root: nn.Module, target: nn.Module) -> str:
-    if root is target:
-        return ""
-    for name, mod in root.named_modules():
-        if mod is target:
-            return name
-    return ""
 
 
 def embeddings(model: nn.Module, override: Override = None) -> nn.Module:
