@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .. import arch, hooks
+from ..data.batching import token_batches
 
 
 @dataclass
@@ -75,10 +76,9 @@ def ffn_sparsity(
     sites = hooks.site_names(model, "ffn.neurons", stack=stack, override=override)
     per_site: dict[str, dict[str, list[torch.Tensor]]] = {s: {} for s in sites}
     device = next(model.parameters()).device
-    batches = [texts[i:i + cfg.batch_size] for i in range(0, len(texts), cfg.batch_size)]
-    for batch in tqdm(batches, desc="sparsity", disable=not progress):
-        enc = tokenizer(list(batch), return_tensors="pt", padding=True, truncation=True, max_length=cfg.max_length)
-        enc = {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+    n_batches = -(-len(texts) // cfg.batch_size)
+    batches = token_batches(tokenizer, texts, cfg.batch_size, cfg.max_length, device)
+    for enc in tqdm(batches, total=n_batches, desc="sparsity", disable=not progress):
         with torch.no_grad(), hooks.capture(model, sites, pool="tokens", attention_mask=enc["attention_mask"],
                                             override=override) as acts:
             model(**enc)

@@ -10,8 +10,10 @@ from .layers import (
     Layer,
     base_model,
     embeddings,
+    ffn_act,
     ffn_activation,
     ffn_forward,
+    ffn_module,
     ffn_kind,
     final_norm,
     get_module,
@@ -19,12 +21,14 @@ from .layers import (
     layers,
     register,
     registered_model_types,
+    replace_ffn,
     resolve,
+    set_ffn_act,
 )
 from .spec import FFN_KINDS, BlockSpec, ModelSpec, StackSpec
 
 __all__ = [
     "FAMILIES", "FFN_KINDS", "BlockSpec", "Layer", "ModelSpec", "StackSpec", "base_model", "describe",
-    "embeddings", "ffn_activation", "ffn_forward", "ffn_kind", "final_norm", "format_spec", "get_module",
-    "head", "layers", "register", "registered_model_types", "resolve",
+    "embeddings", "ffn_act", "ffn_activation", "ffn_forward", "ffn_module", "ffn_kind", "final_norm", "format_spec", "get_module",
+    "head", "layers", "register", "registered_model_types", "replace_ffn", "resolve", "set_ffn_act",
 ]

@@ -105,6 +105,8 @@ class Layer:
     cross_attn: dict[str, nn.Module] = field(default_factory=dict)
     conv1d: bool = False
     prefix: str = ""  # full module path of the block inside the user's model
+    ffn_in_path: str = ""  # paths of the FFN projections relative to the block
+    ffn_out_path: str = ""
 
     @property
     def name(self) -> str:
@@ -168,6 +170,8 @@ def layers(model: nn.Module, override: Override = None, stack: str | None = None
                     cross_attn={k: get_module(block, p) for k, p in b.cross_attn.items()},
                     conv1d=spec.conv1d,
                     prefix=".".join(x for x in (base_prefix, st.blocks, str(i)) if x),
+                    ffn_in_path=b.ffn_in,
+                    ffn_out_path=b.ffn_out,
                 )
             )
     return out
@@ -203,6 +207,58 @@ def ffn_activation(model_or_config: Any, override: Override = None) -> Callable[
 
 def ffn_kind(model_or_config: Any, override: Override = None) -> str:
     return resolve(model_or_config, override).ffn_kind(_config_of(model_or_config))
+
+
+_ACT_ATTRS = ("act_fn", "act", "intermediate_act_fn", "activation_fn")
+
+
+def _ffn_container_path(layer: Layer) -> str:
+    parent = layer.ffn_in_path.rpartition(".")[0]
+    if not parent:
+        raise UnsupportedArchitectureError(
+            f"{layer.name}: the FFN input projection '{layer.ffn_in_path}' has no parent module inside the block, "
+            "so the FFN cannot be swapped as a unit. Pass a spec whose ffn_in lives in an FFN submodule as `override=`."
+        )
+    return parent
+
+
+def ffn_module(layer: Layer) -> nn.Module:
+    """The module that holds the FFN's input projection and applies its activation (``mlp``, ``intermediate``)."""
+    return get_module(layer.block, _ffn_container_path(layer))
+
+
+def ffn_act(layer: Layer) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The activation the FFN module actually applies (so a swapped activation is seen)."""
+    container = ffn_module(layer)
+    for attr in _ACT_ATTRS:
+        fn = getattr(container, attr, None)
+        if callable(fn) and not isinstance(fn, nn.Linear):
+            return fn
+    raise UnsupportedArchitectureError(
+        f"{layer.name}: no activation attribute ({', '.join(_ACT_ATTRS)}) on {type(container).__name__}"
+    )
+
+
+def set_ffn_act(layer: Layer, fn: nn.Module) -> None:
+    """Swap the activation the FFN module applies (e.g. to ``nn.ReLU()`` for ReLU-fication)."""
+    container = ffn_module(layer)
+    for attr in _ACT_ATTRS:
+        if callable(getattr(container, attr, None)):
+            setattr(container, attr, fn)
+            return
+    raise UnsupportedArchitectureError(f"{layer.name}: no activation attribute on {type(container).__name__}")
+
+
+def replace_ffn(layer: Layer, module: nn.Module) -> None:
+    """Put ``module`` (FFN input -> FFN output, both d_model) in place of the layer's whole FFN.
+
+    The FFN module (parent of ffn_in) is replaced; when ffn_out lives outside it (BERT's
+    ``output.dense``, followed by the residual LayerNorm), ffn_out becomes an identity.
+    """
+    parent = _ffn_container_path(layer)
+    layer.block.set_submodule(parent, module)
+    if not layer.ffn_out_path.startswith(parent + "."):
+        layer.block.set_submodule(layer.ffn_out_path, nn.Identity())
 
 
 def ffn_forward(layer: Layer, x: torch.Tensor, act: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import chinese, geonames, kg, text, wordnet
+from .batching import token_batches
 from .kg import KGSplit, split_inductive, split_transductive
 from .wordnet import WordNetGraph, wordnet_graph
 
@@ -16,4 +17,4 @@ def to_dataset(records: list[dict[str, Any]]):
 
 
 __all__ = ["KGSplit", "WordNetGraph", "chinese", "geonames", "kg", "split_inductive", "split_transductive", "text",
-           "to_dataset", "wordnet", "wordnet_graph"]
+           "to_dataset", "token_batches", "wordnet", "wordnet_graph"]

@@ -1,0 +1,1 @@
+"""Methods that make a model cheaper to run: MoEfication (more to come: quantize, prune, distill)."""

@@ -1,0 +1,92 @@
+"""MoEficationConfig: how to split FFNs into experts, route to them and select them."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ...errors import ConfigError
+
+SPLITS = ("kmeans", "coactivation")
+ROUTERS = ("mlp", "similarity")
+
+
+@dataclass
+class MoEficationConfig:
+    """Method hyperparameters (paths, device and seed of a run live elsewhere).
+
+    Selection: exactly one of ``top_k`` (experts per token), ``active`` (fraction of experts per
+    token, rounded to the nearest count, at least 1) or ``mass`` (smallest set of experts whose
+    predicted share of activation mass reaches ``mass``).
+    """
+
+    experts: int = 16
+    split: str = "kmeans"
+    router: str = "mlp"
+    top_k: int | None = None
+    active: float | None = 0.25
+    mass: float | None = None
+    kmeans_iters: int = 20
+    coactivation_threshold: float | None = None  # |a| above this counts as active; None: each token's top 10%
+    router_hidden: int | None = None  # MLP router width; None: = experts (as the reference)
+    router_steps: int = 300
+    router_lr: float = 1e-2
+    router_batch: int = 512
+    calibration_tokens: int = 4096
+
+    def __post_init__(self) -> None:
+        if self.experts < 2:
+            raise ConfigError(f"experts must be >= 2, got {self.experts}")
+        if self.split not in SPLITS:
+            raise ConfigError(f"split must be one of {SPLITS}, got '{self.split}'")
+        if self.router not in ROUTERS:
+            raise ConfigError(f"router must be one of {ROUTERS}, got '{self.router}'")
+        given = [n for n in ("top_k", "active", "mass") if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise ConfigError(f"set exactly one of top_k, active, mass (got {given or 'none'})")
+        if self.top_k is not None and not 1 <= self.top_k <= self.experts:
+            raise ConfigError(f"top_k must lie in [1, experts={self.experts}], got {self.top_k}")
+        if self.active is not None and not 0 < self.active <= 1:
+            raise ConfigError(f"active must lie in (0, 1], got {self.active}")
+        if self.mass is not None and not 0 < self.mass <= 1:
+            raise ConfigError(f"mass must lie in (0, 1], got {self.mass}")
+
+    @property
+    def k(self) -> int | None:
+        """Experts per token for top-k selection (None with a mass threshold)."""
+        if self.top_k is not None:
+            return self.top_k
+        if self.active is not None:
+            return max(1, min(self.experts, round(self.active * self.experts)))
+        return None
+
+    def with_selection(self, *, top_k: int | None = None, active: float | None = None,
+                       mass: float | None = None) -> "MoEficationConfig":
+        return dataclasses.replace(self, top_k=top_k, active=active, mass=mass)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "MoEficationConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ConfigError(f"unknown MoEficationConfig keys: {sorted(unknown)}")
+        return cls(**d)
+
+    def to_json(self, path: str | Path | None = None) -> str:
+        text = json.dumps(self.to_dict(), indent=2)
+        if path is not None:
+            from ..._io import write_text
+
+            write_text(path, text + "\n")
+        return text
+
+    @classmethod
+    def from_json(cls, text_or_path: str | Path) -> "MoEficationConfig":
+        p = Path(text_or_path)
+        text = p.read_text() if p.suffix == ".json" and p.exists() else str(text_or_path)
+        return cls.from_dict(json.loads(text))

@@ -1,0 +1,159 @@
+"""MoEFFN: an FFN stored as equal, contiguous experts; only the selected experts are computed.
+
+Layout (built once by ``from_layer``): the neurons are permuted so that expert ``e`` owns rows
+``[e*s, (e+1)*s)``. For a gated FFN the gate and up rows of an expert sit next to each other
+(``[gate_e; up_e]``), so one matmul serves both. ``w_out`` is stored transposed, (d_ff, d_model),
+so an expert's output weights are contiguous rows too. A run of adjacent selected experts is one
+slice of each weight, computed with one matmul: no weight is copied or gathered.
+
+Modes:
+- ``sparse`` (default): batch of one token: the selected experts' runs only. More tokens: each
+  selected expert on just the tokens that chose it (index_select, matmul, index_add).
+- ``masked``: all experts computed, unselected ones zeroed. The correctness oracle for tests, never
+  a speed path.
+- ``dense``: all experts, no router: equals the original FFN up to float rounding.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ... import arch
+from ...errors import ConfigError
+from .router import mass_mask, top_k_mask
+
+MODES = ("sparse", "masked", "dense")
+
+
+def _runs(idx: list[int]) -> list[tuple[int, int]]:
+    """Sorted expert indices -> [start, end) runs of adjacent experts."""
+    runs: list[tuple[int, int]] = []
+    start = prev = idx[0]
+    for e in idx[1:]:
+        if e != prev + 1:
+            runs.append((start, prev + 1))
+            start = e
+        prev = e
+    runs.append((start, prev + 1))
+    return runs
+
+
+class MoEFFN(nn.Module):
+    def __init__(self, w_in: torch.Tensor, b_in: torch.Tensor | None, w_out_t: torch.Tensor,
+                 b_out: torch.Tensor | None, act: Callable[[torch.Tensor], torch.Tensor], experts: int,
+                 gated: bool, router: nn.Module, perm: torch.Tensor, k: int | None = None,
+                 mass: float | None = None, name: str = ""):
+        super().__init__()
+        d_ff = w_out_t.shape[0]
+        if d_ff % experts:
+            raise ConfigError(f"{name}: d_ff={d_ff} is not divisible by experts={experts}")
+        self.experts, self.gated, self.name = experts, gated, name
+        self.size = d_ff // experts
+        self.rows = self.size * (2 if gated else 1)  # rows of w_in per expert
+        self.w_in = nn.Parameter(w_in.contiguous(), requires_grad=False)
+        self.b_in = None if b_in is None else nn.Parameter(b_in.contiguous(), requires_grad=False)
+        self.w_out = nn.Parameter(w_out_t.contiguous(), requires_grad=False)
+        self.b_out = None if b_out is None else nn.Parameter(b_out.contiguous(), requires_grad=False)
+        self.act = act
+        self.router = router
+        self.register_buffer("perm", perm.clone())
+        self.mode = "sparse"
+        self.set_selection(k=k, mass=mass)
+
+    # -- construction -----------------------------------------------------------------------------
+    @classmethod
+    def from_layer(cls, layer: arch.Layer, perm: torch.Tensor, experts: int, router: nn.Module,
+                   k: int | None = None, mass: float | None = None) -> "MoEFFN":
+        """Permute ``layer``'s FFN weights into the expert layout (copies; the original FFN is untouched)."""
+        d_ff = layer.d_ff
+        if d_ff % experts:
+            raise ConfigError(f"{layer.name}: cannot split d_ff={d_ff} into {experts} equal experts; "
+                              f"choose a number of experts that divides {d_ff}")
+        s = d_ff // experts
+        with torch.no_grad():
+            w_in = layer.ffn_in_weight()[perm]
+            b_in = _bias(layer.ffn_in, perm)
+            gated = layer.ffn_gate is not None
+            if gated:
+                w_g = layer.ffn_gate_weight()[perm]
+                b_g = _bias(layer.ffn_gate, perm)
+                w_in = torch.stack([w_g.view(experts, s, -1), w_in.view(experts, s, -1)], 1).reshape(2 * d_ff, -1)
+                if b_in is not None or b_g is not None:
+                    zi = torch.zeros(d_ff, dtype=w_in.dtype) if b_in is None else b_in
+                    zg = torch.zeros(d_ff, dtype=w_in.dtype) if b_g is None else b_g
+                    b_in = torch.stack([zg.view(experts, s), zi.view(experts, s)], 1).reshape(-1)
+            w_out_t = layer.ffn_out_weight()[:, perm].t()
+            b_out = getattr(layer.ffn_out, "bias", None)
+            b_out = None if b_out is None else b_out.detach().clone()
+        return cls(w_in.clone(), b_in, w_out_t.clone(), b_out, arch.ffn_act(layer), experts, gated, router, perm,
+                   k=k, mass=mass, name=layer.name)
+
+    def set_selection(self, k: int | None = None, mass: float | None = None) -> None:
+        if (k is None) == (mass is None):
+            raise ConfigError("set exactly one of k (experts per token) and mass (share threshold)")
+        if k is not None and not 1 <= k <= self.experts:
+            raise ConfigError(f"k must lie in [1, {self.experts}], got {k}")
+        self.k, self.mass = k, mass
+
+    def set_mode(self, mode: str) -> None:
+        if mode not in MODES:
+            raise ConfigError(f"mode must be one of {MODES}, got '{mode}'")
+        self.mode = mode
+
+    # -- computation ------------------------------------------------------------------------------
+    def neurons(self, x: torch.Tensor, e0: int = 0, e1: int | None = None) -> torch.Tensor:
+        """Activations of experts ``[e0, e1)`` for tokens ``x`` (n, d_model) -> (n, (e1-e0)*s)."""
+        e1 = self.experts if e1 is None else e1
+        r = slice(e0 * self.rows, e1 * self.rows)
+        h = F.linear(x, self.w_in[r], None if self.b_in is None else self.b_in[r])
+        if self.gated:
+            h = h.view(len(x), e1 - e0, 2, self.size)
+            return (self.act(h[:, :, 0]) * h[:, :, 1]).reshape(len(x), -1)
+        return self.act(h)
+
+    def _experts(self, x: torch.Tensor, e0: int, e1: int) -> torch.Tensor:
+        return self.neurons(x, e0, e1) @ self.w_out[e0 * self.size:e1 * self.size]
+
+    def select(self, x: torch.Tensor) -> torch.Tensor:
+        """(n, E) bool: the experts each token would use."""
+        scores = self.router(x)
+        return top_k_mask(scores, self.k) if self.k is not None else mass_mask(scores, self.mass)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1])
+        if self.mode == "dense":
+            out = self._experts(x2, 0, self.experts)
+        elif self.mode == "masked":
+            sel = self.select(x2).to(x2.dtype).repeat_interleave(self.size, dim=1)
+            out = (self.neurons(x2) * sel) @ self.w_out
+        elif len(x2) == 1:
+            if self.k is not None:
+                idx = self.router(x2)[0].topk(self.k).indices.sort().values.tolist()
+            else:
+                idx = self.select(x2)[0].nonzero().flatten().tolist()
+            runs = _runs(idx)
+            out = self._experts(x2, *runs[0])
+            for e0, e1 in runs[1:]:
+                out = out + self._experts(x2, e0, e1)
+        else:
+            sel = self.select(x2)
+            out = x2.new_zeros(len(x2), shape[-1])
+            for e in sel.any(0).nonzero().flatten().tolist():
+                tok = sel[:, e].nonzero().flatten()
+                out.index_add_(0, tok, self._experts(x2.index_select(0, tok), e, e + 1))
+        if self.b_out is not None:
+            out = out + self.b_out
+        return out.view(shape)
+
+    def extra_repr(self) -> str:
+        sel = f"k={self.k}" if self.k is not None else f"mass={self.mass}"
+        return f"{self.name}: experts={self.experts}x{self.size}, gated={self.gated}, {sel}, mode={self.mode}"
+
+
+def _bias(module: nn.Module, perm: torch.Tensor) -> torch.Tensor | None:
+    b = getattr(module, "bias", None)
+    return None if b is None else b.detach()[perm].clone()

@@ -1,0 +1,90 @@
+"""Routers: score each expert for each token; trained to predict each expert's share of activation mass."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class SimilarityRouter(nn.Module):
+    """Score = the expert's mean pre-activation: ``x · mean(w_e) + mean(b_e)`` over its neurons. No training."""
+
+    def __init__(self, centres: torch.Tensor, bias: torch.Tensor | None = None):
+        super().__init__()
+        self.register_buffer("centres", centres.detach().clone())
+        self.register_buffer("bias", None if bias is None else bias.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.centres, self.bias)
+
+
+class MLPRouter(nn.Module):
+    """``Linear(d, h) -> tanh -> Linear(h, E)``; the first layer starts from the expert centres when h = E."""
+
+    def __init__(self, d_model: int, experts: int, hidden: int | None = None, centres: torch.Tensor | None = None):
+        super().__init__()
+        hidden = hidden or experts
+        self.fc1 = nn.Linear(d_model, hidden)
+        self.fc2 = nn.Linear(hidden, experts)
+        if centres is not None and hidden == experts:
+            with torch.no_grad():
+                self.fc1.weight.copy_(F.normalize(centres.float(), dim=1).to(self.fc1.weight.dtype))
+                self.fc1.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.tanh(self.fc1(x)))
+
+
+def expert_mass(acts: torch.Tensor, experts: int) -> torch.Tensor:
+    """(tokens, E): each expert's |activation| mass, from activations already in expert order."""
+    n, d = acts.shape
+    return acts.abs().float().view(n, experts, d // experts).sum(-1)
+
+
+def train_router(router: nn.Module, x: torch.Tensor, mass: torch.Tensor, steps: int = 300, lr: float = 1e-2,
+                 batch: int = 512, seed: int = 0) -> list[float]:
+    """Fit ``router`` so that sigmoid(scores) predicts each expert's mass relative to the token's largest.
+
+    The targets (mass / max mass, in [0, 1]) keep the experts' order, which is all top-k needs, and
+    give a BCE objective as in MoEfication's MLP router. Returns the loss every 50 steps.
+    """
+    target = mass / mass.amax(1, keepdim=True).clamp_min(1e-12)
+    params = [p for p in router.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    g = torch.Generator().manual_seed(seed)
+    x = x.to(params[0].dtype)
+    losses = []
+    router.train()
+    with torch.enable_grad():
+        for step in range(steps):
+            idx = torch.randint(0, len(x), (min(batch, len(x)),), generator=g)
+            loss = F.binary_cross_entropy_with_logits(router(x[idx]).float(), target[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            if step % 50 == 0 or step == steps - 1:
+                losses.append(float(loss.detach()))
+    router.eval()
+    return losses
+
+
+def recall(selected: torch.Tensor, mass: torch.Tensor) -> float:
+    """Mean over tokens of the share of activation mass held by the ``selected`` (tokens, E) bool experts."""
+    total = mass.sum(1).clamp_min(1e-12)
+    return float(((mass * selected).sum(1) / total).mean())
+
+
+def top_k_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
+    sel = torch.zeros_like(scores, dtype=torch.bool)
+    return sel.scatter_(1, scores.topk(k, dim=1).indices, True)
+
+
+def mass_mask(scores: torch.Tensor, mass: float) -> torch.Tensor:
+    """The fewest experts whose predicted share (normalised sigmoid scores) reaches ``mass``."""
+    p = torch.sigmoid(scores.float())
+    p = p / p.sum(1, keepdim=True)
+    sorted_p, order = p.sort(1, descending=True)
+    keep = (sorted_p.cumsum(1) - sorted_p) < mass  # keep until the running share crosses ``mass``
+    return torch.zeros_like(keep).scatter_(1, order, keep)

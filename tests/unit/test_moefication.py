@@ -1,0 +1,195 @@
+import copy
+
+import pytest
+import torch
+
+from plmkit import arch
+from plmkit.compress.moefication import (
+    MoEficationConfig,
+    MoEFFN,
+    balanced_kmeans,
+    coactivation_split,
+    load_moefication,
+    moe_layers,
+    moefy,
+    relufy,
+    save_moefication,
+    set_mode,
+    set_selection,
+)
+from plmkit.compress.moefication.relu import magnitude_mask, remove_magnitude_mask
+from plmkit.errors import ConfigError
+from plmkit.testing import TINY_CONFIGS, tiny_inputs, tiny_model
+
+FAMILIES = sorted(TINY_CONFIGS)
+E = 8  # tiny d_ff = 48 -> experts of 6 neurons
+
+
+def _out(model, inputs):
+    with torch.no_grad():
+        out = model(**inputs)
+    return out.logits if hasattr(out, "logits") else out.last_hidden_state
+
+
+def _calibration(model, n=6):
+    return [tiny_inputs(model, batch=4, length=12, seed=s) for s in range(n)]
+
+
+def _moefied(name, **cfg):
+    model = tiny_model(name, seed=1).eval()
+    ref = copy.deepcopy(model)
+    config = MoEficationConfig(**{"experts": E, "router_steps": 30, "calibration_tokens": 200, **cfg})
+    report = moefy(model, config, calibration=_calibration(model), progress=False)
+    return model, ref, report
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_all_experts_equal_the_dense_model(name):
+    model, ref, _ = _moefied(name)
+    inputs = tiny_inputs(model)
+    assert len(list(moe_layers(model))) == len(arch.layers(ref))
+    set_selection(model, top_k=E)
+    torch.testing.assert_close(_out(model, inputs), _out(ref, inputs), rtol=1e-4, atol=1e-5)
+    set_mode(model, "dense")
+    torch.testing.assert_close(_out(model, inputs), _out(ref, inputs), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_sparse_path_equals_the_masked_oracle(name):
+    model, ref, _ = _moefied(name, active=0.25)
+    inputs = tiny_inputs(model)
+    sparse = _out(model, inputs)
+    set_mode(model, "masked")
+    masked = _out(model, inputs)
+    torch.testing.assert_close(sparse, masked, rtol=1e-4, atol=1e-5)
+    assert (sparse - _out(ref, inputs)).abs().max() > 1e-3  # 2 of 8 experts is not the dense model
+
+
+@pytest.mark.parametrize("selection", [{"top_k": 3}, {"mass": 0.5}])
+def test_single_token_path_equals_the_masked_oracle(selection):
+    torch.manual_seed(0)
+    model, _, _ = _moefied("llama")
+    set_selection(model, **selection)
+    layer = next(moe_layers(model))
+    for _ in range(5):
+        x = torch.randn(1, 1, layer.w_in.shape[1])
+        layer.set_mode("sparse")
+        y = layer(x)
+        layer.set_mode("masked")
+        torch.testing.assert_close(y, layer(x), rtol=1e-5, atol=1e-6)
+    layer.set_mode("sparse")
+
+
+def test_runs_merge_adjacent_experts():
+    from plmkit.compress.moefication.layer import _runs
+
+    assert _runs([0, 1, 2, 5, 7, 8]) == [(0, 3), (5, 6), (7, 9)]
+    assert _runs([4]) == [(4, 5)]
+
+
+def test_balanced_kmeans_gives_equal_sizes_and_finds_clusters():
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(4, 16, generator=g) * 5
+    x = centres.repeat_interleave(12, 0) + 0.1 * torch.randn(48, 16, generator=g)
+    labels = balanced_kmeans(x, 4, seed=0)
+    assert torch.bincount(labels).tolist() == [12, 12, 12, 12]
+    for c in range(4):  # each true cluster lands in one expert
+        assert labels[c * 12:(c + 1) * 12].unique().numel() == 1
+    with pytest.raises(ConfigError, match="divid"):
+        balanced_kmeans(x, 5)
+
+
+def test_coactivation_split_groups_neurons_that_fire_together():
+    g = torch.Generator().manual_seed(0)
+    groups = torch.arange(48) % 4  # neurons 0,4,8,... fire together
+    token_group = torch.randint(0, 4, (400,), generator=g)
+    acts = (groups[None, :] == token_group[:, None]).float() + 0.05 * torch.rand(400, 48, generator=g)
+    perm = coactivation_split(acts, 4, threshold=0.5)
+    assert sorted(perm.tolist()) == list(range(48))
+    for e in range(4):
+        assert groups[perm[e * 12:(e + 1) * 12]].unique().numel() == 1
+
+
+@pytest.mark.parametrize("split,router", [("kmeans", "mlp"), ("coactivation", "similarity")])
+def test_save_load_round_trip(tmp_path, split, router):
+    model, ref, _ = _moefied("llama", split=split, router=router, active=0.5)
+    inputs = tiny_inputs(model)
+    expected = _out(model, inputs)
+    save_moefication(model, tmp_path / "moe")
+    assert sorted(p.name for p in (tmp_path / "moe").iterdir()) == ["moefication.json", "moefication.safetensors"]
+    load_moefication(ref, tmp_path / "moe")
+    torch.testing.assert_close(_out(ref, inputs), expected)
+
+
+def test_load_rejects_a_missing_or_foreign_layout(tmp_path):
+    model = tiny_model("llama")
+    with pytest.raises(Exception, match="moefy --out"):
+        load_moefication(model, tmp_path)
+    bert, _, _ = _moefied("bert")
+    save_moefication(bert, tmp_path / "bert-moe")
+    with pytest.raises(ConfigError, match="model_type 'bert'"):
+        load_moefication(model, tmp_path / "bert-moe")
+
+
+def test_trained_router_beats_a_random_router():
+    model, _, report = _moefied("llama", active=0.25, router_steps=200)
+    assert report.mean("router_recall") > report.mean("random_recall") + 0.05
+    assert report.mean("router_recall") <= report.mean("oracle_recall") + 1e-6
+    assert abs(report.mean("random_recall") - 0.25) < 0.1
+
+
+def test_moefy_is_deterministic_under_a_seed():
+    a, _, ra = _moefied("bert")
+    b, _, rb = _moefied("bert")
+    inputs = tiny_inputs(a)
+    torch.testing.assert_close(_out(a, inputs), _out(b, inputs))
+    assert ra.mean("router_recall") == rb.mean("router_recall")
+
+
+def test_config_validates_and_round_trips(tmp_path):
+    cfg = MoEficationConfig(experts=16, mass=0.8, active=None, split="coactivation")
+    assert MoEficationConfig.from_json(cfg.to_json()) == cfg
+    cfg.to_json(tmp_path / "c.json")
+    assert MoEficationConfig.from_json(tmp_path / "c.json") == cfg
+    assert MoEficationConfig(experts=16, active=0.25).k == 4
+    with pytest.raises(ConfigError, match="exactly one"):
+        MoEficationConfig(top_k=2)
+    with pytest.raises(ConfigError, match="split"):
+        MoEficationConfig(split="metis")
+    model = tiny_model("llama")
+    with pytest.raises(ConfigError, match="divisor"):
+        moefy(model, MoEficationConfig(experts=5), calibration=_calibration(model))
+    with pytest.raises(ConfigError, match="calibration"):
+        moefy(model, MoEficationConfig(experts=8))
+
+
+def test_relufy_makes_exact_zeros_and_magnitude_mask_keeps_the_asked_fraction():
+    from plmkit import hooks
+
+    model = tiny_model("llama").eval()
+    inputs = tiny_inputs(model)
+    relufy(model)
+    site = "blocks.0.ffn.neurons"
+    with torch.no_grad(), hooks.capture(model, site) as acts:
+        model(**inputs)
+    assert (acts[site] == 0).float().mean() > 0.3
+    model = tiny_model("bert").eval()
+    before = _out(model, inputs)
+    ts = magnitude_mask(model, 0.3, _calibration(model))
+    assert len(ts) == 2 and all(t > 0 for t in ts)
+    with torch.no_grad(), hooks.capture(model, site) as acts:
+        model(**inputs)
+    frac = (acts[site] != 0).float().mean()
+    assert 0.15 < frac < 0.45
+    remove_magnitude_mask(model)
+    torch.testing.assert_close(_out(model, inputs), before)
+
+
+def test_moe_layer_is_a_plain_module():
+    model, _, _ = _moefied("gpt2")
+    layer = next(moe_layers(model))
+    assert isinstance(layer, MoEFFN) and "experts=8x6" in repr(layer)
+    with pytest.raises(ConfigError):
+        layer.set_mode("fast")
+    with pytest.raises(ConfigError, match="already"):
+        moefy(model, MoEficationConfig(experts=E), calibration=_calibration(model))
