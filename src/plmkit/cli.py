@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+from .assets.models import TASKS
 from .errors import PlmkitError
 
 
@@ -57,6 +58,32 @@ def _cmd_assets(args: argparse.Namespace) -> None:
         print(line + (f"  install: {r[5]}" if r[5] else "") + ("  (optional)" if ASSETS[r[0]].optional else ""))
 
 
+def _cmd_moefy(args: argparse.Namespace) -> None:
+    from ._io import write_json
+    from .assets import load_model
+    from .compress.moefication import MoEficationConfig, moefy, save_moefication
+    from .data import text, token_batches
+
+    selection = {"top_k": args.top_k, "active": args.active, "mass": args.mass}
+    if all(v is None for v in selection.values()):
+        selection["active"] = 0.25
+    cfg = MoEficationConfig(experts=args.experts, split=args.split, router=args.router,
+                            router_steps=args.router_steps, calibration_tokens=args.calibration_tokens, **selection)
+    model, tok = load_model(args.model, task=args.task, trust_remote_code=args.trust_remote_code)
+    texts = text.english_corpus(max_chars=args.calibration_chars, seed=args.seed)
+    report = moefy(model, cfg, calibration=token_batches(tok, texts, 8, 128), seed=args.seed,
+                   progress=not args.no_progress, override=args.arch_override)
+    out = save_moefication(model, args.out)
+    write_json(out / "report.json", report.to_dict())
+    print(f"{'layer':<20} {'experts':>8} {'recall':>7} {'random':>7} {'oracle':>7}")
+    for l in report.layers:
+        print(f"{l.layer:<20} {l.experts:>4}x{l.expert_size:<3} {l.router_recall:7.3f} {l.random_recall:7.3f} "
+              f"{l.oracle_recall:7.3f}")
+    print(f"mean router recall {report.mean('router_recall'):.3f} (random {report.mean('random_recall'):.3f}, "
+          f"oracle {report.mean('oracle_recall'):.3f}) on {report.calibration_tokens} calibration tokens")
+    print(f"saved to {out} (load with plmkit.compress.moefication.load_moefication(model, '{out}'))")
+
+
 def _cmd_reproduce(args: argparse.Namespace) -> None:
     from .reproduce import run_recipes
 
@@ -81,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser("arch", help="print the resolved architecture spec of a model")
     a.add_argument("model", help="asset name (minilm, smollm2, gemma3-270m), hub id or local path")
     a.add_argument("--json", action="store_true")
-    a.add_argument("--task", default="auto", choices=("auto", "base", "causal-lm", "masked-lm", "seq2seq-lm"))
+    a.add_argument("--task", default="auto", choices=TASKS)
     a.add_argument("--arch-override", metavar="FILE.json", help="spec for an unregistered family")
     a.add_argument("--trust-remote-code", action="store_true", help="allow the checkpoint's own code to run")
     a.set_defaults(fn=_cmd_arch)
@@ -92,6 +119,26 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--include-optional", action="store_true", help="also install optional assets (gemma3-270m)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=_cmd_assets)
+
+    m = sub.add_parser("moefy", help="split a model's FFNs into experts with routers (MoEfication) and save them")
+    m.add_argument("--model", required=True, help="asset name (minilm, smollm2), hub id or local path")
+    m.add_argument("--experts", type=int, default=16, help="experts per FFN (must divide d_ff; default 16)")
+    sel = m.add_mutually_exclusive_group()
+    sel.add_argument("--active", type=float, help="fraction of experts per token (default 0.25)")
+    sel.add_argument("--top-k", type=int, help="experts per token")
+    sel.add_argument("--mass", type=float, help="fewest experts whose predicted activation share reaches this")
+    m.add_argument("--split", default="kmeans", choices=("kmeans", "coactivation"))
+    m.add_argument("--router", default="mlp", choices=("mlp", "similarity"))
+    m.add_argument("--router-steps", type=int, default=300)
+    m.add_argument("--calibration-tokens", type=int, default=4096)
+    m.add_argument("--calibration-chars", type=int, default=200_000, help="real English text to draw tokens from")
+    m.add_argument("--task", default="auto", choices=TASKS)
+    m.add_argument("--arch-override", metavar="FILE.json", help="spec for an unregistered family")
+    m.add_argument("--trust-remote-code", action="store_true")
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--no-progress", action="store_true")
+    m.add_argument("--out", required=True, help="folder for moefication.safetensors/.json and report.json")
+    m.set_defaults(fn=_cmd_moefy)
 
     r = sub.add_parser("reproduce", help="run reproduction recipes and write a report")
     r.add_argument("names", nargs="*", help="recipe names, or 'all' (default)")

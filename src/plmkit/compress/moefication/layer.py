@@ -28,6 +28,20 @@ from .router import mass_mask, top_k_mask
 MODES = ("sparse", "masked", "dense")
 
 
+def _functional(act: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The plain torch function behind a known activation module: one dispatch less per call."""
+    name = type(act).__name__
+    if name in ("SiLUActivation", "SiLU"):
+        return F.silu
+    if name == "ReLU":
+        return F.relu
+    if name == "GELU" and getattr(act, "approximate", "none") == "none":
+        return F.gelu
+    if name == "GELUActivation" and getattr(act, "act", None) is F.gelu:
+        return F.gelu
+    return act
+
+
 def _runs(idx: list[int]) -> list[tuple[int, int]]:
     """Sorted expert indices -> [start, end) runs of adjacent experts."""
     runs: list[tuple[int, int]] = []
@@ -58,9 +72,11 @@ class MoEFFN(nn.Module):
         self.w_out = nn.Parameter(w_out_t.contiguous(), requires_grad=False)
         self.b_out = None if b_out is None else nn.Parameter(b_out.contiguous(), requires_grad=False)
         self.act = act
+        self._act = _functional(act)
         self.router = router
         self.register_buffer("perm", perm.clone())
         self.mode = "sparse"
+        self._view_cache: dict[tuple[int, int], tuple] = {}
         self.set_selection(k=k, mass=mass)
 
     # -- construction -----------------------------------------------------------------------------
@@ -104,22 +120,42 @@ class MoEFFN(nn.Module):
         self.mode = mode
 
     # -- computation ------------------------------------------------------------------------------
+    def _views(self, e0: int, e1: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """Weight views of experts ``[e0, e1)``: w_in transposed (d, rows), b_in, w_out (rows, d). Cached:
+        at batch 1 the cost of an expert is a few tiny ops, so every saved slice counts."""
+        views = self._view_cache.get((e0, e1))
+        if views is None:
+            r = slice(e0 * self.rows, e1 * self.rows)
+            views = (self.w_in[r].t(), None if self.b_in is None else self.b_in[r],
+                     self.w_out[e0 * self.size:e1 * self.size])
+            self._view_cache[(e0, e1)] = views
+        return views
+
+    def _apply(self, fn, recurse: bool = True):  # .to()/.half() replace the tensors: drop stale views
+        self._view_cache = {}
+        return super()._apply(fn, recurse)
+
     def neurons(self, x: torch.Tensor, e0: int = 0, e1: int | None = None) -> torch.Tensor:
         """Activations of experts ``[e0, e1)`` for tokens ``x`` (n, d_model) -> (n, (e1-e0)*s)."""
         e1 = self.experts if e1 is None else e1
-        r = slice(e0 * self.rows, e1 * self.rows)
-        h = F.linear(x, self.w_in[r], None if self.b_in is None else self.b_in[r])
+        w_t, b, _ = self._views(e0, e1)
+        h = torch.mm(x, w_t) if b is None else torch.addmm(b, x, w_t)
         if self.gated:
+            if e1 - e0 == 1:
+                return self._act(h[:, :self.size]) * h[:, self.size:]
             h = h.view(len(x), e1 - e0, 2, self.size)
-            return (self.act(h[:, :, 0]) * h[:, :, 1]).reshape(len(x), -1)
-        return self.act(h)
+            return (self._act(h[:, :, 0]) * h[:, :, 1]).reshape(len(x), -1)
+        return self._act(h)
 
-    def _experts(self, x: torch.Tensor, e0: int, e1: int) -> torch.Tensor:
-        return self.neurons(x, e0, e1) @ self.w_out[e0 * self.size:e1 * self.size]
+    def _experts(self, x: torch.Tensor, e0: int, e1: int, out: torch.Tensor | None = None) -> torch.Tensor:
+        """The summed output of experts ``[e0, e1)``, added into ``out`` when given."""
+        h = self.neurons(x, e0, e1)
+        w_out = self._views(e0, e1)[2]
+        return torch.mm(h, w_out) if out is None else out.addmm_(h, w_out)
 
     def select(self, x: torch.Tensor) -> torch.Tensor:
         """(n, E) bool: the experts each token would use."""
-        scores = self.router(x)
+        scores = self.router.forward(x)  # forward(): skips nn.Module call overhead, once per layer per step
         return top_k_mask(scores, self.k) if self.k is not None else mass_mask(scores, self.mass)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -132,13 +168,13 @@ class MoEFFN(nn.Module):
             out = (self.neurons(x2) * sel) @ self.w_out
         elif len(x2) == 1:
             if self.k is not None:
-                idx = self.router(x2)[0].topk(self.k).indices.sort().values.tolist()
+                idx = sorted(self.router.forward(x2)[0].topk(self.k).indices.tolist())
             else:
                 idx = self.select(x2)[0].nonzero().flatten().tolist()
             runs = _runs(idx)
             out = self._experts(x2, *runs[0])
             for e0, e1 in runs[1:]:
-                out = out + self._experts(x2, e0, e1)
+                self._experts(x2, e0, e1, out)
         else:
             sel = self.select(x2)
             out = x2.new_zeros(len(x2), shape[-1])

@@ -24,15 +24,16 @@ class MLPRouter(nn.Module):
     def __init__(self, d_model: int, experts: int, hidden: int | None = None, centres: torch.Tensor | None = None):
         super().__init__()
         hidden = hidden or experts
-        self.fc1 = nn.Linear(d_model, hidden)
-        self.fc2 = nn.Linear(hidden, experts)
+        fc1, fc2 = nn.Linear(d_model, hidden), nn.Linear(hidden, experts)  # default init, then kept as plain params
         if centres is not None and hidden == experts:
             with torch.no_grad():
-                self.fc1.weight.copy_(F.normalize(centres.float(), dim=1).to(self.fc1.weight.dtype))
-                self.fc1.bias.zero_()
+                fc1.weight.copy_(F.normalize(centres.float(), dim=1))
+                fc1.bias.zero_()
+        self.w1, self.b1 = nn.Parameter(fc1.weight.data), nn.Parameter(fc1.bias.data)
+        self.w2, self.b2 = nn.Parameter(fc2.weight.data), nn.Parameter(fc2.bias.data)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(torch.tanh(self.fc1(x)))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # two addmm and a tanh: runs once per token per layer
+        return torch.addmm(self.b2, torch.tanh(torch.addmm(self.b1, x, self.w1.t())), self.w2.t())
 
 
 def expert_mass(acts: torch.Tensor, experts: int) -> torch.Tensor:
