@@ -102,7 +102,8 @@ def run_model(name: str, args, rows: list[dict], union: dict) -> dict:
     calib, held = corpus[: len(corpus) // 2], corpus[len(corpus) // 2:]
     x_all = layer_inputs(model, tok, held, 512).to(model.dtype)
     mid = len(arch.layers(model)) // 2
-    dense_ffn = arch.ffn_module(arch.layers(model)[mid])
+    dense_layer = arch.layers(model)[mid]
+    dense_ffn = lambda x: arch.ffn_apply(dense_layer, x)  # noqa: E731  (BERT: intermediate + output.dense)
     prefill = next(token_batches(tok, held[:args.prefill_batch], args.prefill_batch, 128))
     prompt = next(token_batches(tok, held[:1], 1, 16))["input_ids"]
     is_lm = name == "smollm2"

@@ -128,3 +128,15 @@ def test_describe_is_json_serialisable(family):
     json.dumps(info)
     assert "ffn.neurons" in info["stacks"][0]["roles"]
     assert arch.format_spec(info).count("stack '") == len(info["stacks"])
+
+
+@pytest.mark.parametrize("name", sorted(TINY_CONFIGS))
+def test_ffn_apply_is_the_whole_ffn(name):
+    """ffn_apply(layer, x) = ffn_out(act(...)) in every family, BERT's split FFN included."""
+    model = tiny_model(name).eval()
+    layer = arch.layers(model)[0]
+    x = torch.randn(3, layer.d_model)
+    with torch.no_grad():
+        h = arch.ffn_forward(layer, x, arch.ffn_act(layer))
+        ref = layer.ffn_out(h)
+        torch.testing.assert_close(arch.ffn_apply(layer, x), ref)

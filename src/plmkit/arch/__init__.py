@@ -12,6 +12,7 @@ from .layers import (
     embeddings,
     ffn_act,
     ffn_activation,
+    ffn_apply,
     ffn_forward,
     ffn_module,
     ffn_kind,
@@ -29,6 +30,6 @@ from .spec import FFN_KINDS, BlockSpec, ModelSpec, StackSpec
 
 __all__ = [
     "FAMILIES", "FFN_KINDS", "BlockSpec", "Layer", "ModelSpec", "StackSpec", "base_model", "describe",
-    "embeddings", "ffn_act", "ffn_activation", "ffn_forward", "ffn_module", "ffn_kind", "final_norm", "format_spec", "get_module",
+    "embeddings", "ffn_act", "ffn_activation", "ffn_apply", "ffn_forward", "ffn_module", "ffn_kind", "final_norm", "format_spec", "get_module",
     "head", "layers", "register", "registered_model_types", "replace_ffn", "resolve", "set_ffn_act",
 ]

@@ -261,6 +261,19 @@ def replace_ffn(layer: Layer, module: nn.Module) -> None:
         layer.block.set_submodule(layer.ffn_out_path, nn.Identity())
 
 
+def ffn_apply(layer: Layer, x: torch.Tensor) -> torch.Tensor:
+    """The whole FFN, input -> output (d_model), through the model's own modules, in every family.
+
+    BERT-like blocks apply ``output.dense`` outside the FFN module; it is applied here too (without
+    the residual LayerNorm that follows it).
+    """
+    out = ffn_module(layer)(x)
+    parent = _ffn_container_path(layer)
+    if not layer.ffn_out_path.startswith(parent + "."):
+        out = layer.ffn_out(out)
+    return out
+
+
 def ffn_forward(layer: Layer, x: torch.Tensor, act: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
     """Recompute a layer's FFN neuron activations (the input of ffn_out) from its input ``x``."""
     h = layer.ffn_in(x)

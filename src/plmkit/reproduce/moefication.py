@@ -1,6 +1,6 @@
 """Recipe ``moefication``: how much quality MoEfied FFNs keep, on real models and real data.
 
-- MiniLM fine-tuned on drug-review sentiment (real English classification): accuracy retained.
+- MiniLM fine-tuned on fortune topics (real English text, 4 classes): accuracy retained.
 - SmolLM2-135M: perplexity on held-out real text, and zero-shot capital-city cloze accuracy.
 For each split (balanced k-means, co-activation) x router (MLP, similarity) x activation treatment
 (original GELU/SiLU, ReLU-fied + short fine-tuning), at several active fractions of experts; and
@@ -31,7 +31,7 @@ GRID = [(s, r) for s in ("kmeans", "coactivation") for r in ("mlp", "similarity"
 def _settings(quick: bool) -> dict[str, Any]:
     if quick:
         return dict(seeds=(0,), lm_chars=200_000, lm_held=24, lm_ft_steps=40, lm_ft_batch=4, zs=80,
-                    cls_steps=100, cls_len=96, router_steps=150, calib_tokens=2048,
+                    cls_steps=150, cls_len=64, router_steps=150, calib_tokens=2048,
                     lm_grid=[("kmeans", "mlp"), ("coactivation", "mlp")], relu_grid=[("kmeans", "mlp")])
     return dict(seeds=(0, 1, 2), lm_chars=1_000_000, lm_held=96, lm_ft_steps=400, lm_ft_batch=8, zs=200,
                 cls_steps=400, cls_len=128, router_steps=400, calib_tokens=8192, lm_grid=GRID, relu_grid=GRID)
@@ -57,33 +57,31 @@ def _fine_tune_lm(model, tok, texts, steps: int, batch: int, out_dir, progress: 
             "loss_first": res.losses[0] if res.losses else None, "loss_last": res.losses[-1] if res.losses else None}
 
 
-def _drug_sentiment(seed: int) -> tuple[list[dict], list[dict]]:
-    """Binary sentiment from drugs.com reviews (positive vs negative; neutral dropped), class-balanced:
-    every negative review and as many positive ones, in each split."""
-    def binary(split: str) -> list[dict]:
-        return [{"text": r["text"], "label": int(r["label"] == "positive")} for r in text.drug_reviews(split)
-                if r["label"] in ("positive", "negative")]
+TOPICS = ("computers", "politics", "science", "songs-poems")
 
+
+def _fortune_topics(seed: int, test_share: float = 0.2) -> tuple[list[dict], list[dict]]:
+    """Topic classification of real English fortunes (4 categories), split per category by ``seed``."""
     rng = np.random.default_rng(seed)
-
-    def balanced(rows: list[dict]) -> list[dict]:
-        pos = [r for r in rows if r["label"] == 1]
-        neg = [r for r in rows if r["label"] == 0]
-        n = min(len(pos), len(neg))
-        pick = lambda xs: [xs[i] for i in rng.permutation(len(xs))[:n]]  # noqa: E731
-        out = pick(pos) + pick(neg)
-        return [out[i] for i in rng.permutation(len(out))]
-
-    return balanced(binary("train")), balanced(binary("test"))
+    train_rows, test_rows = [], []
+    for label, cat in enumerate(TOPICS):
+        rows = [{"text": " ".join(r["text"].split()), "label": label} for r in text.fortunes(cat)]
+        order = rng.permutation(len(rows))
+        n_test = int(round(test_share * len(rows)))
+        test_rows += [rows[i] for i in order[:n_test]]
+        train_rows += [rows[i] for i in order[n_test:]]
+    shuffle = lambda xs: [xs[i] for i in rng.permutation(len(xs))]  # noqa: E731
+    return shuffle(train_rows), shuffle(test_rows)
 
 
 def _cls_accuracy(model, tok, rows: list[dict], max_length: int) -> dict[str, float]:
-    """Accuracy, and the share predicted positive (0.5 on this balanced set; far from it = collapse)."""
+    """Accuracy, and the share of the most predicted class (near 1 = the model collapsed to one class)."""
     preds = []
     with torch.no_grad():
         for b in token_batches(tok, [r["text"] for r in rows], 32, max_length):
             preds += model(**b).logits.argmax(-1).tolist()
-    return {"acc": accuracy(preds, [r["label"] for r in rows]), "positive_rate": sum(preds) / len(preds)}
+    return {"acc": accuracy(preds, [r["label"] for r in rows]),
+            "top_class_share": max(np.bincount(preds)) / len(preds)}
 
 
 def _fine_tune_cls(model, tok, rows, steps, max_length, out_dir, progress, seed) -> float:
@@ -143,12 +141,12 @@ def _magnitude_rows(model, tok, calib_texts, evaluate, treatment) -> list[dict]:
 
 
 def _minilm(ctx: RecipeContext, S: dict) -> dict[str, Any]:
-    train_rows, test_rows = _drug_sentiment(ctx.seed)
+    train_rows, test_rows = _fortune_topics(ctx.seed)
     out: dict[str, Any] = {"rows": [], "recalls": [], "dense": {}, "cost": {}, "n_train": len(train_rows),
                            "n_test": len(test_rows)}
     for treatment in ("gelu", "relu"):
         torch.manual_seed(ctx.seed)
-        model, tok = load_model("minilm", task="sequence-classification", num_labels=2)
+        model, tok = load_model("minilm", task="sequence-classification", num_labels=len(TOPICS))
         if treatment == "relu":
             relufy(model)
         out["cost"][treatment] = _fine_tune_cls(model, tok, train_rows, S["cls_steps"], S["cls_len"],
@@ -198,7 +196,7 @@ def _plots(ctx: RecipeContext, cls: dict, lm: dict) -> list[str]:
 
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
     panels = [(axes[0], cls, lambda s, t: s["acc"] / cls["dense"][t]["acc"],
-               "MiniLM drug-review sentiment: accuracy retained"),
+               "MiniLM fortune topics: accuracy retained"),
               (axes[1], lm, lambda s, t: s["ppl"], "SmolLM2: held-out perplexity (log)"),
               (axes[2], lm, lambda s, t: s["capital_acc"] / max(lm["dense"]["silu"]["capital_acc"], 1e-9),
                "SmolLM2: capital cloze accuracy retained (vs dense SiLU)")]
@@ -265,7 +263,7 @@ def run(ctx: RecipeContext) -> dict[str, Any]:
     ms = lambda xs: ("%.3f ± %.3f" % _mean_std(xs)) if len(xs) > 1 else f"{xs[0]:.3f}"  # noqa: E731
     cls_fmt = lambda r: [ms([s["acc"] for s in r["scores"]]),  # noqa: E731
                          ms([s["acc"] / cls["dense"][r["treatment"]]["acc"] for s in r["scores"]]),
-                         ms([s["positive_rate"] for s in r["scores"]])]
+                         ms([s["top_class_share"] for s in r["scores"]])]
     lm_fmt = lambda r: [ms([s["ppl"] for s in r["scores"]]),  # noqa: E731
                         ms([s["capital_acc"] for s in r["scores"]])]
     recall_rows = [[name, r["treatment"], r["split"], r["router"], r["seed"], round(r["router_recall"], 3),
@@ -288,11 +286,11 @@ def run(ctx: RecipeContext) -> dict[str, Any]:
     return {
         "measured": measured,
         "tables": [
-            {"title": f"MiniLM fine-tuned on drug-review sentiment ({S['cls_steps']} steps of 16 on "
-                      f"{cls['n_train']} balanced reviews; test n={cls['n_test']}, balanced); {EXPERTS} experts per "
+            {"title": f"MiniLM fine-tuned on fortune topics ({len(TOPICS)} classes: {', '.join(TOPICS)}; "
+                      f"{S['cls_steps']} steps of 16 on {cls['n_train']} texts; test n={cls['n_test']}); {EXPERTS} experts per "
                       f"FFN; dense accuracy GELU {cls['dense']['gelu']['acc']:.3f}, ReLU-fied (ReLU from the start "
                       f"of fine-tuning) {cls['dense']['relu']['acc']:.3f}",
-             "columns": ["activation", "split", "router", "active", "accuracy", "retained", "predicted positive",
+             "columns": ["activation", "split", "router", "active", "accuracy", "retained", "top class share",
                          "seeds"],
              "rows": _table_rows(cls, cls_fmt)},
             {"title": f"SmolLM2-135M: held-out perplexity ({S['lm_held']} passages) and capital cloze accuracy "
