@@ -3,7 +3,8 @@
     python benchmarks/moefication_speed.py [--quick] [--threads 2] [--dtype float32] [--out DIR]
 
 For each expert layout (number of experts E) and active fraction (10/25/50%, rounded to whole
-experts), it times one FFN layer (batch-1 decode and a batched prefill) and the whole model
+experts), it times one FFN layer (batch-1 decode over 64 different real tokens, so each call picks
+its own experts; and a batched prefill) and the whole model
 (SmolLM2 greedy decode with a KV cache; batched prefill), dense vs MoE, runs interleaved, and prints
 each speed-up beside its Amdahl bound:
 - FFN bound: 1 / (f + r), f = active fraction, r = router time / dense FFN time (both measured);
@@ -126,10 +127,18 @@ def run_model(name: str, args, rows: list[dict], union: dict) -> dict:
             set_selection(moe_model, active=f)
             k = moe.k
             fa = k / E
-            for label, x in (("decode b=1", x_all[:1]), (f"prefill n={args.prefill_tokens}", x_all[:args.prefill_tokens])):
+            singles = [x_all[i:i + 1] for i in range(args.inner)]  # a different real token each call
+            for label, x in (("decode b=1", None), (f"prefill n={args.prefill_tokens}", x_all[:args.prefill_tokens])):
+                if x is None:  # one call = every token of ``singles`` in turn; reported per token
+                    fns = {"dense": lambda: [dense_ffn(s) for s in singles], "moe": lambda: [moe(s) for s in singles],
+                           "router": lambda: [moe.router(s) for s in singles]}
+                    per = len(singles)
+                else:
+                    fns = {"dense": lambda: dense_ffn(x), "moe": lambda: moe(x), "router": lambda: moe.router(x)}
+                    per = 1
                 with torch.no_grad():
-                    t = median_time({"dense": lambda: dense_ffn(x), "moe": lambda: moe(x),
-                                     "router": lambda: moe.router(x)}, args.repeats, args.inner if len(x) == 1 else 3)
+                    t = median_time(fns, args.repeats, 1 if per > 1 else 3)
+                t = {k: v / per for k, v in t.items()}
                 r = t["router"] / t["dense"]
                 row = {"model": name, "experts": E, "k": k, "active": fa, "scope": "ffn", "case": label,
                        "dense_ms": t["dense"] * 1e3, "moe_ms": t["moe"] * 1e3, "speedup": t["dense"] / t["moe"],
@@ -188,7 +197,7 @@ def main() -> None:
     args.experts = [8, 16] if args.quick else [8, 16, 32, 48]
     args.fractions = [0.1, 0.25, 0.5]
     args.repeats = 5 if args.quick else 11
-    args.inner = 50
+    args.inner = 64  # distinct real tokens per batch-1 timing call
     args.decode_steps = 16 if args.quick else 32
     args.prefill_batch, args.prefill_tokens = 4, 256
     args.router_steps = 100 if args.quick else 300

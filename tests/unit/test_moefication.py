@@ -193,3 +193,26 @@ def test_moe_layer_is_a_plain_module():
         layer.set_mode("fast")
     with pytest.raises(ConfigError, match="already"):
         moefy(model, MoEficationConfig(experts=E), calibration=_calibration(model))
+
+
+def test_coselection_order_puts_experts_chosen_together_side_by_side():
+    from plmkit.compress.moefication.router import coselection_order
+
+    sel = torch.zeros(60, 8, dtype=torch.bool)
+    sel[:20, [0, 5]] = True
+    sel[20:40, [2, 7]] = True
+    sel[40:, [1, 6]] = True
+    order = coselection_order(sel).tolist()
+    assert sorted(order) == list(range(8))
+    pos = {e: i for i, e in enumerate(order)}
+    for a, b in ((0, 5), (2, 7), (1, 6)):
+        assert abs(pos[a] - pos[b]) == 1
+
+
+def test_reordering_experts_keeps_the_model_exact():
+    ordered, ref, _ = _moefied("llama", order_experts=True)
+    plain, _, _ = _moefied("llama", order_experts=False)
+    inputs = tiny_inputs(ordered)
+    set_selection(ordered, top_k=E)
+    torch.testing.assert_close(_out(ordered, inputs), _out(ref, inputs), rtol=1e-4, atol=1e-5)
+    assert not torch.equal(next(moe_layers(ordered)).perm, next(moe_layers(plain)).perm)

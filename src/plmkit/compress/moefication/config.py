@@ -35,6 +35,7 @@ class MoEficationConfig:
     router_lr: float = 1e-2
     router_batch: int = 512
     calibration_tokens: int = 4096
+    order_experts: bool = True  # place often co-selected experts side by side (fewer calls at batch 1)
 
     def __post_init__(self) -> None:
         if self.experts < 2:

@@ -14,7 +14,8 @@ from ..._io import atomic_dir
 from ...errors import ConfigError, PlmkitError
 from .config import MoEficationConfig
 from .layer import MoEFFN
-from .router import MLPRouter, SimilarityRouter, expert_mass, recall, top_k_mask, train_router
+from .router import (MLPRouter, SimilarityRouter, coselection_order, expert_mass, permute_experts, recall, top_k_mask,
+                     train_router)
 from .split import coactivation_split, kmeans_split
 
 WEIGHTS = "moefication.safetensors"
@@ -134,17 +135,26 @@ def moefy(model: nn.Module, config: MoEficationConfig | None = None,
             w_sel = layer.ffn_gate_weight() if layer.ffn_gate is not None else layer.ffn_in_weight()
             perm = kmeans_split(w_sel, cfg.experts, cfg.kmeans_iters, seed)
         router, _ = _router_for(layer, perm, cfg)
-        moe = MoEFFN.from_layer(layer, perm, cfg.experts, router, k=cfg.k, mass=cfg.mass)
         report = LayerReport(layer.name, cfg.experts, layer.d_ff // cfg.experts, float("nan"), float("nan"),
                              float("nan"))
         if x is not None:
             mass = expert_mass(acts[:, perm], cfg.experts)
-            order = torch.randperm(len(x), generator=g)
+            shuffled = torch.randperm(len(x), generator=g)
             n_val = max(1, len(x) // 10)
-            val, train = order[:n_val], order[n_val:]
+            val, train = shuffled[:n_val], shuffled[n_val:]
             if cfg.router == "mlp":
                 report.router_losses = train_router(router, x[train], mass[train], cfg.router_steps, cfg.router_lr,
                                                     cfg.router_batch, seed + i)
+            if cfg.order_experts:
+                with torch.no_grad():
+                    scores = router(x[train].to(dtype))
+                k_sel = cfg.k if cfg.k is not None else max(1, cfg.experts // 4)
+                order = coselection_order(top_k_mask(scores, k_sel))
+                perm = perm.view(cfg.experts, -1)[order].flatten()
+                permute_experts(router, order)
+                mass = mass[:, order]
+        moe = MoEFFN.from_layer(layer, perm, cfg.experts, router, k=cfg.k, mass=cfg.mass)
+        if x is not None:
             with torch.no_grad():
                 sel = moe.select(x[val].to(dtype))
             k = sel.sum(1, keepdim=True)

@@ -89,3 +89,43 @@ def mass_mask(scores: torch.Tensor, mass: float) -> torch.Tensor:
     sorted_p, order = p.sort(1, descending=True)
     keep = (sorted_p.cumsum(1) - sorted_p) < mass  # keep until the running share crosses ``mass``
     return torch.zeros_like(keep).scatter_(1, order, keep)
+
+
+def permute_experts(router: nn.Module, order: torch.Tensor) -> None:
+    """Reorder a router's outputs in place: new expert ``i`` is old expert ``order[i]``."""
+    with torch.no_grad():
+        if isinstance(router, MLPRouter):
+            router.w2.data, router.b2.data = router.w2.data[order].clone(), router.b2.data[order].clone()
+        elif isinstance(router, SimilarityRouter):
+            router.centres = router.centres[order].clone()
+            if router.bias is not None:
+                router.bias = router.bias[order].clone()
+        else:
+            raise TypeError(f"cannot reorder the outputs of {type(router).__name__}")
+
+
+def coselection_order(selected: torch.Tensor) -> torch.Tensor:
+    """An order of the experts that puts often co-selected ones next to each other.
+
+    Greedy path over the co-selection counts of ``selected`` (tokens, E): start from the most
+    co-selected pair, then extend either end with the unplaced expert most co-selected with it.
+    Adjacent selected experts are computed as one slice, so this saves matmul calls at batch 1.
+    """
+    s = selected.float()
+    co = s.T @ s
+    co.fill_diagonal_(-1.0)
+    e = co.shape[0]
+    i, j = divmod(int(co.argmax()), e)
+    path, placed = [i, j], {i, j}
+    while len(path) < e:
+        best = None
+        for end, pos in ((path[0], 0), (path[-1], len(path))):
+            row = co[end].clone()
+            row[list(placed)] = -2.0
+            k = int(row.argmax())
+            if best is None or row[k] > best[0]:
+                best = (float(row[k]), k, pos)
+        _, k, pos = best
+        path.insert(pos, k)
+        placed.add(k)
+    return torch.tensor(path)
