@@ -249,15 +249,20 @@ def set_ffn_act(layer: Layer, fn: nn.Module) -> None:
     raise UnsupportedArchitectureError(f"{layer.name}: no activation attribute on {type(container).__name__}")
 
 
+def _ffn_out_outside(layer: Layer) -> bool:
+    """True when ffn_out is applied outside the FFN module (BERT's ``output.dense``)."""
+    return not layer.ffn_out_path.startswith(_ffn_container_path(layer) + ".")
+
+
 def replace_ffn(layer: Layer, module: nn.Module) -> None:
     """Put ``module`` (FFN input -> FFN output, both d_model) in place of the layer's whole FFN.
 
     The FFN module (parent of ffn_in) is replaced; when ffn_out lives outside it (BERT's
     ``output.dense``, followed by the residual LayerNorm), ffn_out becomes an identity.
     """
-    parent = _ffn_container_path(layer)
-    layer.block.set_submodule(parent, module)
-    if not layer.ffn_out_path.startswith(parent + "."):
+    outside = _ffn_out_outside(layer)
+    layer.block.set_submodule(_ffn_container_path(layer), module)
+    if outside:
         layer.block.set_submodule(layer.ffn_out_path, nn.Identity())
 
 
@@ -268,10 +273,7 @@ def ffn_apply(layer: Layer, x: torch.Tensor) -> torch.Tensor:
     the residual LayerNorm that follows it).
     """
     out = ffn_module(layer)(x)
-    parent = _ffn_container_path(layer)
-    if not layer.ffn_out_path.startswith(parent + "."):
-        out = layer.ffn_out(out)
-    return out
+    return layer.ffn_out(out) if _ffn_out_outside(layer) else out
 
 
 def ffn_forward(layer: Layer, x: torch.Tensor, act: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:

@@ -62,8 +62,7 @@ class MoEFFN(nn.Module):
                  mass: float | None = None, name: str = ""):
         super().__init__()
         d_ff = w_out_t.shape[0]
-        if d_ff % experts:
-            raise ConfigError(f"{name}: d_ff={d_ff} is not divisible by experts={experts}")
+        _check_split(d_ff, experts, name)
         self.experts, self.gated, self.name = experts, gated, name
         self.size = d_ff // experts
         self.rows = self.size * (2 if gated else 1)  # rows of w_in per expert
@@ -85,9 +84,7 @@ class MoEFFN(nn.Module):
                    k: int | None = None, mass: float | None = None) -> "MoEFFN":
         """Permute ``layer``'s FFN weights into the expert layout (copies; the original FFN is untouched)."""
         d_ff = layer.d_ff
-        if d_ff % experts:
-            raise ConfigError(f"{layer.name}: cannot split d_ff={d_ff} into {experts} equal experts; "
-                              f"choose a number of experts that divides {d_ff}")
+        _check_split(d_ff, experts, layer.name)
         s = d_ff // experts
         with torch.no_grad():
             w_in = layer.ffn_in_weight()[perm]
@@ -188,6 +185,12 @@ class MoEFFN(nn.Module):
     def extra_repr(self) -> str:
         sel = f"k={self.k}" if self.k is not None else f"mass={self.mass}"
         return f"{self.name}: experts={self.experts}x{self.size}, gated={self.gated}, {sel}, mode={self.mode}"
+
+
+def _check_split(d_ff: int, experts: int, name: str) -> None:
+    if d_ff % experts:
+        raise ConfigError(f"{name}: cannot split d_ff={d_ff} into {experts} equal experts; "
+                          f"choose a number of experts that divides {d_ff}")
 
 
 def _bias(module: nn.Module, perm: torch.Tensor) -> torch.Tensor | None:

@@ -80,8 +80,8 @@ def collect_ffn_inputs(model: nn.Module, batches: Iterable[dict[str, torch.Tenso
     return [torch.cat(s)[:max_tokens] for s in store]
 
 
-def _router_for(layer: arch.Layer, perm: torch.Tensor, cfg: MoEficationConfig) -> tuple[nn.Module, torch.Tensor]:
-    """A fresh router for ``layer`` and the expert centres (mean selecting-weight row per expert)."""
+def _router_for(layer: arch.Layer, perm: torch.Tensor, cfg: MoEficationConfig) -> nn.Module:
+    """A fresh router for ``layer``, built from the expert centres (mean selecting-weight row per expert)."""
     w_sel = layer.ffn_gate_weight() if layer.ffn_gate is not None else layer.ffn_in_weight()
     sel_mod = layer.ffn_gate if layer.ffn_gate is not None else layer.ffn_in
     e, s = cfg.experts, layer.d_ff // cfg.experts
@@ -90,8 +90,8 @@ def _router_for(layer: arch.Layer, perm: torch.Tensor, cfg: MoEficationConfig) -
         b = getattr(sel_mod, "bias", None)
         bias = None if b is None else b.detach()[perm].view(e, s).mean(1)
     if cfg.router == "similarity":
-        return SimilarityRouter(centres, bias), centres
-    return MLPRouter(layer.d_model, e, cfg.router_hidden, centres).to(w_sel.dtype), centres
+        return SimilarityRouter(centres, bias)
+    return MLPRouter(layer.d_model, e, cfg.router_hidden, centres).to(w_sel.dtype)
 
 
 def _check_divisible(layers: list[arch.Layer], experts: int) -> None:
@@ -134,7 +134,7 @@ def moefy(model: nn.Module, config: MoEficationConfig | None = None,
         else:
             w_sel = layer.ffn_gate_weight() if layer.ffn_gate is not None else layer.ffn_in_weight()
             perm = kmeans_split(w_sel, cfg.experts, cfg.kmeans_iters, seed)
-        router, _ = _router_for(layer, perm, cfg)
+        router = _router_for(layer, perm, cfg)
         report = LayerReport(layer.name, cfg.experts, layer.d_ff // cfg.experts, float("nan"), float("nan"),
                              float("nan"))
         if x is not None:
@@ -245,7 +245,7 @@ def load_moefication(model: nn.Module, path: str | Path, override: arch.layers.O
     for name in meta["layers"]:
         layer = by_name[name]
         perm = tensors[f"moe.{name}.perm"]
-        router, _ = _router_for(layer, perm, cfg)
+        router = _router_for(layer, perm, cfg)
         prefix = f"moe.{name}.router."
         router.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
         moe = MoEFFN.from_layer(layer, perm, cfg.experts, router, k=sel.get("k", cfg.k), mass=sel.get("mass"))
