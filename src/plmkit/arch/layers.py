@@ -227,26 +227,28 @@ def ffn_module(layer: Layer) -> nn.Module:
     return get_module(layer.block, _ffn_container_path(layer))
 
 
-def ffn_act(layer: Layer) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The activation the FFN module actually applies (so a swapped activation is seen)."""
+def _act_attr(layer: Layer) -> tuple[nn.Module, str]:
+    """The FFN module and the name of its activation attribute."""
     container = ffn_module(layer)
     for attr in _ACT_ATTRS:
         fn = getattr(container, attr, None)
         if callable(fn) and not isinstance(fn, nn.Linear):
-            return fn
+            return container, attr
     raise UnsupportedArchitectureError(
         f"{layer.name}: no activation attribute ({', '.join(_ACT_ATTRS)}) on {type(container).__name__}"
     )
 
 
+def ffn_act(layer: Layer) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The activation the FFN module actually applies (so a swapped activation is seen)."""
+    container, attr = _act_attr(layer)
+    return getattr(container, attr)
+
+
 def set_ffn_act(layer: Layer, fn: nn.Module) -> None:
     """Swap the activation the FFN module applies (e.g. to ``nn.ReLU()`` for ReLU-fication)."""
-    container = ffn_module(layer)
-    for attr in _ACT_ATTRS:
-        if callable(getattr(container, attr, None)):
-            setattr(container, attr, fn)
-            return
-    raise UnsupportedArchitectureError(f"{layer.name}: no activation attribute on {type(container).__name__}")
+    container, attr = _act_attr(layer)
+    setattr(container, attr, fn)
 
 
 def _ffn_out_outside(layer: Layer) -> bool:

@@ -45,15 +45,21 @@ def _lm_collate(tok):
     return collate
 
 
-def _fine_tune_lm(model, tok, texts, steps: int, batch: int, out_dir, progress: bool, seed: int) -> dict:
-    data = [{"input_ids": e} for e in tok(list(texts), truncation=True, max_length=128)["input_ids"] if len(e) > 16]
+def _fine_tune(model, data, collate, steps: int, batch: int, lr: float, out_dir, progress: bool, seed: int):
+    """A short fine-tune with plmkit's loop (no checkpoints); returns (seconds, TrainResult), model in eval mode."""
     model.train()
     t = time.perf_counter()
-    res = train(model, data, TrainConfig(out_dir=str(out_dir), max_steps=steps, batch_size=batch, lr=2e-4,
+    res = train(model, data, TrainConfig(out_dir=str(out_dir), max_steps=steps, batch_size=batch, lr=lr,
                                          warmup_steps=max(1, steps // 10), resume=False, progress=progress,
-                                         seed=seed), collate_fn=_lm_collate(tok))
+                                         seed=seed), collate_fn=collate)
     model.eval()
-    return {"steps": steps, "batch": batch, "tokens": steps * batch * 128, "seconds": time.perf_counter() - t,
+    return time.perf_counter() - t, res
+
+
+def _fine_tune_lm(model, tok, texts, steps: int, batch: int, out_dir, progress: bool, seed: int) -> dict:
+    data = [{"input_ids": e} for e in tok(list(texts), truncation=True, max_length=128)["input_ids"] if len(e) > 16]
+    seconds, res = _fine_tune(model, data, _lm_collate(tok), steps, batch, 2e-4, out_dir, progress, seed)
+    return {"steps": steps, "batch": batch, "tokens": steps * batch * 128, "seconds": seconds,
             "loss_first": res.losses[0] if res.losses else None, "loss_last": res.losses[-1] if res.losses else None}
 
 
@@ -93,13 +99,7 @@ def _fine_tune_cls(model, tok, rows, steps, max_length, out_dir, progress, seed)
         out["labels"] = torch.tensor([b["labels"] for b in batch])
         return out
 
-    model.train()
-    t = time.perf_counter()
-    train(model, data, TrainConfig(out_dir=str(out_dir), max_steps=steps, batch_size=16, lr=1e-4,
-                                   warmup_steps=steps // 10, resume=False, progress=progress, seed=seed),
-          collate_fn=collate)
-    model.eval()
-    return time.perf_counter() - t
+    return _fine_tune(model, data, collate, steps, 16, 1e-4, out_dir, progress, seed)[0]
 
 
 def _mean_std(xs: list[float]) -> tuple[float, float]:

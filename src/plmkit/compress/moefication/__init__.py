@@ -23,11 +23,11 @@ from .model import (
 )
 from .relu import relufy
 from .router import MLPRouter, SimilarityRouter, recall, train_router
-from .split import balanced_kmeans, coactivation_split, coactivation_within, kmeans_split
+from .split import balanced_kmeans, coactivation_split, kmeans_split
 
 __all__ = [
     "LayerReport", "MLPRouter", "MoEFFN", "MoEficationConfig", "MoEficationReport", "SimilarityRouter",
-    "balanced_kmeans", "coactivation_split", "coactivation_within", "collect_ffn_inputs", "kmeans_split",
+    "balanced_kmeans", "coactivation_split", "collect_ffn_inputs", "kmeans_split",
     "load_moefication", "moe_layers", "moefy", "recall", "relufy", "save_moefication", "set_mode",
     "set_selection", "train_router",
 ]

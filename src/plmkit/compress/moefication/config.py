@@ -13,6 +13,13 @@ SPLITS = ("kmeans", "coactivation")
 ROUTERS = ("mlp", "similarity")
 
 
+def experts_for_fraction(active: float, experts: int) -> int:
+    """Experts per token for a fraction ``active`` of ``experts``: the nearest count, at least 1."""
+    if not 0 < active <= 1:
+        raise ConfigError(f"active must lie in (0, 1], got {active}")
+    return max(1, min(experts, round(active * experts)))
+
+
 @dataclass
 class MoEficationConfig:
     """Method hyperparameters (paths, device and seed of a run live elsewhere).
@@ -49,8 +56,8 @@ class MoEficationConfig:
             raise ConfigError(f"set exactly one of top_k, active, mass (got {given or 'none'})")
         if self.top_k is not None and not 1 <= self.top_k <= self.experts:
             raise ConfigError(f"top_k must lie in [1, experts={self.experts}], got {self.top_k}")
-        if self.active is not None and not 0 < self.active <= 1:
-            raise ConfigError(f"active must lie in (0, 1], got {self.active}")
+        if self.active is not None:
+            experts_for_fraction(self.active, self.experts)  # validates
         if self.mass is not None and not 0 < self.mass <= 1:
             raise ConfigError(f"mass must lie in (0, 1], got {self.mass}")
 
@@ -60,12 +67,8 @@ class MoEficationConfig:
         if self.top_k is not None:
             return self.top_k
         if self.active is not None:
-            return max(1, min(self.experts, round(self.active * self.experts)))
+            return experts_for_fraction(self.active, self.experts)
         return None
-
-    def with_selection(self, *, top_k: int | None = None, active: float | None = None,
-                       mass: float | None = None) -> "MoEficationConfig":
-        return dataclasses.replace(self, top_k=top_k, active=active, mass=mass)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -23,7 +23,7 @@ from torch.nn import functional as F
 
 from ... import arch
 from ...errors import ConfigError
-from .router import mass_mask, top_k_mask
+from .router import select_experts
 
 MODES = ("sparse", "masked", "dense")
 
@@ -152,8 +152,8 @@ class MoEFFN(nn.Module):
 
     def select(self, x: torch.Tensor) -> torch.Tensor:
         """(n, E) bool: the experts each token would use."""
-        scores = self.router.forward(x)  # forward(): skips nn.Module call overhead, once per layer per step
-        return top_k_mask(scores, self.k) if self.k is not None else mass_mask(scores, self.mass)
+        # forward(): skips nn.Module call overhead, once per layer per step
+        return select_experts(self.router.forward(x), self.k, self.mass)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape

@@ -12,10 +12,10 @@ from torch import nn
 from ... import arch
 from ..._io import atomic_dir
 from ...errors import ConfigError, PlmkitError
-from .config import MoEficationConfig
+from .config import MoEficationConfig, experts_for_fraction
 from .layer import MoEFFN
-from .router import (MLPRouter, SimilarityRouter, coselection_order, expert_mass, permute_experts, recall, top_k_mask,
-                     train_router)
+from .router import (MLPRouter, SimilarityRouter, coselection_order, expert_mass, permute_experts, recall,
+                     select_experts, train_router)
 from .split import coactivation_split, kmeans_split
 
 WEIGHTS = "moefication.safetensors"
@@ -124,11 +124,10 @@ def moefy(model: nn.Module, config: MoEficationConfig | None = None,
     g = torch.Generator().manual_seed(seed)
     reports = []
     for i, layer in enumerate(tqdm(layer_list, desc="moefy", disable=not progress)):
-        x = inputs[i] if inputs is not None else None
-        act = arch.ffn_act(layer)
         dtype = layer.ffn_in_weight().dtype
+        x = inputs[i].to(dtype) if inputs is not None else None
         with torch.no_grad():
-            acts = arch.ffn_forward(layer, x.to(dtype), act).float() if x is not None else None
+            acts = arch.ffn_forward(layer, x, arch.ffn_act(layer)).float() if x is not None else None
         if cfg.split == "coactivation":
             perm = coactivation_split(acts, cfg.experts, cfg.coactivation_threshold, cfg.kmeans_iters, seed)
         else:
@@ -147,16 +146,14 @@ def moefy(model: nn.Module, config: MoEficationConfig | None = None,
                                                     cfg.router_batch, seed + i)
             if cfg.order_experts:
                 with torch.no_grad():
-                    scores = router(x[train].to(dtype))
-                k_sel = cfg.k if cfg.k is not None else max(1, cfg.experts // 4)
-                order = coselection_order(top_k_mask(scores, k_sel))
+                    order = coselection_order(select_experts(router(x[train]), cfg.k, cfg.mass))
                 perm = perm.view(cfg.experts, -1)[order].flatten()
                 permute_experts(router, order)
                 mass = mass[:, order]
         moe = MoEFFN.from_layer(layer, perm, cfg.experts, router, k=cfg.k, mass=cfg.mass)
         if x is not None:
             with torch.no_grad():
-                sel = moe.select(x[val].to(dtype))
+                sel = moe.select(x[val])
             k = sel.sum(1, keepdim=True)
             rand = torch.rand(len(val), cfg.experts, generator=g).argsort(1).argsort(1) < k
             best = mass[val].argsort(1, descending=True).argsort(1) < k
@@ -187,9 +184,7 @@ def set_selection(model: nn.Module, *, top_k: int | None = None, active: float |
     """Change how many experts every MoE layer uses (no retraining: the routers rank experts)."""
     for m in _require_moe(model):
         if active is not None:
-            if not 0 < active <= 1:
-                raise ConfigError(f"active must lie in (0, 1], got {active}")
-            top_k = max(1, min(m.experts, round(active * m.experts)))
+            top_k = experts_for_fraction(active, m.experts)
         m.set_selection(k=top_k, mass=mass)
 
 

@@ -91,6 +91,11 @@ def mass_mask(scores: torch.Tensor, mass: float) -> torch.Tensor:
     return torch.zeros_like(keep).scatter_(1, order, keep)
 
 
+def select_experts(scores: torch.Tensor, k: int | None, mass: float | None) -> torch.Tensor:
+    """(tokens, E) bool: the top ``k`` experts, or (with ``k`` None) the fewest reaching ``mass``."""
+    return top_k_mask(scores, k) if k is not None else mass_mask(scores, mass)
+
+
 def permute_experts(router: nn.Module, order: torch.Tensor) -> None:
     """Reorder a router's outputs in place: new expert ``i`` is old expert ``order[i]``."""
     with torch.no_grad():

@@ -90,13 +90,3 @@ def coactivation_split(acts: torch.Tensor, experts: int, threshold: float | None
     _, vecs = torch.linalg.eigh(lap.double())
     emb = vecs[:, -experts:].float()  # leading eigenvectors of the normalised affinity
     return labels_to_perm(balanced_kmeans(emb, experts, iters, seed), experts)
-
-
-def coactivation_within(acts: torch.Tensor, perm: torch.Tensor, experts: int, threshold: float | None = None) -> float:
-    """Share of co-activation pairs that fall inside one expert (1/E for a random split)."""
-    a = active_pattern(acts, threshold)[:, perm]
-    n, d = a.shape
-    per_expert = a.view(n, experts, d // experts).sum(-1)
-    within = (per_expert * (per_expert - 1)).sum()
-    total = a.sum(1)
-    return float(within / (total * (total - 1)).sum().clamp_min(1.0))
