@@ -1,0 +1,75 @@
+"""Run editors on an edit set: answer probes, tune scope thresholds, score ES/BP/EQ."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from ..data.edits import EditSet, Probe
+from ..eval.editing import IN_SCOPE, OUT_OF_SCOPE, edit_scores, harmonic_mean
+from .eren import EREN
+from .notebook import Hit, Notebook
+
+
+def probe_rows(probes: Sequence[Probe], answers, known: dict[str, bool] | None = None) -> list[dict]:
+    """Per-probe results in the form :func:`plmkit.eval.editing.edit_scores` reads."""
+    return [{"question": p.question, "kind": p.kind, "answers": p.answers, "prediction": a.text, "source": a.source,
+             "known": (known or {}).get(p.question)} for p, a in zip(probes, answers)]
+
+
+def fill_notebook(notebook: Notebook, edit_set: EditSet, edit_ids: Sequence[int]) -> None:
+    """Make ``notebook`` hold exactly the statements of ``edit_ids``."""
+    notebook.clear()
+    if edit_ids:
+        notebook.add(edit_set.statements(edit_ids))
+
+
+def one_note_hits(notebook: Notebook, edit_set: EditSet, probes: Sequence[Probe]) -> list[list[Hit]]:
+    """For the one-edit-at-a-time regime: each probe sees only its own edit's note(s).
+
+    The notebook holds every statement so that each hit carries a real id and retrieval score."""
+    fill_notebook(notebook, edit_set, sorted({i for p in probes for i in p.edit_ids}))
+    by_text = {n.text: n for n in notebook.notes()}
+    q = notebook.encoder.encode([p.question for p in probes])
+    hits = []
+    for row, p in zip(q, probes):
+        notes = [by_text[s] for s in edit_set.statements(p.edit_ids)]
+        vecs = notebook.encoder.encode([n.text for n in notes])
+        hits.append(sorted((Hit(n, float(row @ v)) for n, v in zip(notes, vecs)), key=lambda h: -h.score))
+    return hits
+
+
+def best_threshold(in_scope: Sequence[float], out_of_scope: Sequence[float]) -> float:
+    """The threshold that best separates "read the notes" (in scope) from "do not" (out of scope):
+    it maximises the harmonic mean of the two rates, as EQ does."""
+    pos, neg = np.asarray(in_scope, dtype=float), np.asarray(out_of_scope, dtype=float)
+    cands = np.unique(np.concatenate([pos, neg]))
+    if not len(cands):
+        raise ValueError("no scores to tune a threshold on")
+    best = max(cands, key=lambda t: (harmonic_mean(float((pos >= t).mean()) if len(pos) else 0.0,
+                                                   float((neg < t).mean()) if len(neg) else 0.0), -t))
+    return float(best)
+
+
+def scope_scores(eren: EREN, probes: Sequence[Probe], hits: Sequence[Sequence[Hit]] | None = None,
+                 kind: str = "reader") -> list[float]:
+    """Per probe, the largest relevance score of its retrieved notes (reader PMI or retrieval score)."""
+    questions = [p.question for p in probes]
+    hits = eren._retrieve(questions) if hits is None else hits
+    if kind == "similarity":
+        return [max((h.score for h in r), default=-np.inf) for r in hits]
+    return [max(s, default=-np.inf) for s in eren.relevance_scores(questions, hits)]
+
+
+def tune(eren: EREN, probes: Sequence[Probe], hits=None, kind: str = "reader") -> float:
+    """Tune ``threshold`` (reader) or ``similarity_threshold`` on validation probes, in place."""
+    scores = scope_scores(eren, probes, hits, kind)
+    t = best_threshold([s for s, p in zip(scores, probes) if p.kind in IN_SCOPE],
+                       [s for s, p in zip(scores, probes) if p.kind in OUT_OF_SCOPE])
+    setattr(eren.config, "similarity_threshold" if kind == "similarity" else "threshold", t)
+    return t
+
+
+def score(rows: list[dict]) -> dict:
+    """ES/BP/EQ under both matching protocols."""
+    return {m: edit_scores(rows, m) for m in ("contained", "exact")}

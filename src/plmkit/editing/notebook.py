@@ -1,0 +1,230 @@
+"""The notebook: natural-language edits stored with their embeddings in SQLite.
+
+Every change is one SQLite transaction in write-ahead-log mode, so a crash or kill mid-write
+leaves every committed note intact and readers in other processes keep working while one
+process writes. The in-memory search index follows the database: rows are appended on add,
+dropped on remove, and rebuilt when another process has committed a change.
+"""
+from __future__ import annotations
+
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError, PlmkitError
+from .retrieval import ExactIndex, SentenceEncoder, VectorIndex
+
+DEFAULT_ENCODER = "minilm"
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS notes (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    text TEXT NOT NULL,
+    created REAL NOT NULL,
+    embedding BLOB NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class Note:
+    id: int
+    text: str
+    created: float
+
+
+@dataclass(frozen=True)
+class Hit:
+    note: Note
+    score: float
+
+
+class Notebook:
+    """Edits as notes: ``add``, ``update``, ``remove``, ``notes``, and top-k ``search``.
+
+    ``encoder`` is a :class:`SentenceEncoder` or an asset/model name; by default the one the
+    notebook was created with (``minilm`` for a new notebook). It is loaded only when a note is
+    embedded or a search is made, so listing and removing stay fast.
+    """
+
+    def __init__(self, path: str | Path, encoder: SentenceEncoder | str | None = None,
+                 index_factory: Callable[[int], VectorIndex] = ExactIndex, timeout: float = 30.0):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(str(self.path), timeout=timeout, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            with self._transaction():
+                for statement in filter(str.strip, _SCHEMA.split(";")):
+                    self._db.execute(statement)
+        except sqlite3.DatabaseError as e:
+            raise PlmkitError(f"{self.path} is not a plmkit notebook (SQLite said: {e}); pass another --db path") from e
+        stored = self._meta("encoder")
+        if isinstance(encoder, SentenceEncoder) and stored and encoder.name != stored:
+            raise ConfigError(f"notebook {self.path} was embedded with encoder '{stored}', not '{encoder.name}'; "
+                              f"open it with encoder='{stored}' or create a new notebook")
+        if isinstance(encoder, str) and stored and encoder != stored:
+            raise ConfigError(f"notebook {self.path} was embedded with encoder '{stored}', not '{encoder}'; "
+                              f"open it with encoder='{stored}' or create a new notebook")
+        self._encoder_spec = encoder if encoder is not None else (stored or DEFAULT_ENCODER)
+        self._encoder: SentenceEncoder | None = encoder if isinstance(encoder, SentenceEncoder) else None
+        self._index_factory = index_factory
+        self._index: VectorIndex | None = None
+        self._by_id: dict[int, Note] = {}
+        self._seen_version: int | None = None
+
+    # ---- plumbing -------------------------------------------------------------------------
+    def _transaction(self):
+        db = self._db
+
+        class _Tx:
+            def __enter__(self_inner):
+                db.execute("BEGIN IMMEDIATE")
+
+            def __exit__(self_inner, exc_type, exc, tb):
+                db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+                return False
+
+        return _Tx()
+
+    def _meta(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    @property
+    def encoder(self) -> SentenceEncoder:
+        if self._encoder is None:
+            self._encoder = SentenceEncoder(self._encoder_spec)
+        return self._encoder
+
+    def _data_version(self) -> int:
+        return int(self._db.execute("PRAGMA data_version").fetchone()[0])
+
+    def _fresh_index(self) -> VectorIndex:
+        """The search index, rebuilt from the database if another connection changed it."""
+        version = self._data_version()
+        if self._index is None or version != self._seen_version:
+            dim = int(self._meta("dim") or self.encoder.dim)
+            index = self._index_factory(dim)
+            rows = self._db.execute("SELECT id, text, created, embedding FROM notes ORDER BY id").fetchall()
+            if rows:
+                vecs = np.stack([np.frombuffer(r[3], dtype=np.float32) for r in rows])
+                index.add([r[0] for r in rows], torch.from_numpy(vecs.copy()))
+            self._by_id = {r[0]: Note(*r[:3]) for r in rows}
+            self._index, self._seen_version = index, version
+        return self._index
+
+    def _apply_own_write(self, update: Callable[[VectorIndex], None]) -> None:
+        """After our own commit: update the index in place, unless another process also wrote
+        meanwhile (then the next search rebuilds it from the database)."""
+        if self._index is not None and self._data_version() == self._seen_version:
+            update(self._index)
+        else:
+            self._index = None
+
+    # ---- edits ----------------------------------------------------------------------------
+    def add(self, texts: str | Sequence[str]) -> list[int]:
+        """Embed and store notes (one transaction); returns their ids."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        texts = [t.strip() for t in texts]
+        if not texts or any(not t for t in texts):
+            raise PlmkitError("a note must be a non-empty statement, e.g. 'The capital of France is Lyon.'")
+        self._fresh_index()
+        vecs = self.encoder.encode(texts)
+        ids = []
+        with self._transaction():
+            if self._meta("encoder") is None:
+                self._db.execute("INSERT INTO meta VALUES ('encoder', ?), ('dim', ?)",
+                                 (self.encoder.name, str(vecs.shape[1])))
+            now = time.time()
+            for text, vec in zip(texts, vecs):
+                cur = self._db.execute("INSERT INTO notes (text, created, embedding) VALUES (?, ?, ?)",
+                                       (text, now, vec.numpy().astype(np.float32).tobytes()))
+                ids.append(int(cur.lastrowid))
+
+        def apply(index: VectorIndex) -> None:
+            index.add(ids, vecs)
+            self._by_id.update({i: Note(i, t, now) for i, t in zip(ids, texts)})
+
+        self._apply_own_write(apply)
+        return ids
+
+    def update(self, note_id: int, text: str) -> None:
+        """Replace a note's text (and embedding), keeping its id."""
+        self.get(note_id)
+        self._fresh_index()
+        text, now = text.strip(), time.time()
+        vec = self.encoder.encode([text])
+        with self._transaction():
+            self._db.execute("UPDATE notes SET text = ?, created = ?, embedding = ? WHERE id = ?",
+                             (text, now, vec[0].numpy().tobytes(), note_id))
+
+        def apply(index: VectorIndex) -> None:
+            index.remove([note_id])
+            index.add([note_id], vec)
+            self._by_id[note_id] = Note(note_id, text, now)
+
+        self._apply_own_write(apply)
+
+    def remove(self, note_ids: int | Sequence[int]) -> int:
+        """Delete notes by id; unknown ids raise before anything is deleted."""
+        note_ids = [note_ids] if isinstance(note_ids, int) else list(note_ids)
+        missing = set(note_ids) - {n.id for n in self.notes()}
+        if missing:
+            raise PlmkitError(f"no note with id {sorted(missing)} in {self.path}; `plmkit notes --db {self.path} list` "
+                              "shows the ids")
+        with self._transaction():
+            self._db.executemany("DELETE FROM notes WHERE id = ?", [(i,) for i in note_ids])
+
+        def apply(index: VectorIndex) -> None:
+            index.remove(note_ids)
+            for i in note_ids:
+                self._by_id.pop(i, None)
+
+        self._apply_own_write(apply)
+        return len(note_ids)
+
+    def clear(self) -> int:
+        """Delete every note (the encoder stays recorded)."""
+        return self.remove([n.id for n in self.notes()]) if len(self) else 0
+
+    # ---- reading --------------------------------------------------------------------------
+    def notes(self) -> list[Note]:
+        return [Note(*r) for r in self._db.execute("SELECT id, text, created FROM notes ORDER BY id")]
+
+    def get(self, note_id: int) -> Note:
+        row = self._db.execute("SELECT id, text, created FROM notes WHERE id = ?", (note_id,)).fetchone()
+        if row is None:
+            raise PlmkitError(f"no note with id {note_id} in {self.path}")
+        return Note(*row)
+
+    def __len__(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM notes").fetchone()[0])
+
+    def __iter__(self) -> Iterator[Note]:
+        return iter(self.notes())
+
+    def search(self, queries: str | Sequence[str], k: int = 5) -> list[list[Hit]]:
+        """The ``k`` notes with the largest inner product with each query, best first."""
+        queries = [queries] if isinstance(queries, str) else list(queries)
+        index = self._fresh_index()
+        if not len(index) or not queries:
+            return [[] for _ in queries]
+        ids, scores = index.search(self.encoder.encode(queries), k)
+        return [[Hit(self._by_id[int(i)], float(s)) for i, s in zip(row_ids, row_scores)]
+                for row_ids, row_scores in zip(ids, scores)]
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> "Notebook":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
