@@ -66,3 +66,25 @@ def tiny_inputs(model: nn.Module, batch: int = 2, length: int = 7, seed: int = 0
     if model.config.model_type == "t5":
         out["decoder_input_ids"] = ids[:, :5]
     return out
+
+
+TINY_CHAT_TEMPLATE = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
+                      "{% if add_generation_prompt %}<assistant>{% endif %}")
+
+
+def tiny_tokenizer(chat: bool = True):
+    """A character-level fast tokenizer within ``TINY_VOCAB`` (lower-cased text; pad 0, unk 1, eos 2),
+    with a minimal chat template unless ``chat=False``. No files, no network."""
+    from tokenizers import Tokenizer, decoders, models, normalizers
+    from transformers import PreTrainedTokenizerFast
+
+    chars = "abcdefghijklmnopqrstuvwxyz0123456789 .,?!'\"-:;()<>/\n{}_=+*&%$#@[]|~^`\\"
+    vocab = {"<pad>": 0, "<unk>": 1, "</s>": 2, **{c: i + 3 for i, c in enumerate(chars)}}
+    assert len(vocab) <= TINY_VOCAB
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    core.normalizer = normalizers.Lowercase()
+    core.decoder = decoders.Fuse()
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", unk_token="<unk>", eos_token="</s>")
+    if chat:
+        tok.chat_template = TINY_CHAT_TEMPLATE
+    return tok

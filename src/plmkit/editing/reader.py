@@ -72,13 +72,18 @@ class Reader:
             self._scored.update(zip(todo, self._logprob([p for p, _ in todo], [c for _, c in todo]).tolist()))
         return torch.tensor([self._scored[p] for p in pairs], dtype=torch.float32)
 
+    def _decoder_start(self) -> int:
+        start = getattr(self.model.generation_config, "decoder_start_token_id", None)
+        return self.tokenizer.pad_token_id if start is None else int(start)
+
     @torch.no_grad()
     def _generate(self, prompts: list[str], n: int) -> list[str]:
         out: list[str] = []
         for i in range(0, len(prompts), self.batch_size):
             enc = self._encode([self.format(p) for p in prompts[i:i + self.batch_size]], "left")
+            extra = {"decoder_start_token_id": self._decoder_start()} if self.seq2seq else {}
             gen = self.model.generate(**enc, max_new_tokens=n, do_sample=False, num_beams=1,
-                                      pad_token_id=self.tokenizer.pad_token_id)
+                                      pad_token_id=self.tokenizer.pad_token_id, **extra)
             if not self.seq2seq:
                 gen = gen[:, enc["input_ids"].shape[1]:]
             for text in self.tokenizer.batch_decode(gen, skip_special_tokens=True):
@@ -96,9 +101,10 @@ class Reader:
             if self.seq2seq:
                 enc = self._encode(ps, "right")
                 width = max(len(c) for c in cs)
-                labels = torch.tensor([c + [-100] * (width - len(c)) for c in cs], device=self.device)
-                logits = self.model(**enc, labels=labels).logits
-                targets = labels
+                targets = torch.tensor([c + [-100] * (width - len(c)) for c in cs], device=self.device)
+                start = torch.full_like(targets[:, :1], self._decoder_start())
+                decoder_ids = torch.cat([start, targets[:, :-1].clamp_min(0)], dim=1)
+                logits = self.model(**enc, decoder_input_ids=decoder_ids).logits
             else:
                 prefix = [tok(p, add_special_tokens=not self.chat)["input_ids"] for p in ps]
                 seqs = [p + c for p, c in zip(prefix, cs)]

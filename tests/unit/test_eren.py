@@ -1,0 +1,272 @@
+"""EREN (plmkit.editing): the notebook store, retrieval, the reader's relevance/fallback logic, the scorer."""
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import torch
+
+from plmkit.editing import EREN, ERENConfig, ExactIndex, Notebook, Reader, SentenceEncoder
+from plmkit.editing.benchmark import best_threshold
+from plmkit.errors import ConfigError, PlmkitError
+from plmkit.eval.editing import edit_scores, harmonic_mean
+from plmkit.testing import tiny_model, tiny_tokenizer
+
+NOTES = ["The capital of France is Lyon.", "The currency of Peru is the Euro.", "Osaka is a city in Chile."]
+ENCODER_CODE = ("from plmkit.editing import SentenceEncoder; from plmkit.testing import tiny_model, tiny_tokenizer\n"
+                "enc = SentenceEncoder(tiny_model('bert', head='base'), tiny_tokenizer(), name='tiny-bert')\n")
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    return SentenceEncoder(tiny_model("bert", head="base"), tiny_tokenizer(), name="tiny-bert")
+
+
+@pytest.fixture(scope="module")
+def reader():
+    return Reader(tiny_model("llama"), tiny_tokenizer(), max_new_tokens=4)
+
+
+def _run(code: str, *args: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-c", ENCODER_CODE + textwrap.dedent(code), *args], env=env,
+                            stdout=subprocess.PIPE, text=True)
+
+
+# ---- the store ------------------------------------------------------------------------------
+def test_notebook_add_list_update_remove(tmp_path, encoder):
+    nb = Notebook(tmp_path / "n.db", encoder)
+    ids = nb.add(NOTES)
+    assert [n.text for n in nb.notes()] == NOTES and len(nb) == 3 and ids == [1, 2, 3]
+    nb.update(ids[1], "The currency of Peru is the Yen.")
+    assert nb.get(ids[1]).text == "The currency of Peru is the Yen."
+    assert nb.remove(ids[0]) == 1
+    assert [n.id for n in nb.notes()] == ids[1:]
+    with pytest.raises(PlmkitError, match="no note with id"):
+        nb.remove([ids[2], 99])
+    assert len(nb) == 2  # nothing was removed by the failed call
+    with pytest.raises(PlmkitError, match="non-empty"):
+        nb.add(["fine", "  "])
+    assert len(nb) == 2
+
+
+def test_search_is_exact_inner_product_and_follows_incremental_edits(tmp_path, encoder):
+    nb = Notebook(tmp_path / "n.db", encoder)
+    for text in NOTES:  # one add at a time: the index grows by rows
+        nb.add(text)
+    vecs = encoder.encode(NOTES)
+    queries = ["What is the capital of France?", "Peru money?"]
+    expected = encoder.encode(queries) @ vecs.T
+    for q, hits, row in zip(queries, nb.search(queries, k=3), expected):
+        assert [h.note.text for h in hits] == [NOTES[i] for i in row.argsort(descending=True)]
+        assert [h.score for h in hits] == pytest.approx(sorted(row.tolist(), reverse=True), abs=1e-5)
+    for text, hits in zip(NOTES, nb.search(NOTES, k=1)):
+        assert hits[0].note.text == text and hits[0].score == pytest.approx(1.0, abs=1e-5)
+    gone = nb.notes()[0]
+    nb.remove(gone.id)
+    assert all(h.note.id != gone.id for row in nb.search(NOTES, k=3) for h in row)
+    nb.update(nb.notes()[0].id, "Kyoto is a city in Japan.")
+    assert nb.search(["Kyoto is a city in Japan."], k=1)[0][0].note.text == "Kyoto is a city in Japan."
+    assert len(nb.search(["x"], k=10)[0]) == 2
+
+
+def test_exact_index_adds_rows_not_features():
+    index = ExactIndex(4)
+    index.add([1, 2], torch.eye(4)[:2])
+    index.add([7], torch.eye(4)[3:])
+    assert index.vectors.shape == (3, 4)
+    ids, scores = index.search(torch.eye(4)[[3, 0]], 2)
+    assert ids[:, 0].tolist() == [7, 1] and scores[:, 0].tolist() == [1.0, 1.0]
+    with pytest.raises(ValueError, match="size 4"):
+        index.add([9], torch.ones(1, 5))
+
+
+def test_another_connection_sees_new_notes(tmp_path, encoder):
+    a = Notebook(tmp_path / "n.db", encoder)
+    a.add(NOTES[:2])
+    assert len(a.search(["q"], k=5)[0]) == 2  # index built
+    b = Notebook(tmp_path / "n.db", encoder)
+    b.add(NOTES[2])
+    b.remove(1)
+    texts = {h.note.text for h in a.search(["q"], k=5)[0]}
+    assert texts == set(NOTES[1:])
+    a.add("Lima is a city in Peru.")  # a's own write after b's: the index is rebuilt, not patched
+    assert len(a.search(["q"], k=5)[0]) == 3
+
+
+def test_notes_persist_across_processes(tmp_path, encoder):
+    db = tmp_path / "n.db"
+    proc = _run("from plmkit.editing import Notebook; import sys\n"
+                "print(Notebook(sys.argv[1], enc).add(['Kyoto is a city in Japan.', 'Lima is a city in Peru.']))",
+                str(db))
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and out.strip() == "[1, 2]"
+    nb = Notebook(db, encoder)
+    assert [n.text for n in nb.notes()] == ["Kyoto is a city in Japan.", "Lima is a city in Peru."]
+    assert nb.search(["Lima is a city in Peru."], k=1)[0][0].note.id == 2
+
+
+def test_killed_writer_loses_nothing_committed_and_leaves_no_partial_batch(tmp_path, encoder):
+    db = tmp_path / "n.db"
+    proc = _run("""
+        from plmkit.editing import Notebook; import sys
+        nb = Notebook(sys.argv[1], enc)
+        for i in range(10_000):
+            nb.add([f'note {i} {j}' for j in range(50)])
+            print(len(nb), flush=True)
+        """, str(db))
+    committed = 0
+    deadline = time.time() + 90
+    while committed < 150 and time.time() < deadline:
+        committed = int(proc.stdout.readline())
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    nb = Notebook(db, encoder)
+    n = len(nb)
+    assert n >= committed and n % 50 == 0  # every printed batch is there; no half batch
+    assert len(nb.search(["note 1 1"], k=3)[0]) == 3
+
+
+def test_encoder_mismatch_and_foreign_file_are_clear_errors(tmp_path, encoder):
+    nb = Notebook(tmp_path / "n.db", encoder)
+    nb.add("a note")
+    with pytest.raises(ConfigError, match="embedded with encoder 'tiny-bert'"):
+        Notebook(tmp_path / "n.db", "minilm")
+    bad = tmp_path / "bad.db"
+    bad.write_text("not a database" * 100)
+    with pytest.raises(PlmkitError, match="not a plmkit notebook"):
+        Notebook(bad, encoder)
+
+
+# ---- the reader and EREN's logic ---------------------------------------------------------------
+def test_reader_logprob_matches_a_manual_forward(reader):
+    tok = reader.tokenizer
+    prompt, cont = "where is lyon?", "in france."
+    p = tok(reader.format(prompt), add_special_tokens=False)["input_ids"]
+    c = tok(cont, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        logp = reader.model(torch.tensor([p + c])).logits[0, :-1].log_softmax(-1)
+    manual = sum(logp[len(p) - 1 + i, t].item() for i, t in enumerate(c))
+    got = reader.logprob([prompt, "other"], [cont, "x"])  # batched with a different length
+    assert got[0].item() == pytest.approx(manual, abs=1e-4)
+
+
+def test_reader_seq2seq_generates_and_scores():
+    r = Reader(tiny_model("t5"), tiny_tokenizer(chat=False), max_new_tokens=3)
+    assert r.seq2seq and len(r.generate(["abc", "de"])) == 2
+    single = r.logprob(["a"], ["cc"])
+    assert r.logprob(["a", "bbbb"], ["cc", "d"])[0].item() == pytest.approx(single.item(), abs=1e-4)
+
+
+def test_relevance_is_per_token_pmi_and_thresholds_choose_notes_or_fallback(tmp_path, encoder, reader):
+    nb = Notebook(tmp_path / "n.db", encoder)
+    nb.add(NOTES)
+    q = ["What is the capital of France?", "What is the capital of Spain?"]
+    eren = EREN(reader, nb, ERENConfig(k=2))
+    hits = nb.search(q, 2)
+    scores = eren.relevance_scores(q, hits)
+    note = hits[0][0].note.text
+    n_tok = len(reader.tokenizer(note, add_special_tokens=False)["input_ids"])
+    manual = (reader.logprob([q[0]], [note]) - reader.logprob(["Tell me a fact."], [note])).item() / n_tok
+    assert scores[0][0] == pytest.approx(manual, abs=1e-5)
+
+    eren.config.threshold = -math.inf  # every retrieved note is relevant
+    answers = eren.answer_batch(q)
+    assert all(a.source == "notes" and len(a.notes) == 2 for a in answers)
+    prompt = eren.config.read_template.format(notes="\n".join(h.note.text for h in hits[0]), question=q[0])
+    assert answers[0].text == reader.generate([prompt])[0]
+
+    eren.config.threshold = math.inf  # none is: closed-book fallback, in the batch too
+    answers = eren.answer_batch(q)
+    assert [a.source for a in answers] == ["closed-book"] * 2
+    assert [a.text for a in answers] == eren.closed_book(q)
+    eren.config.fallback = False
+    assert [a.text for a in eren.answer_batch(q)] == ["unanswerable"] * 2
+    assert eren.answer(q[1]).text == "unanswerable"
+
+
+class ScriptedReader(Reader):
+    """A real tiny reader whose generations are scripted, to test the control flow."""
+
+    def _generate(self, prompts, n):
+        return ["unanswerable" if "Spain" in p and "unanswerable" in p else f"said:{p[-12:]}" for p in prompts]
+
+
+def test_generate_mode_falls_back_in_batches(tmp_path, encoder):
+    nb = Notebook(tmp_path / "n.db", encoder)
+    nb.add(NOTES)
+    r = ScriptedReader(tiny_model("llama"), tiny_tokenizer())
+    eren = EREN(r, nb, ERENConfig(relevance="generate", k=3))
+    q = ["What is the capital of France?", "What is the capital of Spain?"]
+    batched = eren.answer_batch(q)
+    assert [a.source for a in batched] == ["notes", "closed-book"]
+    assert batched[1].text == r.generate([eren.config.closed_template.format(question=q[1])])[0]
+    assert [eren.answer(x).text for x in q] == [a.text for a in batched]
+
+
+def test_similarity_and_always_modes_and_no_notebook(tmp_path, encoder, reader):
+    nb = Notebook(tmp_path / "n.db", encoder)
+    nb.add(NOTES)
+    q = [NOTES[0], "zzz"]
+    sim = EREN(reader, nb, ERENConfig(relevance="similarity", similarity_threshold=0.999, k=3)).answer_batch(q)
+    assert [h.note.text for h in sim[0].notes] == [NOTES[0]] and sim[0].source == "notes"
+    always = EREN(reader, nb, ERENConfig(relevance="always", k=3)).answer_batch(q)
+    assert all(len(a.notes) == 3 for a in always)
+    closed = EREN(reader, None).answer_batch(q)
+    assert all(a.source == "closed-book" and not a.retrieved for a in closed)
+    one = EREN(reader, nb, ERENConfig(relevance="always")).answer_batch(q[:1], hits=[sim[0].notes])
+    assert one[0].notes == sim[0].notes
+
+
+def test_fact_checking_picks_the_most_likely_option(tmp_path, encoder, reader):
+    nb = Notebook(tmp_path / "n.db", encoder)
+    nb.add(NOTES)
+    eren = EREN(reader, nb, ERENConfig(threshold=-math.inf, k=1))
+    v = eren.check("the capital of France is Lyon.")
+    assert v.source == "notes" and set(v.scores) == {"supports", "refutes", "not enough info"}
+    assert v.label == max(v.scores, key=v.scores.get)
+    eren.config.threshold = math.inf
+    v = eren.check("the capital of France is Lyon.")
+    assert v.source == "closed-book" and set(v.scores) == {"supports", "refutes"}
+
+
+def test_config_validates_and_round_trips():
+    c = ERENConfig(k=3, relevance="similarity", similarity_threshold=0.7)
+    assert ERENConfig.from_json(c.to_json()) == c
+    with pytest.raises(ConfigError, match="relevance must be one of"):
+        ERENConfig(relevance="magic")
+    with pytest.raises(ConfigError, match="needs both"):
+        ERENConfig(read_template="{question}")
+    with pytest.raises(ConfigError, match="tokenizer="):
+        EREN(tiny_model("llama"), None)
+
+
+# ---- scoring -------------------------------------------------------------------------------------
+def test_edit_scores_on_hand_made_cases():
+    rows = [
+        {"kind": "direct", "prediction": "The capital of France is Lyon.", "answers": ["Lyon"]},
+        {"kind": "paraphrase", "prediction": "Paris", "answers": ["Lyon"]},
+        {"kind": "same-subject", "prediction": "the Euro", "answers": ["Euro"], "known": True},
+        {"kind": "same-relation", "prediction": "Lyon", "answers": ["Madrid"], "known": True},
+        {"kind": "same-relation", "prediction": "Rome", "answers": ["Rome"], "known": False},
+        {"kind": "two-hop", "prediction": "Cusco", "answers": ["Cusco"]},
+    ]
+    c = edit_scores(rows, "contained")
+    assert c["ES"] == 0.5 and c["BP"] == pytest.approx(2 / 3) and c["BP_known"] == 0.5
+    assert c["EQ"] == pytest.approx(2 * 0.5 * (2 / 3) / (0.5 + 2 / 3)) and c["EQ_known"] == 0.5
+    assert c["two_hop"] == 1.0 and c["n"]["known"] == 2 and c["protocol"]["match"] == "contained"
+    e = edit_scores(rows, "exact")
+    assert e["ES"] == 0.0 and e["EQ"] == 0.0 and e["BP"] == pytest.approx(2 / 3)
+    assert harmonic_mean(0.0, 0.0) == 0.0
+    with pytest.raises(ValueError, match="match must be"):
+        edit_scores(rows, "fuzzy")
+
+
+def test_best_threshold_separates_scope():
+    assert best_threshold([0.9, 0.8], [0.1, 0.2]) == 0.8  # separable: every in-scope score passes, none other
+    # 0.7 and 0.8 both give rates (1, 2/3) / (2/3, 1): the tie goes to the lower threshold
+    assert best_threshold([0.9, 0.8, 0.7], [0.1, 0.75, 0.2]) == 0.7
