@@ -84,6 +84,51 @@ def _cmd_moefy(args: argparse.Namespace) -> None:
     print(f"saved to {out} (load with plmkit.compress.moefication.load_moefication(model, '{out}'))")
 
 
+def _notebook(args: argparse.Namespace):
+    from .editing import Notebook
+
+    return Notebook(args.db, encoder=args.encoder)
+
+
+def _cmd_notes(args: argparse.Namespace) -> None:
+    nb = _notebook(args)
+    if args.action == "add":
+        for i in nb.add(args.text):
+            print(f"added note {i}")
+    elif args.action == "rm":
+        print(f"removed {nb.remove([int(i) for i in args.text])} note(s)")
+    elif args.action == "update":
+        if len(args.text) != 2:
+            raise PlmkitError("usage: plmkit notes --db FILE update ID 'new statement'")
+        nb.update(int(args.text[0]), args.text[1])
+        print(f"updated note {args.text[0]}")
+    else:
+        for n in nb.notes():
+            print(f"{n.id}\t{n.text}")
+
+
+def _cmd_ask(args: argparse.Namespace) -> None:
+    from .editing import EREN, ERENConfig, Reader
+
+    overrides = {k: v for k, v in (("k", args.k), ("relevance", args.relevance), ("threshold", args.threshold))
+                 if v is not None}
+    config = ERENConfig(**overrides)
+    eren = EREN(Reader.load(args.model, dtype=args.dtype), _notebook(args), config)
+    if args.check:
+        v = eren.check(args.question)
+        for h in v.notes:
+            print(f"note {h.note.id}: {h.note.text}")
+        print(v.label)
+        return
+    a = eren.answer(args.question)
+    for h, score in zip(a.retrieved, a.relevance or [None] * len(a.retrieved)):
+        used = "read" if h in a.notes else "skipped"
+        print(f"note {h.note.id} ({used}, retrieval {h.score:.2f}"
+              + (f", relevance {score:.2f}" if score is not None else "") + f"): {h.note.text}")
+    print(f"[answered from {a.source}]")
+    print(a.text)
+
+
 def _cmd_reproduce(args: argparse.Namespace) -> None:
     from .reproduce import run_recipes
 
@@ -139,6 +184,26 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--no-progress", action="store_true")
     m.add_argument("--out", required=True, help="folder for moefication.safetensors/.json and report.json")
     m.set_defaults(fn=_cmd_moefy)
+
+    n = sub.add_parser("notes", help="EREN's notebook of edits: add, list, rm, update")
+    n.add_argument("--db", required=True, help="SQLite notebook file (created if missing)")
+    n.add_argument("--encoder", default=None, help="sentence encoder for a new notebook (default minilm)")
+    n.add_argument("action", choices=("add", "list", "rm", "update"))
+    n.add_argument("text", nargs="*", help="statements to add, ids to remove, or ID TEXT to update")
+    n.set_defaults(fn=_cmd_notes)
+
+    q = sub.add_parser("ask", help="answer a question with EREN (reads the notes when relevant); "
+                                   "the answer is the last line")
+    q.add_argument("question")
+    q.add_argument("--db", required=True, help="the notebook (plmkit notes --db FILE add ...)")
+    q.add_argument("--model", default="smollm2", help="reader: asset name, folder or hub id (chat or seq2seq)")
+    q.add_argument("--encoder", default=None)
+    q.add_argument("--k", type=int, default=None, help="notes retrieved per question (default 5)")
+    q.add_argument("--relevance", choices=("reader", "generate", "similarity", "always"), default=None)
+    q.add_argument("--threshold", type=float, default=None, help="reader relevance threshold (nats per token)")
+    q.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
+    q.add_argument("--check", action="store_true", help="fact-check the text: supports / refutes / not enough info")
+    q.set_defaults(fn=_cmd_ask)
 
     r = sub.add_parser("reproduce", help="run reproduction recipes and write a report")
     r.add_argument("names", nargs="*", help="recipe names, or 'all' (default)")

@@ -15,7 +15,9 @@ class System:
 
 
 _ROWS = [
-    ("eren", "EREN: editing by reading notes", "editing", "not yet", "plmkit.editing.EREN"),
+    ("eren", "EREN: editing by reading notes", "editing",
+     "implemented: SQLite notebook, reader-judged relevance with closed-book fallback, fact checking, "
+     "geonames edit benchmark; recipe 'eren'", "plmkit.editing.EREN"),
     ("modularity", "Modularity analysis: functional experts", "analysis", "not yet", "plmkit.analysis.modularity"),
     ("variator", "Variator: compression plugins", "plugins", "not yet", "plmkit.plugins.variator"),
     ("subchar", "SubChar: sub-character tokenization", "chinese", "not yet", "plmkit.chinese.subchar"),

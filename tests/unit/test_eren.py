@@ -218,6 +218,11 @@ def test_similarity_and_always_modes_and_no_notebook(tmp_path, encoder, reader):
     assert all(len(a.notes) == 3 for a in always)
     closed = EREN(reader, None).answer_batch(q)
     assert all(a.source == "closed-book" and not a.retrieved for a in closed)
+    assert EREN(reader, None).answer_batch(q, hits=[sim[0].notes] * 2)[0].source == "closed-book"  # no notebook
+    top = EREN(reader, nb, ERENConfig(relevance="always", k=3, max_notes=1)).answer_batch(q)
+    assert [h.note.text for h in top[0].notes] == [NOTES[0]]  # the most relevant of the three
+    two = EREN(reader, nb, ERENConfig(relevance="always", k=1, hops=2)).answer_batch(q[:1])
+    assert two[0].notes[0].note.text == NOTES[0] and len({h.note.id for h in two[0].notes}) == 2  # a second hop
     one = EREN(reader, nb, ERENConfig(relevance="always")).answer_batch(q[:1], hits=[sim[0].notes])
     assert one[0].notes == sim[0].notes
 
@@ -250,15 +255,16 @@ def test_edit_scores_on_hand_made_cases():
     rows = [
         {"kind": "direct", "prediction": "The capital of France is Lyon.", "answers": ["Lyon"]},
         {"kind": "paraphrase", "prediction": "Paris", "answers": ["Lyon"]},
-        {"kind": "same-subject", "prediction": "the Euro", "answers": ["Euro"], "known": True},
-        {"kind": "same-relation", "prediction": "Lyon", "answers": ["Madrid"], "known": True},
-        {"kind": "same-relation", "prediction": "Rome", "answers": ["Rome"], "known": False},
+        {"kind": "same-subject", "prediction": "the Euro", "answers": ["Euro"], "known": True, "unedited": "Euro"},
+        {"kind": "same-relation", "prediction": "Lyon", "answers": ["Madrid"], "known": True, "unedited": "Madrid"},
+        {"kind": "same-relation", "prediction": "Rome", "answers": ["Rome"], "known": False, "unedited": "Paris"},
         {"kind": "two-hop", "prediction": "Cusco", "answers": ["Cusco"]},
     ]
     c = edit_scores(rows, "contained")
     assert c["ES"] == 0.5 and c["BP"] == pytest.approx(2 / 3) and c["BP_known"] == 0.5
     assert c["EQ"] == pytest.approx(2 * 0.5 * (2 / 3) / (0.5 + 2 / 3)) and c["EQ_known"] == 0.5
     assert c["two_hop"] == 1.0 and c["n"]["known"] == 2 and c["protocol"]["match"] == "contained"
+    assert c["BP_unchanged"] == pytest.approx(1 / 3) and c["EQ_unchanged"] == pytest.approx(0.4)  # "the Euro" == "Euro"
     e = edit_scores(rows, "exact")
     assert e["ES"] == 0.0 and e["EQ"] == 0.0 and e["BP"] == pytest.approx(2 / 3)
     assert harmonic_mean(0.0, 0.0) == 0.0

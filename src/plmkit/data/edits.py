@@ -4,7 +4,9 @@ Each edit changes one fact ("The capital of France is Lyon."). Probes per edit:
 
 - ``direct`` and ``paraphrase``: in scope; the answer is the edited object.
 - ``same-subject``: same subject, another relation ("What is the currency of France?").
-- ``same-relation``: another subject, same relation ("What is the capital of Spain?").
+- ``same-relation``: another subject, same relation, chosen close to the edited one: a neighbouring
+  country, or another city of the same real country ("What is the capital of Belgium?",
+  "In which country is Kobe?"), so that the question is near the edit in form and in topic.
 - ``two-hop``: needs two edits at once ("What is the capital of the country where Osaka is
   located?" after "Osaka is a city in Peru." and "The capital of Peru is Cusco.").
 
@@ -107,6 +109,19 @@ def _facts(min_city_population: int) -> dict[tuple[str, str], str]:
     return facts
 
 
+def _near_subjects(facts: dict[tuple[str, str], str]) -> dict[str, list[str]]:
+    """Subjects close to each subject: a country's neighbours; the other cities of a city's country."""
+    near = {c["name"]: sorted(c["neighbours"]) for c in geonames.countries()}
+    by_country: dict[str, list[str]] = {}
+    for (s, r), o in facts.items():
+        if r == "country":
+            by_country.setdefault(o, []).append(s)
+    for (s, r), o in facts.items():
+        if r == "country":
+            near[s] = sorted(c for c in by_country[o] if c != s)
+    return near
+
+
 def build_edit_set(n_edits: int = 1000, *, n_two_hop: int = 50, validation_share: float = 0.2,
                    max_country_share: float = 0.5, min_city_population: int = 200_000, seed: int = 0) -> EditSet:
     """A reproducible counterfactual edit set of ``n_edits`` edits (plus probes) from geonames.
@@ -160,6 +175,7 @@ def build_edit_set(n_edits: int = 1000, *, n_two_hop: int = 50, validation_share
                           "validation" if key in val_keys else "test"))
 
     untouched = {r: sorted(s for (s, rr) in facts if rr == r and (s, rr) not in edited) for r in QUESTIONS}
+    near = _near_subjects(facts)
     probes: list[Probe] = []
     for e in edits:
         for j, template in enumerate(QUESTIONS[e.relation]):
@@ -172,7 +188,8 @@ def build_edit_set(n_edits: int = 1000, *, n_two_hop: int = 50, validation_share
                 r = rng.choice(others)
                 probes.append(Probe(QUESTIONS[r][0].format(s=e.subject), "same-subject", [facts[(e.subject, r)]],
                                     [e.id], e.subject, r, e.split))
-        s = rng.choice(untouched[e.relation])
+        close = [s for s in near.get(e.subject, ()) if (s, e.relation) in facts and (s, e.relation) not in edited]
+        s = rng.choice(close or untouched[e.relation])
         probes.append(Probe(QUESTIONS[e.relation][0].format(s=s), "same-relation", [facts[(s, e.relation)]],
                             [e.id], s, e.relation, e.split))
     for a, b in hop_pairs:

@@ -7,14 +7,24 @@ import numpy as np
 
 from ..data.edits import EditSet, Probe
 from ..eval.editing import IN_SCOPE, OUT_OF_SCOPE, edit_scores, harmonic_mean
+from ..eval.metrics import answer_contained
 from .eren import EREN
 from .notebook import Hit, Notebook
 
 
-def probe_rows(probes: Sequence[Probe], answers, known: dict[str, bool] | None = None) -> list[dict]:
-    """Per-probe results in the form :func:`plmkit.eval.editing.edit_scores` reads."""
-    return [{"question": p.question, "kind": p.kind, "answers": p.answers, "prediction": a.text, "source": a.source,
-             "known": (known or {}).get(p.question)} for p, a in zip(probes, answers)]
+def probe_rows(probes: Sequence[Probe], answers, unedited: dict[str, str] | None = None) -> list[dict]:
+    """Per-probe results in the form :func:`plmkit.eval.editing.edit_scores` reads.
+
+    ``unedited`` maps a question to the unedited model's answer: out-of-scope rows then carry it
+    (for ``BP_unchanged``) and whether it was right (``known``)."""
+    unedited = unedited or {}
+    rows = []
+    for p, a in zip(probes, answers):
+        before = unedited.get(p.question) if p.kind in OUT_OF_SCOPE else None
+        rows.append({"question": p.question, "kind": p.kind, "answers": p.answers, "prediction": a.text,
+                     "source": a.source, "unedited": before,
+                     "known": None if before is None else answer_contained(before, p.answers)})
+    return rows
 
 
 def fill_notebook(notebook: Notebook, edit_set: EditSet, edit_ids: Sequence[int]) -> None:

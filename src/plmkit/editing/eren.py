@@ -36,6 +36,8 @@ class ERENConfig:
     threshold: float = 0.5  # nats per note token of pointwise mutual information, for relevance="reader"
     similarity_threshold: float = 0.6  # for relevance="similarity"
     fallback: bool = True  # closed-book answer when no note is relevant
+    max_notes: int | None = None  # read at most this many relevant notes per hop, most relevant first
+    hops: int = 1  # 2: retrieve again with the question plus the notes chosen so far (multi-hop questions)
     read_template: str = "Notes:\n{notes}\n\nUsing the notes, answer with a short phrase.\nQuestion: {question}"
     closed_template: str = "Answer with a short phrase.\nQuestion: {question}"
     unanswerable_template: str = ('Read this and answer the question. If the question is unanswerable, '
@@ -51,8 +53,8 @@ class ERENConfig:
     def __post_init__(self) -> None:
         if self.relevance not in RELEVANCE:
             raise ConfigError(f"relevance must be one of {RELEVANCE}, got '{self.relevance}'")
-        if self.k < 1:
-            raise ConfigError("k (notes retrieved per question) must be >= 1")
+        if self.k < 1 or self.hops < 1 or (self.max_notes is not None and self.max_notes < 1):
+            raise ConfigError("k (notes retrieved per question), hops and max_notes must be >= 1")
         for name in ("read_template", "unanswerable_template"):
             if "{notes}" not in getattr(self, name) or "{question}" not in getattr(self, name):
                 raise ConfigError(f"{name} needs both {{notes}} and {{question}}")
@@ -134,14 +136,28 @@ class EREN:
         return self.notebook.search(list(queries), self.config.k)
 
     def _select(self, queries, hits) -> tuple[list[list[Hit]], list[list[float]]]:
+        """The notes to read per query (most relevant first, at most ``max_notes``) and every score."""
         c = self.config
-        if c.relevance == "always":
-            return [list(r) for r in hits], [[h.score for h in r] for r in hits]
-        if c.relevance == "similarity":
-            return [[h for h in r if h.score >= c.similarity_threshold] for r in hits], \
-                [[h.score for h in r] for r in hits]
-        scores = self.relevance_scores(queries, hits)
-        return [[h for h, s in zip(r, sr) if s >= c.threshold] for r, sr in zip(hits, scores)], scores
+        if c.relevance == "reader":
+            scores, cut = self.relevance_scores(queries, hits), c.threshold
+        else:
+            scores = [[h.score for h in r] for r in hits]
+            cut = c.similarity_threshold if c.relevance == "similarity" else -float("inf")
+        chosen = [[h for s, h in sorted(zip(sr, r), key=lambda x: -x[0]) if s >= cut][:c.max_notes]
+                  for r, sr in zip(hits, scores)]
+        return chosen, scores
+
+    def _next_hop(self, questions: list[str], chosen: list[list[Hit]]) -> None:
+        """Multi-hop: retrieve with the question and the notes chosen so far; add new relevant notes."""
+        idx = [i for i, r in enumerate(chosen) if r and self.notebook is not None]
+        queries = [questions[i] + "\n" + _join(chosen[i]) for i in idx]
+        if not idx:
+            return
+        new_hits = [[h for h in row if h.note.id not in {x.note.id for x in chosen[i]}]
+                    for i, row in zip(idx, self._retrieve(queries))]
+        more, _ = self._select(queries, new_hits)
+        for i, extra in zip(idx, more):
+            chosen[i] = chosen[i] + extra
 
     # ---- answering --------------------------------------------------------------------
     def closed_book(self, questions: Sequence[str]) -> list[str]:
@@ -157,7 +173,10 @@ class EREN:
         question its own one-note notebook."""
         c = self.config
         questions = list(questions)
-        hits = self._retrieve(questions) if hits is None else [list(r)[:c.k] for r in hits]
+        if hits is None or self.notebook is None:
+            hits = self._retrieve(questions)
+        else:
+            hits = [list(r)[:c.k] for r in hits]
         if c.relevance == "generate":
             read_idx = [i for i, r in enumerate(hits) if r]
             outs = self.reader.generate([c.unanswerable_template.format(notes=_join(hits[i]), question=questions[i])
@@ -168,6 +187,8 @@ class EREN:
                     answers[i] = Answer(text, "notes", list(hits[i]), hits[i], [])
         else:
             chosen, scores = self._select(questions, hits)
+            for _ in range(c.hops - 1):
+                self._next_hop(questions, chosen)
             read_idx = [i for i, r in enumerate(chosen) if r]
             outs = self.reader.generate([c.read_template.format(notes=_join(chosen[i]), question=questions[i])
                                          for i in read_idx])

@@ -20,7 +20,7 @@ from ..compress.moefication import MoEficationConfig, moe_layers, moefy, relufy,
 from ..compress.moefication.relu import magnitude_mask, remove_magnitude_mask
 from ..data import geonames, text, token_batches
 from ..eval import accuracy, next_token_accuracy, perplexity
-from ..train import TrainConfig, train
+from ..train import TrainConfig, causal_lm_collate, train
 from .registry import RecipeContext, recipe
 
 EXPERTS = 16
@@ -37,14 +37,6 @@ def _settings(quick: bool) -> dict[str, Any]:
                 cls_steps=400, cls_len=128, router_steps=400, calib_tokens=8192, lm_grid=GRID, relu_grid=GRID)
 
 
-def _lm_collate(tok):
-    def collate(batch):
-        out = tok.pad(batch, return_tensors="pt")
-        out["labels"] = out["input_ids"].masked_fill(out["attention_mask"] == 0, -100)
-        return out
-    return collate
-
-
 def _fine_tune(model, data, collate, steps: int, batch: int, lr: float, out_dir, progress: bool, seed: int):
     """A short fine-tune with plmkit's loop (no checkpoints); returns (seconds, TrainResult), model in eval mode."""
     model.train()
@@ -58,7 +50,7 @@ def _fine_tune(model, data, collate, steps: int, batch: int, lr: float, out_dir,
 
 def _fine_tune_lm(model, tok, texts, steps: int, batch: int, out_dir, progress: bool, seed: int) -> dict:
     data = [{"input_ids": e} for e in tok(list(texts), truncation=True, max_length=128)["input_ids"] if len(e) > 16]
-    seconds, res = _fine_tune(model, data, _lm_collate(tok), steps, batch, 2e-4, out_dir, progress, seed)
+    seconds, res = _fine_tune(model, data, causal_lm_collate(tok), steps, batch, 2e-4, out_dir, progress, seed)
     return {"steps": steps, "batch": batch, "tokens": steps * batch * 128, "seconds": seconds,
             "loss_first": res.losses[0] if res.losses else None, "loss_last": res.losses[-1] if res.losses else None}
 

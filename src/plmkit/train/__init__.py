@@ -1,4 +1,4 @@
 """Training core on accelerate: seeded, resumable, with progress, periodic eval and checkpoints."""
-from .loop import TrainConfig, TrainResult, train
+from .loop import TrainConfig, TrainResult, causal_lm_collate, train
 
-__all__ = ["TrainConfig", "TrainResult", "train"]
+__all__ = ["TrainConfig", "TrainResult", "causal_lm_collate", "train"]

@@ -22,6 +22,16 @@ LossFn = Callable[[torch.nn.Module, Any], torch.Tensor]
 EvalFn = Callable[[torch.nn.Module], dict[str, float]]
 
 
+def causal_lm_collate(tokenizer) -> Callable[[list[dict]], dict]:
+    """Pad ``{"input_ids": [...]}`` records; labels are the ids with padding ignored (-100)."""
+    def collate(batch: list[dict]) -> dict:
+        out = tokenizer.pad(batch, return_tensors="pt")
+        out["labels"] = out["input_ids"].masked_fill(out["attention_mask"] == 0, -100)
+        return out
+
+    return collate
+
+
 @dataclass
 class TrainConfig:
     out_dir: str

@@ -1,0 +1,249 @@
+"""Recipe ``eren``: editing by notes on counterfactual geonames edits, EREN beside its baselines.
+
+SmolLM2-135M-Instruct reads, MiniLM retrieves. Edits and probes come from
+:func:`plmkit.data.edits.build_edit_set`; thresholds (EREN's reader relevance and the SERAC-like
+similarity scope) are tuned on validation edits, then every method answers the same test probes
+with the notebook holding N = 1, 10, 100 and 1000 notes.
+"""
+from __future__ import annotations
+
+import random
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..assets import load_model
+from ..data.edits import EditSet, Probe, build_edit_set
+from ..editing import EREN, ERENConfig, Notebook, Reader
+from ..editing.baselines import fine_tune_on_statements
+from ..editing.benchmark import fill_notebook, one_note_hits, probe_rows, scope_scores, score, tune
+from ..eval import answer_contained
+from .registry import RecipeContext, recipe
+
+METHODS = ("unedited", "one-step reading", "SERAC-like scope", "EREN (paper prompt)", "EREN (reader relevance)",
+           "EREN (reader relevance, top note)", "fine-tuning")
+PAPER = {  # flan-t5-xl reader, CounterFact-Hard: ES / BP / EQ
+    "one-step MRC": (98.4, 24.5, 39.2), "SERAC": (96.9, 51.4, 67.2), "EREN": (96.9, 96.8, 96.9)}
+
+
+def _settings(quick: bool) -> dict[str, Any]:
+    if quick:
+        return dict(n_eval=30, sizes=(1, 10, 100, 1000), tune_edits=60, tune_probes=150, two_hop=20,
+                    ft_sizes=(10, 100), ft_epochs=3)
+    return dict(n_eval=100, sizes=(1, 10, 100, 1000), tune_edits=150, tune_probes=500, two_hop=50,
+                ft_sizes=(10, 100, 1000), ft_epochs=3)
+
+
+def _editors(reader: Reader, nb: Notebook, thresholds: dict[str, float]) -> dict[str, EREN]:
+    return {
+        "unedited": EREN(reader, None),
+        "one-step reading": EREN(reader, nb, ERENConfig(relevance="always")),
+        "SERAC-like scope": EREN(reader, nb, ERENConfig(relevance="similarity",
+                                                        similarity_threshold=thresholds["similarity"])),
+        "EREN (paper prompt)": EREN(reader, nb, ERENConfig(relevance="generate")),
+        "EREN (reader relevance)": EREN(reader, nb, ERENConfig(threshold=thresholds["reader"])),
+        "EREN (reader relevance, top note)": EREN(reader, nb, ERENConfig(threshold=thresholds["reader"], max_notes=1)),
+    }
+
+
+def _auc(scores: list[float], probes: list[Probe]) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    keep = [(s, p.kind in ("direct", "paraphrase")) for s, p in zip(scores, probes) if p.kind != "two-hop"]
+    return float(roc_auc_score([k for _, k in keep], [s for s, _ in keep]))
+
+
+def _tune(reader: Reader, nb: Notebook, es: EditSet, S: dict, rng: random.Random) -> dict[str, Any]:
+    val = rng.sample([e.id for e in es.split("validation")], S["tune_edits"])
+    fill_notebook(nb, es, val)
+    probes = [p for p in es.probes_for(val) if p.kind != "two-hop"]
+    probes = rng.sample(probes, min(S["tune_probes"], len(probes)))
+    eren = EREN(reader, nb)
+    serac = EREN(reader, nb, ERENConfig(relevance="similarity"))
+    out = {"reader": tune(eren, probes), "similarity": tune(serac, probes, kind="similarity")}
+    out["auc"] = {"reader": _auc(scope_scores(eren, probes), probes),
+                  "similarity": _auc(scope_scores(serac, probes, kind="similarity"), probes)}
+    out["n_probes"] = len(probes)
+    return out
+
+
+def _groups(es: EditSet, size: int, S: dict, rng: random.Random) -> list[tuple[list[int], list[int]]]:
+    """(notebook edit ids, evaluated edit ids) per notebook for one regime."""
+    test = [e.id for e in es.split("test") if not any(p.kind == "two-hop" and e.id in p.edit_ids
+                                                      for p in es.probes)]
+    chosen = rng.sample(test, S["n_eval"])
+    if size < S["n_eval"]:
+        return [(chosen[i:i + size], chosen[i:i + size]) for i in range(0, S["n_eval"], size)]
+    rest = [e.id for e in es.edits if e.id not in set(chosen)]
+    return [(chosen + rng.sample(rest, size - len(chosen)), chosen)]
+
+
+def _answer(editor: EREN, probes: list[Probe], hits=None):
+    return editor.answer_batch([p.question for p in probes], hits=hits)
+
+
+def _fine_tuned(ctx: RecipeContext, es: EditSet, groups, S: dict, unedited: dict) -> dict[str, Any]:
+    rows, seconds = [], 0.0
+    for k, (notebook_ids, eval_ids) in enumerate(groups):
+        model, tok = load_model("smollm2", task="causal-lm")
+        statements = es.statements(notebook_ids)
+        steps = max(10, S["ft_epochs"] * len(statements) // 8)
+        t = time.perf_counter()
+        fine_tune_on_statements(model, tok, statements, ctx.out_dir / "ft", steps=steps, batch_size=8,
+                                progress=ctx.progress, seed=ctx.seed)
+        seconds += time.perf_counter() - t
+        probes = [p for p in es.probes_for(eval_ids) if p.kind != "two-hop"]
+        reader = Reader(model.to(torch.bfloat16), tok, max_new_tokens=16)
+        rows += probe_rows(probes, _answer(EREN(reader, None), probes), unedited)
+    return {"rows": rows, "train_seconds": seconds}
+
+
+def _evaluate(ctx: RecipeContext, reader: Reader, nb: Notebook, es: EditSet, S: dict, thresholds: dict,
+              rng: random.Random) -> dict[str, Any]:
+    from tqdm.auto import tqdm
+
+    base = EREN(reader, None)
+    regimes: dict[int, dict] = {}
+    bar = tqdm(total=len(S["sizes"]) * len(METHODS), desc="eren", disable=not ctx.progress)
+    for size in S["sizes"]:
+        groups = _groups(es, size, S, rng)
+        eval_probes = [p for _, ids in groups for p in es.probes_for(ids) if p.kind != "two-hop"]
+        unedited = {p.question: a.text for p, a in zip(eval_probes, _answer(base, eval_probes))}
+        by_method: dict[str, list[dict]] = {m: [] for m in METHODS[:-1]}
+        for notebook_ids, eval_ids in groups:
+            probes = [p for p in es.probes_for(eval_ids) if p.kind != "two-hop"]
+            hits = one_note_hits(nb, es, probes) if size == 1 else None
+            if size > 1:
+                fill_notebook(nb, es, notebook_ids)
+            for name, editor in _editors(reader, nb, thresholds).items():
+                by_method[name] += probe_rows(probes, _answer(editor, probes, hits), unedited)
+        bar.update(len(METHODS) - 1)
+        if size in S["ft_sizes"]:
+            ft = _fine_tuned(ctx, es, groups, S, unedited)
+            by_method["fine-tuning"] = ft["rows"]
+        bar.update(1)
+        regimes[size] = {"scores": {m: score(rows) for m, rows in by_method.items()},
+                         "read_rate": {m: _read_rate(rows) for m, rows in by_method.items()},
+                         "n_probes": len(eval_probes), "n_notebooks": len(groups),
+                         **({"ft_train_seconds": ft["train_seconds"]} if size in S["ft_sizes"] else {})}
+    # two-hop: both edits in a notebook of every edit
+    hop = [p for p in es.probes if p.kind == "two-hop" and p.split == "test"][:S["two_hop"]]
+    fill_notebook(nb, es, [e.id for e in es.edits])
+    editors = _editors(reader, nb, thresholds)
+    editors["EREN (reader relevance, 2 hops)"] = EREN(reader, nb, ERENConfig(threshold=thresholds["reader"], hops=2))
+    editors["EREN (reader relevance, top note, 2 hops)"] = EREN(
+        reader, nb, ERENConfig(threshold=thresholds["reader"], max_notes=1, hops=2))
+    two_hop = {name: float(np.mean([answer_contained(a.text, p.answers) for p, a in zip(hop, _answer(ed, hop))]))
+               for name, ed in editors.items()}
+    return {"regimes": regimes, "two_hop": two_hop, "n_two_hop": len(hop)}
+
+
+def _read_rate(rows: list[dict]) -> dict[str, float]:
+    """How often the answer came from the notes, in scope and out of scope."""
+    def rate(kinds):
+        xs = [r["source"] == "notes" for r in rows if r["kind"] in kinds]
+        return float(np.mean(xs)) if xs else float("nan")
+    return {"in_scope": rate(("direct", "paraphrase")), "out_of_scope": rate(("same-subject", "same-relation"))}
+
+
+def _plots(ctx: RecipeContext, ev: dict) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = sorted(ev["regimes"])
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
+    for ax, key, title in zip(axes, ("EQ_unchanged", "ES", "BP_unchanged"),
+                              ("EQ (ES with BP = out-of-scope answers unchanged)", "ES: edit success (answer contained)",
+                               "BP: out-of-scope answers unchanged")):
+        for m in METHODS:
+            pts = [(n, ev["regimes"][n]["scores"][m]["contained"][key]) for n in sizes
+                   if m in ev["regimes"][n]["scores"]]
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=m)
+        ax.set(xscale="log", title=title, xlabel="notes in the notebook (N)", ylim=(-0.02, 1.02))
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(ctx.out_dir / "eren_eq_by_notebook_size.png", dpi=110)
+    plt.close(fig)
+    return ["eren_eq_by_notebook_size.png"]
+
+
+@recipe(
+    "eren",
+    "EREN: editing a model by notes it reads only when relevant (SmolLM2 reader, geonames counterfactuals)",
+    system="eren",
+    paper_claim="EREN (flan-t5-xl) on CounterFact-Hard: ES 96.9 / BP 96.8 / EQ 96.9, against SERAC 96.9/51.4/67.2 and "
+                "one-step reading 98.4/24.5/39.2; it also answers questions needing several edits.",
+    citation="Chen et al., Robust and Scalable Model Editing for Large Language Models (EREN), COLING 2024, "
+             "arXiv:2403.17431",
+)
+def run(ctx: RecipeContext) -> dict[str, Any]:
+    S = _settings(ctx.quick)
+    rng = random.Random(ctx.seed)
+    torch.manual_seed(ctx.seed)
+    es = build_edit_set(1000, n_two_hop=50, seed=ctx.seed)
+    es.save(ctx.out_dir / "edit_set.json")
+    reader = Reader.load("smollm2", max_new_tokens=16)
+    db = ctx.out_dir / "notebook.db"
+    for suffix in ("", "-wal", "-shm"):
+        db.with_name(db.name + suffix).unlink(missing_ok=True)
+    nb = Notebook(db)
+    t = time.perf_counter()
+    tuned = _tune(reader, nb, es, S, rng)
+    ev = _evaluate(ctx, reader, nb, es, S, tuned, rng)
+    seconds = time.perf_counter() - t
+    plots = _plots(ctx, ev)
+    sizes = sorted(ev["regimes"])
+    pct = lambda x: "-" if x != x else f"{100 * x:.1f}"  # noqa: E731
+    tables = []
+    for n in sizes:
+        reg = ev["regimes"][n]
+        rows = []
+        for m, sc in reg["scores"].items():
+            c, e, rr = sc["contained"], sc["exact"], reg["read_rate"][m]
+            rows.append([m, pct(c["ES"]), pct(c["BP_unchanged"]), pct(c["EQ_unchanged"]), pct(c["BP"]),
+                         pct(c["BP_known"]), pct(c["EQ_known"]), pct(e["EQ_unchanged"]), pct(rr["in_scope"]),
+                         pct(rr["out_of_scope"])])
+        if n == sizes[-1]:
+            rows += [[f"paper: {m}", *map(str, v), "", "", "", "", "", ""] for m, v in PAPER.items()]
+        first = next(iter(reg["scores"].values()))["contained"]["n"]
+        tables.append({
+            "title": f"N = {n} note(s) in the notebook ({reg['n_notebooks']} notebook(s); probes: "
+                     f"{', '.join(f'{k} {v}' for k, v in first.items())}); answer-contained match unless marked",
+            "columns": ["method", "ES", "BP (unchanged)", "EQ", "BP (real fact)", "BP (known)", "EQ (known)",
+                        "EQ exact match", "read notes: in scope", "out of scope"],
+            "rows": rows})
+    tables.append({"title": f"Two-hop questions needing two edits (N = {len(es.edits)}, n={ev['n_two_hop']})",
+                   "columns": ["method", "accuracy (answer contained)"],
+                   "rows": [[m, pct(v)] for m, v in ev["two_hop"].items()]})
+    big = ev["regimes"][sizes[-1]]["scores"]
+    measured = {f"N={n}.{m}.{k}": ev["regimes"][n]["scores"][m]["contained"][k]
+                for n in sizes for m in ev["regimes"][n]["scores"]
+                for k in ("ES", "BP_unchanged", "EQ_unchanged", "BP", "BP_known", "EQ_known")}
+    measured.update({"threshold.reader": tuned["reader"], "threshold.similarity": tuned["similarity"],
+                     "scope_auc.reader": tuned["auc"]["reader"], "scope_auc.similarity": tuned["auc"]["similarity"]})
+    eq = {m: big[m]["contained"]["EQ_unchanged"] for m in big}
+    return {
+        "measured": measured,
+        "tables": tables,
+        "plots": plots,
+        "details": {"settings": S, "tuning": tuned, "evaluation": ev, "seconds": seconds},
+        "notes": [
+            f"Thresholds tuned on {tuned['n_probes']} validation probes: reader relevance {tuned['reader']:.2f} nats "
+            f"per note token (scope ROC AUC {tuned['auc']['reader']:.3f}), SERAC-like retrieval similarity "
+            f"{tuned['similarity']:.3f} (AUC {tuned['auc']['similarity']:.3f}).",
+            "ES: in-scope probes (direct question and two paraphrases) whose answer contains the edited object. "
+            "BP (unchanged), as in the paper: out-of-scope answers identical to the unedited reader's; EQ is the "
+            "harmonic mean of ES and it. BP (real fact): out-of-scope answers containing the real fact; BP (known): "
+            "the same, only on probes the unedited reader answered right (the 135M reader knows few geographic "
+            "facts, so BP against the real fact is low for every method, the unedited model included).",
+            "Exact match compares the whole generated line with the answer; the 135M reader answers in full "
+            "sentences ('The capital of X is Y.'), so exact-match scores are near zero for every method.",
+            f"At N={sizes[-1]}: EQ " + ", ".join(f"{m} {pct(v)}" for m, v in eq.items()) + ".",
+            "Paper rows: flan-t5-xl (3B) reader on CounterFact-Hard, BP as unchanged answers; ours: a 135M reader.",
+        ],
+    }
