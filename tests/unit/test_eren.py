@@ -221,7 +221,7 @@ def test_similarity_and_always_modes_and_no_notebook(tmp_path, encoder, reader):
     assert EREN(reader, None).answer_batch(q, hits=[sim[0].notes] * 2)[0].source == "closed-book"  # no notebook
     top = EREN(reader, nb, ERENConfig(relevance="always", k=3, max_notes=1)).answer_batch(q)
     assert [h.note.text for h in top[0].notes] == [NOTES[0]]  # the most relevant of the three
-    two = EREN(reader, nb, ERENConfig(relevance="always", k=1, hops=2)).answer_batch(q[:1])
+    two = EREN(reader, nb, ERENConfig(relevance="always", k=2, max_notes=1, hops=2)).answer_batch(q[:1])
     assert two[0].notes[0].note.text == NOTES[0] and len({h.note.id for h in two[0].notes}) == 2  # a second hop
     one = EREN(reader, nb, ERENConfig(relevance="always")).answer_batch(q[:1], hits=[sim[0].notes])
     assert one[0].notes == sim[0].notes
