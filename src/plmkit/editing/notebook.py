@@ -7,6 +7,7 @@ dropped on remove, and rebuilt when another process has committed a change.
 """
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -66,11 +67,9 @@ class Notebook:
         except sqlite3.DatabaseError as e:
             raise PlmkitError(f"{self.path} is not a plmkit notebook (SQLite said: {e}); pass another --db path") from e
         stored = self._meta("encoder")
-        if isinstance(encoder, SentenceEncoder) and stored and encoder.name != stored:
-            raise ConfigError(f"notebook {self.path} was embedded with encoder '{stored}', not '{encoder.name}'; "
-                              f"open it with encoder='{stored}' or create a new notebook")
-        if isinstance(encoder, str) and stored and encoder != stored:
-            raise ConfigError(f"notebook {self.path} was embedded with encoder '{stored}', not '{encoder}'; "
+        given = encoder.name if isinstance(encoder, SentenceEncoder) else encoder
+        if stored and given and given != stored:
+            raise ConfigError(f"notebook {self.path} was embedded with encoder '{stored}', not '{given}'; "
                               f"open it with encoder='{stored}' or create a new notebook")
         self._encoder_spec = encoder if encoder is not None else (stored or DEFAULT_ENCODER)
         self._encoder: SentenceEncoder | None = encoder if isinstance(encoder, SentenceEncoder) else None
@@ -80,18 +79,16 @@ class Notebook:
         self._seen_version: int | None = None
 
     # ---- plumbing -------------------------------------------------------------------------
-    def _transaction(self):
-        db = self._db
-
-        class _Tx:
-            def __enter__(self_inner):
-                db.execute("BEGIN IMMEDIATE")
-
-            def __exit__(self_inner, exc_type, exc, tb):
-                db.execute("COMMIT" if exc_type is None else "ROLLBACK")
-                return False
-
-        return _Tx()
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One atomic write: committed whole, or rolled back whole on any error."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
 
     def _meta(self, key: str) -> str | None:
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
