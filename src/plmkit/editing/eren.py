@@ -150,9 +150,9 @@ class EREN:
     def _next_hop(self, questions: list[str], chosen: list[list[Hit]]) -> None:
         """Multi-hop: retrieve with the question and the notes chosen so far; add new relevant notes."""
         idx = [i for i, r in enumerate(chosen) if r and self.notebook is not None]
-        queries = [questions[i] + "\n" + _join(chosen[i]) for i in idx]
         if not idx:
             return
+        queries = [questions[i] + "\n" + _join(chosen[i]) for i in idx]
         new_hits = [[h for h in row if h.note.id not in {x.note.id for x in chosen[i]}]
                     for i, row in zip(idx, self._retrieve(queries))]
         more, _ = self._select(queries, new_hits)
@@ -170,7 +170,7 @@ class EREN:
         """Answers for many questions; the closed-book fallback applies in the batch too.
 
         ``hits`` replaces retrieval (one list of notes per question), e.g. to give each
-        question its own one-note notebook."""
+        question its own one-note notebook; without a notebook it is ignored (closed-book)."""
         c = self.config
         questions = list(questions)
         if hits is None or self.notebook is None:

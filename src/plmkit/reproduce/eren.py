@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..assets import load_model
-from ..data.edits import EditSet, Probe, build_edit_set
+from ..data.edits import EditSet, Probe, build_edit_set, fact_claims
 from ..editing import EREN, ERENConfig, Notebook, Reader
 from ..editing.baselines import fine_tune_on_statements
 from ..editing.benchmark import fill_notebook, one_note_hits, probe_rows, scope_scores, score, tune
@@ -137,7 +137,29 @@ def _evaluate(ctx: RecipeContext, reader: Reader, nb: Notebook, es: EditSet, S: 
         reader, nb, ERENConfig(threshold=thresholds["reader"], max_notes=1, hops=2))
     two_hop = {name: float(np.mean([answer_contained(a.text, p.answers) for p, a in zip(hop, _answer(ed, hop))]))
                for name, ed in editors.items()}
-    return {"regimes": regimes, "two_hop": two_hop, "n_two_hop": len(hop)}
+    return {"regimes": regimes, "two_hop": two_hop, "n_two_hop": len(hop),
+            "fact_check": _fact_check(reader, nb, es, S, thresholds, rng)}
+
+
+def _fact_check(reader: Reader, nb: Notebook, es: EditSet, S: dict, thresholds: dict,
+                rng: random.Random) -> dict[str, Any]:
+    """Verdicts on claims about 100-note notebooks' edits: accuracy in scope, unchanged out of scope."""
+    groups = _groups(es, 100, S, rng)
+    fill_notebook(nb, es, groups[0][0])
+    claims = fact_claims(es, groups[0][1])
+    texts = [c["claim"] for c in claims]
+    before = [v.label for v in EREN(reader, None).check_batch(texts)]
+    out = {}
+    for name, editor in _editors(reader, nb, thresholds).items():
+        if name == "EREN (paper prompt)":
+            continue  # its relevance is a generated answer; fact checking scores options instead
+        verdicts = [v.label for v in editor.check_batch(texts)]
+        acc = {k: float(np.mean([v == c["label"] for v, c in zip(verdicts, claims) if c["kind"] == k]))
+               for k in ("edited", "old fact")}
+        same = float(np.mean([v == b for v, b, c in zip(verdicts, before, claims) if c["kind"] == "unrelated"]))
+        labels = {lab: verdicts.count(lab) / len(verdicts) for lab in ("supports", "refutes", "not enough info")}
+        out[name] = {**acc, "unrelated_unchanged": same, "labels": labels}
+    return {"n_claims": len(claims), "methods": out}
 
 
 def _read_rate(rows: list[dict]) -> dict[str, float]:
@@ -220,6 +242,14 @@ def run(ctx: RecipeContext) -> dict[str, Any]:
     tables.append({"title": f"Two-hop questions needing two edits (N = {len(es.edits)}, n={ev['n_two_hop']})",
                    "columns": ["method", "accuracy (answer contained)"],
                    "rows": [[m, pct(v)] for m, v in ev["two_hop"].items()]})
+    fc = ev["fact_check"]
+    tables.append({"title": f"Fact checking ({fc['n_claims']} claims, notebook of 100 edits): accuracy on edited "
+                            "statements (supports) and old facts (refutes); verdicts on unrelated true claims unchanged "
+                            "from the unedited reader; share of each verdict",
+                   "columns": ["method", "edited", "old fact", "unrelated unchanged", "supports", "refutes",
+                               "not enough info"],
+                   "rows": [[m, pct(r["edited"]), pct(r["old fact"]), pct(r["unrelated_unchanged"]),
+                             *(pct(x) for x in r["labels"].values())] for m, r in fc["methods"].items()]})
     big = ev["regimes"][sizes[-1]]["scores"]
     measured = {f"N={n}.{m}.{k}": ev["regimes"][n]["scores"][m]["contained"][k]
                 for n in sizes for m in ev["regimes"][n]["scores"]
