@@ -32,9 +32,7 @@ class Reader:
     @classmethod
     def load(cls, name: str = "smollm2", dtype: torch.dtype | str = torch.bfloat16, **kwargs) -> "Reader":
         """A reader from an asset name, folder or hub id (bf16 by default: twice the fp32 speed on AMX CPUs)."""
-        from ..assets import load_model
-
-        from ..assets.models import load_config
+        from ..assets import load_config, load_model
 
         task = "seq2seq-lm" if getattr(load_config(name), "is_encoder_decoder", False) else "causal-lm"
         model, tok = load_model(name, task=task, dtype=dtype)

@@ -71,8 +71,8 @@ def _tune(reader: Reader, nb: Notebook, es: EditSet, S: dict, rng: random.Random
 
 def _groups(es: EditSet, size: int, S: dict, rng: random.Random) -> list[tuple[list[int], list[int]]]:
     """(notebook edit ids, evaluated edit ids) per notebook for one regime."""
-    test = [e.id for e in es.split("test") if not any(p.kind == "two-hop" and e.id in p.edit_ids
-                                                      for p in es.probes)]
+    in_two_hop = {i for p in es.probes if p.kind == "two-hop" for i in p.edit_ids}
+    test = [e.id for e in es.split("test") if e.id not in in_two_hop]
     chosen = rng.sample(test, S["n_eval"])
     if size < S["n_eval"]:
         return [(chosen[i:i + size], chosen[i:i + size]) for i in range(0, S["n_eval"], size)]
