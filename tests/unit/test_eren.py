@@ -276,3 +276,19 @@ def test_best_threshold_separates_scope():
     assert best_threshold([0.9, 0.8], [0.1, 0.2]) == 0.8  # separable: every in-scope score passes, none other
     # 0.7 and 0.8 both give rates (1, 2/3) / (2/3, 1): the tie goes to the lower threshold
     assert best_threshold([0.9, 0.8, 0.7], [0.1, 0.75, 0.2]) == 0.7
+
+
+def test_one_note_hits_give_each_probe_only_its_own_edits(tmp_path, encoder):
+    from plmkit.data.edits import Edit, EditSet, Probe
+    from plmkit.editing.benchmark import one_note_hits
+
+    edits = [Edit(0, "France", "capital", "Paris", "Lyon", NOTES[0]), Edit(1, "Osaka", "country", "Japan", "Chile",
+                                                                           NOTES[2])]
+    probes = [Probe("What is the capital of France?", "direct", ["Lyon"], [0], "France", "capital"),
+              Probe("two hops", "two-hop", ["x"], [0, 1], "Osaka", "capital")]
+    nb = Notebook(tmp_path / "n.db", encoder)
+    hits = one_note_hits(nb, EditSet(edits, probes), probes)
+    assert [h.note.text for h in hits[0]] == [NOTES[0]] and len(nb) == 2
+    assert {h.note.text for h in hits[1]} == {NOTES[0], NOTES[2]}
+    q = encoder.encode([probes[0].question])[0]
+    assert hits[0][0].score == pytest.approx(float(q @ encoder.encode([NOTES[0]])[0]), abs=1e-5)

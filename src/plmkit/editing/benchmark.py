@@ -39,13 +39,12 @@ def one_note_hits(notebook: Notebook, edit_set: EditSet, probes: Sequence[Probe]
 
     The notebook holds every statement so that each hit carries a real id and retrieval score."""
     fill_notebook(notebook, edit_set, sorted({i for p in probes for i in p.edit_ids}))
-    by_text = {n.text: n for n in notebook.notes()}
-    q = notebook.encoder.encode([p.question for p in probes])
+    notes = notebook.notes()
+    by_text = {n.text: (n, v) for n, v in zip(notes, notebook.encoder.encode([n.text for n in notes]))}
     hits = []
-    for row, p in zip(q, probes):
-        notes = [by_text[s] for s in edit_set.statements(p.edit_ids)]
-        vecs = notebook.encoder.encode([n.text for n in notes])
-        hits.append(sorted((Hit(n, float(row @ v)) for n, v in zip(notes, vecs)), key=lambda h: -h.score))
+    for row, p in zip(notebook.encoder.encode([p.question for p in probes]), probes):
+        own = [by_text[s] for s in edit_set.statements(p.edit_ids)]
+        hits.append(sorted((Hit(n, float(row @ v)) for n, v in own), key=lambda h: -h.score))
     return hits
 
 
