@@ -216,16 +216,17 @@ class EREN:
         claims = list(claims)
         hits = self._retrieve(claims)
         chosen, _ = self._select(claims, hits) if c.relevance != "generate" else (hits, None)
-        verdicts = []
+        asks = []  # (prompt, {option text: verdict}) per claim
         for claim, notes in zip(claims, chosen):
             if notes:
-                prompt = c.check_template.format(notes=_join(notes), claim=claim)
-                options = dict(c.check_options)
+                asks.append((c.check_template.format(notes=_join(notes), claim=claim), dict(c.check_options)))
             else:
-                prompt = c.closed_check_template.format(claim=claim)
-                options = {o: v for o, v in c.check_options.items() if v != "not enough info"}
-            scores = self.reader.logprob([prompt] * len(options), list(options)).tolist()
-            best = max(range(len(scores)), key=scores.__getitem__)
-            verdicts.append(Verdict(list(options.values())[best], "notes" if notes else "closed-book", notes,
-                                    dict(zip(options.values(), scores))))
+                asks.append((c.closed_check_template.format(claim=claim),
+                             {o: v for o, v in c.check_options.items() if v != "not enough info"}))
+        flat = self.reader.logprob([p for p, opts in asks for _ in opts], [o for _, opts in asks for o in opts]).tolist()
+        verdicts, i = [], 0
+        for (_, options), notes in zip(asks, chosen):
+            scores = dict(zip(options.values(), flat[i:i + len(options)]))
+            i += len(options)
+            verdicts.append(Verdict(max(scores, key=scores.get), "notes" if notes else "closed-book", notes, scores))
         return verdicts

@@ -20,10 +20,12 @@ from ..editing import EREN, ERENConfig, Notebook, Reader
 from ..editing.baselines import fine_tune_on_statements
 from ..editing.benchmark import fill_notebook, one_note_hits, probe_rows, scope_scores, score, tune
 from ..eval import answer_contained
+from ..eval.editing import IN_SCOPE, OUT_OF_SCOPE
 from .registry import RecipeContext, recipe
 
 METHODS = ("unedited", "one-step reading", "SERAC-like scope", "EREN (paper prompt)", "EREN (reader relevance)",
            "EREN (reader relevance, top note)", "fine-tuning")
+ONE_HOP = IN_SCOPE + OUT_OF_SCOPE  # every probe kind but two-hop
 PAPER = {  # flan-t5-xl reader, CounterFact-Hard: ES / BP / EQ
     "one-step MRC": (98.4, 24.5, 39.2), "SERAC": (96.9, 51.4, 67.2), "EREN": (96.9, 96.8, 96.9)}
 
@@ -51,14 +53,14 @@ def _editors(reader: Reader, nb: Notebook, thresholds: dict[str, float]) -> dict
 def _auc(scores: list[float], probes: list[Probe]) -> float:
     from sklearn.metrics import roc_auc_score
 
-    keep = [(s, p.kind in ("direct", "paraphrase")) for s, p in zip(scores, probes) if p.kind != "two-hop"]
+    keep = [(s, p.kind in IN_SCOPE) for s, p in zip(scores, probes) if p.kind in ONE_HOP]
     return float(roc_auc_score([k for _, k in keep], [s for s, _ in keep]))
 
 
 def _tune(reader: Reader, nb: Notebook, es: EditSet, S: dict, rng: random.Random) -> dict[str, Any]:
     val = rng.sample([e.id for e in es.split("validation")], S["tune_edits"])
     fill_notebook(nb, es, val)
-    probes = [p for p in es.probes_for(val) if p.kind != "two-hop"]
+    probes = es.probes_for(val, ONE_HOP)
     probes = rng.sample(probes, min(S["tune_probes"], len(probes)))
     eren = EREN(reader, nb)
     serac = EREN(reader, nb, ERENConfig(relevance="similarity"))
@@ -86,7 +88,7 @@ def _answer(editor: EREN, probes: list[Probe], hits=None):
 
 def _fine_tuned(ctx: RecipeContext, es: EditSet, groups, S: dict, unedited: dict) -> dict[str, Any]:
     rows, seconds = [], 0.0
-    for k, (notebook_ids, eval_ids) in enumerate(groups):
+    for notebook_ids, eval_ids in groups:
         model, tok = load_model("smollm2", task="causal-lm")
         statements = es.statements(notebook_ids)
         steps = max(10, S["ft_epochs"] * len(statements) // 8)
@@ -94,7 +96,7 @@ def _fine_tuned(ctx: RecipeContext, es: EditSet, groups, S: dict, unedited: dict
         fine_tune_on_statements(model, tok, statements, ctx.out_dir / "ft", steps=steps, batch_size=8,
                                 progress=ctx.progress, seed=ctx.seed)
         seconds += time.perf_counter() - t
-        probes = [p for p in es.probes_for(eval_ids) if p.kind != "two-hop"]
+        probes = es.probes_for(eval_ids, ONE_HOP)
         reader = Reader(model.to(torch.bfloat16), tok, max_new_tokens=16)
         rows += probe_rows(probes, _answer(EREN(reader, None), probes), unedited)
     return {"rows": rows, "train_seconds": seconds}
@@ -109,11 +111,11 @@ def _evaluate(ctx: RecipeContext, reader: Reader, nb: Notebook, es: EditSet, S: 
     bar = tqdm(total=len(S["sizes"]) * len(METHODS), desc="eren", disable=not ctx.progress)
     for size in S["sizes"]:
         groups = _groups(es, size, S, rng)
-        eval_probes = [p for _, ids in groups for p in es.probes_for(ids) if p.kind != "two-hop"]
+        eval_probes = [p for _, ids in groups for p in es.probes_for(ids, ONE_HOP)]
         unedited = {p.question: a.text for p, a in zip(eval_probes, _answer(base, eval_probes))}
         by_method: dict[str, list[dict]] = {m: [] for m in METHODS[:-1]}
         for notebook_ids, eval_ids in groups:
-            probes = [p for p in es.probes_for(eval_ids) if p.kind != "two-hop"]
+            probes = es.probes_for(eval_ids, ONE_HOP)
             hits = one_note_hits(nb, es, probes) if size == 1 else None
             if size > 1:
                 fill_notebook(nb, es, notebook_ids)
