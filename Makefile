@@ -16,7 +16,7 @@ $(BIN)/python:
 $(DEPS): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q -e '.[test,peers]'
 	touch $@
 
 # Real models and data (pip, Debian packages as root, Debian data unpacked under $PLMKIT_HOME).

@@ -129,6 +129,31 @@ def _cmd_ask(args: argparse.Namespace) -> None:
     print(a.text)
 
 
+def _cmd_kepler(args: argparse.Namespace) -> None:
+    from .knowledge.kepler import KEPLERConfig
+    from .knowledge.kepler_run import kepler_evaluate, kepler_train
+
+    if args.action == "train":
+        config = KEPLERConfig(gamma=args.gamma, pooling=args.pooling, relation_descriptions=args.relation_descriptions,
+                              lm_weight=args.lm_weight, negatives=args.negatives)
+        s = kepler_train(args.out, kg=args.kg, encoder=args.encoder, entities=args.entities or None,
+                         inductive=args.inductive, config=config, steps=args.steps, batch_size=args.batch_size,
+                         lr=args.lr, head_steps=args.head_steps, seed=args.seed)
+        print(f"trained on {s['train_triples']} triples ({s['entities']} entities) in {s['train_seconds']} s; "
+              f"LM loss {s['lm_loss_before']} -> {s['lm_loss_after']}")
+        print(f"run: {Path(args.out).resolve()}")
+        return
+    m = kepler_evaluate(args.run, args.split, inductive=True if args.inductive else None)
+    for side in ("head", "tail"):
+        print(f"{side}: " + _format_ranking(m[side]))
+    print(f"{m['setting']} {m['split']} (both, {m['candidates']} candidates): " + _format_ranking(m["both"]))
+
+
+def _format_ranking(m: dict) -> str:
+    return (f"MR {m['MR']:.1f}  MRR {m['MRR']:.4f}  Hits@1 {m['Hits@1']:.4f}  Hits@3 {m['Hits@3']:.4f}  "
+            f"Hits@10 {m['Hits@10']:.4f}  (n={m['n']})")
+
+
 def _cmd_reproduce(args: argparse.Namespace) -> None:
     from .reproduce import run_recipes
 
@@ -204,6 +229,32 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
     q.add_argument("--check", action="store_true", help="fact-check the text: supports / refutes / not enough info")
     q.set_defaults(fn=_cmd_ask)
+
+    k = sub.add_parser("kepler", help="KEPLER: knowledge embeddings from entity descriptions; train a run or "
+                                      "evaluate its link prediction (metrics on the last line)")
+    ksub = k.add_subparsers(dest="action", required=True)
+    kt = ksub.add_parser("train", help="train KEPLER on a graph and export entity embeddings")
+    kt.add_argument("--kg", default="wordnet", help="'wordnet' or a folder written by DescribedKG.save")
+    kt.add_argument("--encoder", default="minilm", help="asset name, folder or hub id of the encoder")
+    kt.add_argument("--out", required=True, help="run folder (graph/, model/, embeddings/, run.json)")
+    kt.add_argument("--entities", type=int, default=10_000, help="size of the sampled subgraph (0: all of it)")
+    kt.add_argument("--inductive", action="store_true", help="hold out entities (not triples) for valid/test")
+    kt.add_argument("--steps", type=int, default=1000)
+    kt.add_argument("--batch-size", type=int, default=16)
+    kt.add_argument("--lr", type=float, default=5e-5)
+    kt.add_argument("--gamma", type=float, default=4.0)
+    kt.add_argument("--negatives", type=int, default=1, help="corrupted heads (and tails) per triple")
+    kt.add_argument("--pooling", choices=("cls", "mean"), default="cls")
+    kt.add_argument("--lm-weight", type=float, default=1.0, help="weight of the LM loss (0: KE only)")
+    kt.add_argument("--relation-descriptions", action="store_true", help="encode relation descriptions")
+    kt.add_argument("--head-steps", type=int, default=None,
+                    help="steps fitting a new LM head first (default: 300 when the checkpoint has none)")
+    kt.add_argument("--seed", type=int, default=0)
+    ke = ksub.add_parser("eval", help="filtered link prediction of a run: MR, MRR, Hits@1/3/10")
+    ke.add_argument("--run", required=True, help="a folder written by `plmkit kepler train`")
+    ke.add_argument("--split", choices=("valid", "test"), default="test")
+    ke.add_argument("--inductive", action="store_true", help="require the run's split to be inductive")
+    k.set_defaults(fn=_cmd_kepler)
 
     r = sub.add_parser("reproduce", help="run reproduction recipes and write a report")
     r.add_argument("names", nargs="*", help="recipe names, or 'all' (default)")

@@ -73,18 +73,20 @@ TINY_CHAT_TEMPLATE = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }
 
 
 def tiny_tokenizer(chat: bool = True):
-    """A character-level fast tokenizer within ``TINY_VOCAB`` (lower-cased text; pad 0, unk 1, eos 2),
+    """A character-level fast tokenizer within ``TINY_VOCAB`` (lower-cased text; pad 0, unk 1, eos 2, and a mask token),
     with a minimal chat template unless ``chat=False``. No files, no network."""
     from tokenizers import Tokenizer, decoders, models, normalizers
     from transformers import PreTrainedTokenizerFast
 
     chars = "abcdefghijklmnopqrstuvwxyz0123456789 .,?!'\"-:;()<>/\n{}_=+*&%$#@[]|~^`\\"
     vocab = {"<pad>": 0, "<unk>": 1, "</s>": 2, **{c: i + 3 for i, c in enumerate(chars)}}
+    vocab["<mask>"] = len(vocab)
     assert len(vocab) <= TINY_VOCAB
     core = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
     core.normalizer = normalizers.Lowercase()
     core.decoder = decoders.Fuse()
-    tok = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", unk_token="<unk>", eos_token="</s>")
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", unk_token="<unk>", eos_token="</s>",
+                                  mask_token="<mask>")
     if chat:
         tok.chat_template = TINY_CHAT_TEMPLATE
     return tok

@@ -145,3 +145,33 @@ def load_config(name: str | os.PathLike, trust_remote_code: bool = False) -> Any
     name = str(name)
     source = str(model_path(name)) if name in MODEL_ASSETS else name
     return AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+
+
+def checkpoint_keys(name: str | os.PathLike) -> set[str] | None:
+    """Tensor names stored in a local checkpoint's safetensors files (read from their headers, no
+    weights loaded), or None when ``name`` is not a local folder or asset holding safetensors."""
+    from safetensors import safe_open
+
+    name = str(name)
+    folder = model_path(name) if name in MODEL_ASSETS else Path(name)
+    files = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
+    if not files:
+        return None
+    keys: set[str] = set()
+    for f in files:
+        with safe_open(str(f), framework="pt") as st:
+            keys.update(st.keys())
+    return keys
+
+
+def missing_head(model: torch.nn.Module, name: str | os.PathLike) -> bool:
+    """True when the checkpoint ``name`` holds none of ``model``'s parameters outside its base model
+    (e.g. MiniLM, a sentence encoder saved without the MLM head that ``masked-lm`` loading adds)."""
+    keys = checkpoint_keys(name)
+    if keys is None:
+        return False
+    prefix = getattr(model, "base_model_prefix", "")
+    base = {id(p) for p in getattr(model, "base_model", model).parameters()}
+    head = [n for n, p in model.named_parameters() if id(p) not in base]
+    stored = {k.removeprefix(f"{prefix}.") for k in keys} | keys
+    return bool(head) and not any(n in stored for n in head)

@@ -5,8 +5,8 @@ from typing import Any
 
 from . import chinese, geonames, kg, text, wordnet
 from .batching import token_batches
-from .kg import KGSplit, split_inductive, split_transductive
-from .wordnet import WordNetGraph, wordnet_graph
+from .kg import DescribedKG, KGSplit, KGVocab, sample_subgraph, split_inductive, split_transductive
+from .wordnet import WordNetGraph, wordnet_graph, wordnet_kg
 
 
 def to_dataset(records: list[dict[str, Any]]):
@@ -16,5 +16,5 @@ def to_dataset(records: list[dict[str, Any]]):
     return datasets.Dataset.from_list(records)
 
 
-__all__ = ["KGSplit", "WordNetGraph", "chinese", "geonames", "kg", "split_inductive", "split_transductive", "text",
-           "to_dataset", "token_batches", "wordnet", "wordnet_graph"]
+__all__ = ["DescribedKG", "KGSplit", "KGVocab", "WordNetGraph", "chinese", "geonames", "kg", "sample_subgraph", "split_inductive", "split_transductive", "text",
+           "to_dataset", "token_batches", "wordnet", "wordnet_graph", "wordnet_kg"]

@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from ..assets import asset_path
-from .kg import KGSplit, Triple, split_inductive, split_transductive
+from .kg import DescribedKG, KGSplit, Triple, sample_subgraph, split_inductive, split_transductive
 
 # WordNet pointer symbol -> WN18RR relation name (head = the synset holding the pointer).
 WN18RR_RELATIONS = {
@@ -21,6 +21,21 @@ WN18RR_RELATIONS = {
     ";r": "_member_of_domain_region",
     ";u": "_member_of_domain_usage",
     "&": "_similar_to",
+}
+
+# Short texts for KEPLER's relation-description variant (head = the synset holding the pointer).
+RELATION_DESCRIPTIONS = {
+    "_hypernym": "hypernym: is a kind of",
+    "_instance_hypernym": "instance hypernym: is an instance of",
+    "_derivationally_related_form": "derivationally related form: is a word form related to",
+    "_member_meronym": "member meronym: has as a member",
+    "_has_part": "has part: has as a part",
+    "_synset_domain_topic_of": "topic domain: is a term of the topic",
+    "_also_see": "also see: is related in meaning to",
+    "_verb_group": "verb group: is a verb with a similar sense to",
+    "_member_of_domain_region": "region domain: is a term used in the region",
+    "_member_of_domain_usage": "usage domain: is a term of the usage",
+    "_similar_to": "similar to: is an adjective similar in meaning to",
 }
 
 # The 45 lexicographer files, by number (WordNet's lexnames).
@@ -100,3 +115,22 @@ def wordnet_graph() -> WordNetGraph:
     for name in _POS_FILES.values():
         _parse_file(root / name, synsets, triples)
     return WordNetGraph(synsets, sorted(t for t in triples if t[0] in synsets and t[2] in synsets))
+
+
+def wordnet_kg(n_entities: int | None = 10_000, inductive: bool = False, seed: int = 0,
+               valid: float | None = None, test: float | None = None) -> DescribedKG:
+    """A WN18RR-style graph with glosses as entity descriptions, for KEPLER and other text-aware KE.
+
+    ``n_entities`` snowball-samples a connected subgraph (None: all of WordNet). Transductive
+    splits hold out 5% of triples each for valid and test (every held-out entity stays in train);
+    inductive splits hold out 10% of entities each, disjoint from training.
+    """
+    g = wordnet_graph()
+    triples = g.triples if n_entities is None else sample_subgraph(g.triples, n_entities, seed)
+    if inductive:
+        split = split_inductive(triples, valid or 0.1, test or 0.1, seed)
+    else:
+        split = split_transductive(triples, valid or 0.05, test or 0.05, seed)
+    ents = split.entities("train") | split.entities("valid") | split.entities("test")
+    return DescribedKG(split, {e: g.synsets[e].description for e in ents}, dict(RELATION_DESCRIPTIONS),
+                       f"wordnet-{n_entities or 'all'}-{'inductive' if inductive else 'transductive'}-seed{seed}")

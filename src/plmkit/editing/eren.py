@@ -15,12 +15,12 @@ same class runs the baselines by changing only how relevance is decided:
 """
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
 
+from ..config import JsonConfig
 from ..errors import ConfigError
 from .notebook import Hit, Notebook
 from .reader import Reader
@@ -30,7 +30,7 @@ VERDICTS = ("supports", "refutes", "not enough info")
 
 
 @dataclass
-class ERENConfig:
+class ERENConfig(JsonConfig):
     k: int = 5
     relevance: str = "reader"
     threshold: float = 0.5  # nats per note token of pointwise mutual information, for relevance="reader"
@@ -63,12 +63,6 @@ class ERENConfig:
         if set(self.check_options.values()) - set(VERDICTS):
             raise ConfigError(f"check_options must map option text to one of {VERDICTS}")
 
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2)
-
-    @classmethod
-    def from_json(cls, text: str) -> "ERENConfig":
-        return cls(**json.loads(text))
 
 
 @dataclass

@@ -38,3 +38,26 @@ def next_token_accuracy(model: torch.nn.Module, tokenizer, prompts: Sequence[str
             for p, a in zip(pred.tolist(), answers[i:i + batch_size]):
                 hits += p == tokenizer(" " + a.strip(), add_special_tokens=False)["input_ids"][0]
     return hits / max(len(prompts), 1)
+
+
+def masked_lm_loss(model: torch.nn.Module, tokenizer, texts: Sequence[str], *, mlm_probability: float = 0.15,
+                   seed: int = 0, batch_size: int = 16, max_length: int = 128) -> float:
+    """Mean cross-entropy (nats) over masked tokens of ``texts``, BERT-style 80/10/10 masking.
+
+    The masked positions depend only on ``seed`` and the texts, so two models evaluated with the
+    same seed are scored on exactly the same masked tokens.
+    """
+    from transformers import DataCollatorForLanguageModeling
+
+    collate = DataCollatorForLanguageModeling(tokenizer, mlm_probability=mlm_probability, seed=seed)
+    ids = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
+    total, count = 0.0, 0
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        for i in range(0, len(ids), batch_size):
+            b = collate([{"input_ids": x} for x in ids[i:i + batch_size]])
+            logits = model(input_ids=b["input_ids"].to(device), attention_mask=b["attention_mask"].to(device)).logits
+            keep = b["labels"].to(device) != -100
+            total += float(F.cross_entropy(logits[keep].float(), b["labels"].to(device)[keep], reduction="sum"))
+            count += int(keep.sum())
+    return total / max(count, 1)

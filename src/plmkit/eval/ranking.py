@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
 
@@ -47,3 +47,55 @@ def known_answers(triples: Iterable[tuple[int, int, int]]) -> tuple[dict, dict]:
         tails[(h, r)].add(t)
         heads[(r, t)].add(h)
     return tails, heads
+
+
+ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def link_prediction(
+    score_tails: ScoreFn,
+    score_heads: ScoreFn,
+    triples: torch.Tensor | Sequence[tuple[int, int, int]],
+    filter_triples: Iterable[tuple[int, int, int]],
+    num_entities: int,
+    *,
+    candidates: torch.Tensor | Sequence[int] | None = None,
+    batch_size: int = 256,
+    ties: str = "realistic",
+    ks: Iterable[int] = (1, 3, 10),
+    progress: bool = False,
+) -> dict[str, dict[str, float]]:
+    """Filtered link prediction by full ranking, both directions: ``{"head", "tail", "both"}`` -> metrics.
+
+    ``score_tails(h, r)`` returns ``[B, num_entities]`` scores for every candidate tail (higher =
+    more plausible) and ``score_heads(r, t)`` the same for heads. Every other true answer found in
+    ``filter_triples`` is removed from the ranking (the filtered setting; pass train+valid+test for
+    the transductive protocol, the test graph for the inductive one). ``candidates`` restricts the
+    ranking to a subset of entity ids (e.g. the entities of an inductive test graph). ``both`` pools
+    the head and tail ranks, as PyKEEN's ``both`` side does.
+    """
+    from tqdm.auto import tqdm
+
+    triples = torch.as_tensor(triples, dtype=torch.long).reshape(-1, 3)
+    tails_of, heads_of = known_answers((int(h), int(r), int(t)) for h, r, t in filter_triples)
+    excluded = torch.zeros(num_entities, dtype=torch.bool)
+    if candidates is not None:
+        excluded[:] = True
+        excluded[torch.as_tensor(candidates, dtype=torch.long)] = False
+        if excluded[triples[:, [0, 2]].reshape(-1)].any():
+            raise ValueError("every head and tail of the evaluated triples must be among the candidates")
+    ranks: dict[str, list[torch.Tensor]] = {"head": [], "tail": []}
+    for start in tqdm(range(0, len(triples), batch_size), desc="link prediction", disable=not progress):
+        h, r, t = triples[start:start + batch_size].unbind(1)
+        for side, scores, target, others in (
+            ("tail", score_tails(h, r), t, [tails_of.get((int(a), int(b)), ()) for a, b in zip(h, r)]),
+            ("head", score_heads(r, t), h, [heads_of.get((int(b), int(c)), ()) for b, c in zip(r, t)]),
+        ):
+            mask = excluded.expand(len(target), -1).clone()
+            rows = [i for i, o in enumerate(others) for _ in o]
+            cols = [e for o in others for e in o]
+            mask[rows, cols] = True
+            ranks[side].append(rank_of_target(scores.detach().cpu(), target, mask, ties))
+    out = {side: ranking_metrics(torch.cat(v), ks) for side, v in ranks.items()}
+    out["both"] = ranking_metrics(torch.cat(ranks["head"] + ranks["tail"]), ks)
+    return out

@@ -1,12 +1,9 @@
 """MoEficationConfig: how to split FFNs into experts, route to them and select them."""
 from __future__ import annotations
 
-import dataclasses
-import json
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
+from ...config import JsonConfig
 from ...errors import ConfigError
 
 SPLITS = ("kmeans", "coactivation")
@@ -21,7 +18,7 @@ def experts_for_fraction(active: float, experts: int) -> int:
 
 
 @dataclass
-class MoEficationConfig:
+class MoEficationConfig(JsonConfig):
     """Method hyperparameters (paths, device and seed of a run live elsewhere).
 
     Selection: exactly one of ``top_k`` (experts per token), ``active`` (fraction of experts per
@@ -69,28 +66,3 @@ class MoEficationConfig:
         if self.active is not None:
             return experts_for_fraction(self.active, self.experts)
         return None
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "MoEficationConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ConfigError(f"unknown MoEficationConfig keys: {sorted(unknown)}")
-        return cls(**d)
-
-    def to_json(self, path: str | Path | None = None) -> str:
-        text = json.dumps(self.to_dict(), indent=2)
-        if path is not None:
-            from ..._io import write_text
-
-            write_text(path, text + "\n")
-        return text
-
-    @classmethod
-    def from_json(cls, text_or_path: str | Path) -> "MoEficationConfig":
-        p = Path(text_or_path)
-        text = p.read_text() if p.suffix == ".json" and p.exists() else str(text_or_path)
-        return cls.from_dict(json.loads(text))

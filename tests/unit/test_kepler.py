@@ -1,0 +1,336 @@
+"""KEPLER: scoring and loss against hand computations, negative filtering, batching, training,
+the link-prediction evaluator (by hand and against PyKEEN), splits, and save/load."""
+import math
+
+import pytest
+import torch
+
+from plmkit.cli import main
+from plmkit.data.kg import DescribedKG, KGSplit, KGVocab, sample_subgraph, split_inductive, split_transductive
+from plmkit.errors import ConfigError, PlmkitError
+from plmkit.eval.lm import masked_lm_loss
+from plmkit.eval.ranking import link_prediction
+from plmkit.knowledge.kepler import (
+    KEPLER,
+    KEPLERCollator,
+    KEPLERConfig,
+    NegativeSampler,
+    TransEScorer,
+    kepler_loss,
+    load_embeddings,
+    save_embeddings,
+    train_frozen_transe,
+    train_kepler,
+    transe_score,
+)
+from plmkit.knowledge.kepler_run import evaluation_triples, kepler_evaluate, load_model, save_model
+from plmkit.testing import tiny_model, tiny_tokenizer
+from plmkit.train import TrainConfig
+from plmkit.train.heads import fit_lm_head, lm_collate, lm_loss
+
+
+def _graph(n: int = 24, seed: int = 0) -> list[tuple[str, str, str]]:
+    g = torch.Generator().manual_seed(seed)
+    out = {(f"e{i}", f"r{i % 3}", f"e{(i * 5 + 1) % n}") for i in range(n)}
+    for _ in range(2 * n):
+        h, t = torch.randint(n, (2,), generator=g).tolist()
+        if h != t:
+            out.add((f"e{h}", f"r{int(torch.randint(3, (1,), generator=g))}", f"e{t}"))
+    return sorted(out)
+
+
+def _described(inductive: bool = False) -> DescribedKG:
+    triples = _graph()
+    split = split_inductive(triples, 0.2, 0.2) if inductive else split_transductive(triples, 0.1, 0.1)
+    ents = {e for h, _, t in triples for e in (h, t)}
+    return DescribedKG(split, {e: f"entity {e[1:]} is thing {e}" for e in ents},
+                       {f"r{i}": f"relation {i}" for i in range(3)}, "toy")
+
+
+def _tiny_kepler(config: KEPLERConfig | None = None, relations: int = 3) -> KEPLER:
+    return KEPLER(tiny_model("bert"), relations, config or KEPLERConfig())
+
+
+# --- scoring and loss -----------------------------------------------------------------------------
+
+def test_transe_score_by_hand():
+    h, r, t = torch.tensor([0.0, 0.0]), torch.tensor([0.0, 0.0]), torch.tensor([3.0, 4.0])
+    assert transe_score(h, r, t, gamma=4.0, p=2) == pytest.approx(4 - 5)
+    assert transe_score(h, r, t, gamma=4.0, p=1) == pytest.approx(4 - 7)
+    assert transe_score(torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0]), torch.tensor([1.0, 1.0]), 4.0) == 4.0
+
+
+def test_kepler_loss_by_hand():
+    def ls(x):
+        return math.log(1 / (1 + math.exp(-x)))
+
+    pos, neg = torch.tensor([2.0, -1.0]), torch.tensor([[1.0, 3.0], [0.0, -2.0]])
+    want = (-(ls(2) + ls(-1)) / 2 - ((ls(-1) + ls(-3)) / 2 + (ls(0) + ls(2)) / 2) / 2) / 2
+    assert kepler_loss(pos, neg).item() == pytest.approx(want, rel=1e-6)
+    assert kepler_loss(torch.zeros(1), torch.zeros(1, 1)).item() == pytest.approx(math.log(2))
+
+
+def test_config_validates_and_round_trips(tmp_path):
+    c = KEPLERConfig(gamma=6.0, pooling="mean", relation_descriptions=True)
+    assert KEPLERConfig.from_json(c.to_json()) == c
+    c.to_json(tmp_path / "c.json")
+    assert KEPLERConfig.from_json(tmp_path / "c.json") == c
+    with pytest.raises(ConfigError, match="pooling"):
+        KEPLERConfig(pooling="max")
+    with pytest.raises(ConfigError, match="unknown KEPLERConfig keys"):
+        KEPLERConfig.from_dict({"gama": 4.0})
+
+
+# --- negatives and batches ------------------------------------------------------------------------
+
+def test_filtered_negatives_never_form_known_triples():
+    # (0, 0, t) is true for every t except 4; a filtered tail corruption of (0, 0, 1) must pick 4.
+    known = torch.tensor([[0, 0, t] for t in range(4)] + [[h, 0, 1] for h in range(1, 4)])
+    s = NegativeSampler(range(5), known, filtered=True, seed=3)
+    heads, tails = s.corrupt(torch.tensor([[0, 0, 1]] * 6), n=3)
+    assert (tails == 4).all() and (heads == 4).all()
+    again = s.corrupt(torch.tensor([[0, 0, 1]] * 6), n=3)
+    assert torch.equal(again[0], heads) and torch.equal(again[1], tails)  # a function of the batch and seed
+    unfiltered = NegativeSampler(range(5), known, filtered=False, seed=3).corrupt(torch.tensor([[0, 0, 1]] * 50), 3)
+    assert (unfiltered[1] != 4).any()  # without filtering, true triples do appear as negatives
+
+
+def test_collator_shares_rows_and_points_at_the_right_descriptions():
+    tok = tiny_tokenizer(chat=False)
+    desc = [f"entity {i}" for i in range(6)]
+    ids = tok(desc)["input_ids"]
+    triples = torch.tensor([[0, 0, 1], [1, 1, 2], [2, 0, 0]])
+    cfg = KEPLERConfig(negatives=2)
+    collate = KEPLERCollator(tok, ids, NegativeSampler(range(6), triples), cfg)
+    batch = collate([{"triple": tuple(t), "text": tok("some text here")["input_ids"]} for t in triples.tolist()])
+    ke = batch["ke"]
+    assert ke["input_ids"].shape[0] <= 6  # each entity's description once
+    for row, ent in ((ke["heads"][0], 0), (ke["tails"][0], 1), (ke["tails"][1], 2)):
+        got = ke["input_ids"][row][ke["attention_mask"][row].bool()].tolist()
+        assert got == ids[ent]
+    assert ke["neg_heads"].shape == (3, 2) and ke["neg_tails"].shape == (3, 2)
+    assert (batch["lm"]["labels"] != -100).any()
+
+
+def test_ke_loss_matches_entity_by_entity_computation():
+    torch.manual_seed(0)
+    tok = tiny_tokenizer(chat=False)
+    model = _tiny_kepler(KEPLERConfig(negatives=2, pooling="mean"))
+    desc = [f"thing number {i} of the toy graph" for i in range(8)]
+    ids = tok(desc)["input_ids"]
+    triples = torch.tensor([[0, 1, 2], [3, 2, 4], [5, 0, 6]])
+    batch = KEPLERCollator(tok, ids, NegativeSampler(range(8), triples), model.config)(
+        [{"triple": tuple(t), "text": None} for t in triples.tolist()])
+    ke = batch["ke"]
+    model.eval()
+    loss = model.ke_loss(ke)
+    vec = model.embed_texts(tok, desc)  # each description encoded in its own padding context
+    row_entity = _row_entities(ke, ids)  # which entity each description row of the batch holds
+    rel = model.relation_embeddings.weight
+    h, t, r = vec[triples[:, 0]], vec[triples[:, 2]], rel[triples[:, 1]]
+    pos = transe_score(h, r, t, 4.0)
+    nh, nt = vec[row_entity[ke["neg_heads"]]], vec[row_entity[ke["neg_tails"]]]
+    neg = torch.cat([transe_score(nh, r[:, None], t[:, None], 4.0), transe_score(h[:, None], r[:, None], nt, 4.0)], 1)
+    assert loss.item() == pytest.approx(kepler_loss(pos, neg).item(), rel=1e-4)
+
+
+def _row_entities(ke, ids) -> torch.Tensor:
+    rows = []
+    for row in range(ke["input_ids"].shape[0]):
+        got = ke["input_ids"][row][ke["attention_mask"][row].bool()].tolist()
+        rows.append(ids.index(got))
+    return torch.tensor(rows)
+
+
+# --- training -------------------------------------------------------------------------------------
+
+def _train_tiny(tmp_path, config: KEPLERConfig, steps: int = 12, texts=("a short passage of text to mask",) * 4):
+    tok = tiny_tokenizer(chat=False)
+    model = _tiny_kepler(config)
+    desc = [f"entity {i} of the toy graph" for i in range(24)]
+    vocab = KGVocab.from_triples(_graph())
+    triples = vocab.encode(_graph())
+    res = train_kepler(model, tok, [desc[int(e[1:])] for e in vocab.entities], triples,
+                       TrainConfig(out_dir=str(tmp_path), max_steps=steps, batch_size=8, lr=3e-3, progress=False,
+                                   resume=False, log_every=1),
+                       texts=list(texts), relation_texts=["relation a", "relation b", "relation c"])
+    return model, res
+
+
+def test_training_is_deterministic_and_lowers_the_loss(tmp_path):
+    _, a = _train_tiny(tmp_path / "a", KEPLERConfig(), steps=30)
+    _, b = _train_tiny(tmp_path / "b", KEPLERConfig(), steps=30)
+    assert a.losses == b.losses
+    assert sum(a.losses[-5:]) < sum(a.losses[:5])
+
+
+def test_relation_description_variant_trains_the_encoder_only(tmp_path):
+    model, res = _train_tiny(tmp_path, KEPLERConfig(relation_descriptions=True, lm_weight=0.0), steps=4)
+    assert len(res.losses) == 4
+    with pytest.raises(ConfigError, match="relation"):
+        model.relation_vectors()  # needs the tokenizer and the descriptions
+    vecs = model.relation_vectors(tiny_tokenizer(chat=False), ["relation a", "relation b", "relation c"])
+    assert vecs.shape == (3, 32)
+
+
+def test_frozen_baseline_learns_only_relations(tmp_path):
+    ents = torch.randn(24, 8)
+    triples = KGVocab.from_triples(_graph()).encode(_graph())
+    m = train_frozen_transe(ents, triples, 3, TrainConfig(out_dir=str(tmp_path), max_steps=5, batch_size=8,
+                                                          lr=1e-2, progress=False, resume=False))
+    assert torch.equal(m.entity_vectors, ents)
+    assert not torch.equal(m.relation_embeddings.weight, torch.zeros(3, 8))
+
+
+def test_fit_lm_head_trains_only_the_head(tmp_path):
+    tok = tiny_tokenizer(chat=False)
+    lm = tiny_model("bert")
+    base_before = {n: p.clone() for n, p in lm.bert.named_parameters()}
+    head_before = lm.cls.predictions.transform.dense.weight.clone()
+    fit_lm_head(lm, tok, ["some text to learn a head on"] * 16, tmp_path, steps=3, batch_size=4, progress=False)
+    assert all(torch.equal(p, base_before[n]) for n, p in lm.bert.named_parameters())
+    assert not torch.equal(lm.cls.predictions.transform.dense.weight, head_before)
+    assert all(p.requires_grad for p in lm.parameters())  # restored
+
+
+def test_sparse_mlm_loss_equals_the_models_own_loss():
+    tok = tiny_tokenizer(chat=False)
+    lm = tiny_model("bert")
+    torch.manual_seed(0)
+    batch = lm_collate(tok, causal=False, mlm_probability=0.3)([{"input_ids": tok("masking some of this text")["input_ids"]},
+                                                                 {"input_ids": tok("and this")["input_ids"]}])
+    with torch.no_grad():
+        assert lm_loss(lm, batch).item() == pytest.approx(lm(**batch).loss.item(), rel=1e-5)
+    a = masked_lm_loss(lm, tok, ["one passage of text", "another passage"], seed=1)
+    assert a == masked_lm_loss(lm, tok, ["one passage of text", "another passage"], seed=1)
+
+
+# --- evaluation -----------------------------------------------------------------------------------
+
+def test_link_prediction_by_hand_with_ties_filtering_and_candidates():
+    # 4 entities, 1 relation. Scores fixed by lookup: tails of (0, 0) score [0, 5, 3, 3]; heads of (0, 2) [2, 2, 9, 1].
+    tail_scores = torch.tensor([0.0, 5.0, 3.0, 3.0])
+    head_scores = torch.tensor([2.0, 2.0, 9.0, 1.0])
+    triples = [(0, 0, 2)]
+    st = lambda h, r: tail_scores.expand(len(h), -1)  # noqa: E731
+    sh = lambda r, t: head_scores.expand(len(t), -1)  # noqa: E731
+    # unfiltered: tail 2 ties with 3, below 1 -> optimistic 2, pessimistic 3, realistic 2.5;
+    # head 0 ties with 1, below 2 -> realistic 2.5
+    m = link_prediction(st, sh, triples, triples, 4)
+    assert m["tail"]["MR"] == 2.5 and m["head"]["MR"] == 2.5
+    # filtering (0, 0, 1) as another true tail removes entity 1 from the tail ranking -> 1.5
+    m = link_prediction(st, sh, triples, triples + [(0, 0, 1)], 4)
+    assert m["tail"]["MR"] == 1.5 and m["both"]["MR"] == 2.0 and m["both"]["n"] == 2
+    # candidates {0, 2}: only those compete -> tail rank 1, head rank 1 (2 beats 0? no: head 0 vs entity 2 at 9)
+    m = link_prediction(st, sh, triples, triples, 4, candidates=[0, 2])
+    assert m["tail"]["MR"] == 1.0 and m["head"]["MR"] == 2.0
+    assert m["both"]["MRR"] == pytest.approx((1 + 0.5) / 2) and m["both"]["Hits@1"] == 0.5
+    with pytest.raises(ValueError, match="candidates"):
+        link_prediction(st, sh, triples, triples, 4, candidates=[0, 1])
+
+
+def test_evaluator_matches_pykeen_on_a_fixture_with_ties():
+    from pykeen.evaluation import RankBasedEvaluator
+    from pykeen.models import TransE
+    from pykeen.triples import TriplesFactory
+
+    from plmkit.knowledge.baselines import pykeen_metrics
+
+    graph = _described()
+    vocab = graph.vocab
+    tf = TriplesFactory(vocab.encode(graph.split.train), entity_to_id=vocab.entity_id, relation_to_id=vocab.relation_id)
+    torch.manual_seed(0)
+    model = TransE(triples_factory=tf, embedding_dim=4, random_seed=0)
+    with torch.no_grad():  # a few entities share a vector, so ties occur and realistic ranks matter
+        w = model.entity_representations[0]._embeddings.weight
+        w[1:6] = w[0]
+    test = vocab.encode(graph.split.test)
+    ev = evaluation_triples(graph, vocab, "test")
+    pk = RankBasedEvaluator().evaluate(model, test, additional_filter_triples=[vocab.encode(graph.split.train),
+                                                                             vocab.encode(graph.split.valid)],
+                                       batch_size=8, use_tqdm=False)
+    ours = link_prediction(lambda h, r: model.score_t(torch.stack([h, r], 1)),
+                           lambda r, t: model.score_h(torch.stack([r, t], 1)),
+                           test, ev["filter"], len(vocab))
+    for side in ("head", "tail", "both"):
+        theirs = pykeen_metrics(pk, side)
+        for key in ("MR", "MRR", "Hits@1", "Hits@3", "Hits@10", "n"):
+            assert ours[side][key] == pytest.approx(theirs[key], rel=1e-5), (side, key)
+
+
+def test_scorer_heads_and_tails_agree_with_transe_score():
+    ents, rels = torch.randn(5, 3), torch.randn(2, 3)
+    s = TransEScorer(ents, rels, gamma=4.0, p=2.0)
+    tails = s.tails(torch.tensor([1]), torch.tensor([0]))[0]
+    heads = s.heads(torch.tensor([0]), torch.tensor([3]))[0]
+    for e in range(5):
+        assert tails[e] == pytest.approx(transe_score(ents[1], rels[0], ents[e], 4.0).item(), abs=1e-5)
+        assert heads[e] == pytest.approx(transe_score(ents[e], rels[0], ents[3], 4.0).item(), abs=1e-5)
+
+
+# --- splits and graphs ----------------------------------------------------------------------------
+
+def test_inductive_split_keeps_test_entities_out_of_training():
+    triples = _graph(60)
+    for sampling in ("snowball", "uniform"):
+        s = split_inductive(triples, 0.2, 0.2, seed=1, sampling=sampling)
+        assert s.inductive and s.test
+        assert not s.entities("test") & s.entities("train")
+        assert not s.entities("valid") & s.entities("train")
+        assert not s.entities("valid") & s.entities("test")
+    sub = sample_subgraph(triples, 20, seed=0)
+    assert len({e for h, _, t in sub for e in (h, t)}) <= 20 and sub == sample_subgraph(triples, 20, seed=0)
+
+
+def test_described_graph_and_vocab_round_trip(tmp_path):
+    g = _described(inductive=True)
+    g.save(tmp_path / "g")
+    back = DescribedKG.load(tmp_path / "g")
+    assert back.split.train == g.split.train and back.split.test == g.split.test and back.split.inductive
+    assert back.descriptions == g.descriptions and back.relation_texts == g.relation_texts
+    v = g.vocab
+    v.save(tmp_path / "v")
+    assert KGVocab.load(tmp_path / "v").entities == v.entities
+    with pytest.raises(ValueError, match="no description"):
+        DescribedKG(KGSplit([("a", "r", "b")], [], []), {"a": "x"}, {})
+
+
+# --- save / load and the CLI ---------------------------------------------------------------------
+
+def test_embeddings_model_and_cli_eval_round_trip(tmp_path, capsys):
+    tok = tiny_tokenizer(chat=False)
+    graph = _described()
+    vocab = graph.vocab
+    model = _tiny_kepler(KEPLERConfig(gamma=5.0))
+    ents, rels = model.embed_texts(tok, graph.entity_texts(vocab)), model.relation_vectors()
+    run = tmp_path / "run"
+    graph.save(run / "graph")
+    save_embeddings(run / "embeddings", ents, rels, vocab, model.config)
+    e2, r2, v2, c2 = load_embeddings(run / "embeddings")
+    assert torch.equal(e2, ents) and torch.equal(r2, rels) and v2.entities == vocab.entities and c2.gamma == 5.0
+
+    save_model(model, tok, run / "model")
+    back, tok2 = load_model(run / "model")
+    assert torch.allclose(back.embed_texts(tok2, graph.entity_texts(vocab)), ents, atol=1e-5)
+    assert torch.equal(back.relation_embeddings.weight, model.relation_embeddings.weight)
+
+    m = kepler_evaluate(run)
+    assert m["setting"] == "transductive" and m["both"]["n"] == 2 * len(graph.split.test)
+    main(["kepler", "eval", "--run", str(run)])
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("transductive test") and f"MRR {m['both']['MRR']:.4f}" in last
+    with pytest.raises(ConfigError, match="inductive"):
+        kepler_evaluate(run, inductive=True)
+    with pytest.raises(SystemExit):
+        main(["kepler", "eval", "--run", str(tmp_path / "nothing")])
+    with pytest.raises(PlmkitError, match="kepler train"):
+        load_embeddings(tmp_path / "nothing")
+
+
+def test_inductive_evaluation_ranks_only_the_test_graph(tmp_path):
+    graph = _described(inductive=True)
+    vocab = graph.vocab
+    ev = evaluation_triples(graph, vocab, "test")
+    test_ids = {vocab.entity_id[e] for e in graph.split.entities("test")}
+    assert set(ev["candidates"]) == test_ids
+    assert {x for tr in ev["filter"] for x in (tr[0], tr[2])} <= test_ids
