@@ -138,7 +138,7 @@ def _cmd_kepler(args: argparse.Namespace) -> None:
                               lm_weight=args.lm_weight, negatives=args.negatives)
         s = kepler_train(args.out, kg=args.kg, encoder=args.encoder, entities=args.entities or None,
                          inductive=args.inductive, config=config, steps=args.steps, batch_size=args.batch_size,
-                         lr=args.lr, head_steps=args.head_steps, seed=args.seed)
+                         lr=args.lr, relation_lr=args.relation_lr, head_steps=args.head_steps, save_every=args.save_every, seed=args.seed)
         print(f"trained on {s['train_triples']} triples ({s['entities']} entities) in {s['train_seconds']} s; "
               f"LM loss {s['lm_loss_before']} -> {s['lm_loss_after']}")
         print(f"run: {Path(args.out).resolve()}")
@@ -241,7 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     kt.add_argument("--inductive", action="store_true", help="hold out entities (not triples) for valid/test")
     kt.add_argument("--steps", type=int, default=1000)
     kt.add_argument("--batch-size", type=int, default=16)
-    kt.add_argument("--lr", type=float, default=5e-5)
+    kt.add_argument("--lr", type=float, default=5e-5, help="learning rate of the encoder and LM head")
+    kt.add_argument("--relation-lr", type=float, default=1e-3, help="learning rate of the relation table")
     kt.add_argument("--gamma", type=float, default=4.0)
     kt.add_argument("--negatives", type=int, default=1, help="corrupted heads (and tails) per triple")
     kt.add_argument("--pooling", choices=("cls", "mean"), default="cls")
@@ -249,6 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     kt.add_argument("--relation-descriptions", action="store_true", help="encode relation descriptions")
     kt.add_argument("--head-steps", type=int, default=None,
                     help="steps fitting a new LM head first (default: 300 when the checkpoint has none)")
+    kt.add_argument("--save-every", type=int, default=None, help="checkpoint every N steps (a rerun resumes)")
     kt.add_argument("--seed", type=int, default=0)
     ke = ksub.add_parser("eval", help="filtered link prediction of a run: MR, MRR, Hits@1/3/10")
     ke.add_argument("--run", required=True, help="a folder written by `plmkit kepler train`")

@@ -34,7 +34,9 @@ _ROWS = [
     ("autoseq", "AutoSeq: automatic label sequences", "prompting", "not yet", "plmkit.prompting.autoseq"),
     ("knowledge_inheritance", "Knowledge Inheritance", "pretrain", "not yet",
      "plmkit.pretrain.knowledge_inheritance"),
-    ("kepler", "KEPLER: knowledge embedding + LM", "knowledge", "not yet", "plmkit.knowledge.kepler"),
+    ("kepler", "KEPLER: knowledge embedding + LM", "knowledge",
+     "implemented: description-based TransE + MLM, filtered negatives, transductive/inductive link prediction "
+     "checked against PyKEEN, PyKEEN TransE/RotatE peers; recipe 'kepler'", "plmkit.knowledge.KEPLER"),
     ("hiddenkiller", "HiddenKiller: syntactic backdoor", "security", "not yet", "plmkit.security.hiddenkiller"),
     ("selective_masking", "Selective masking", "pretrain", "not yet", "plmkit.pretrain.selective_masking"),
     ("ernie", "ERNIE: knowledge-enhanced encoder", "knowledge", "not yet", "plmkit.knowledge.ernie"),

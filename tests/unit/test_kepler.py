@@ -8,7 +8,7 @@ import torch
 from plmkit.cli import main
 from plmkit.data.kg import DescribedKG, KGSplit, KGVocab, sample_subgraph, split_inductive, split_transductive
 from plmkit.errors import ConfigError, PlmkitError
-from plmkit.eval.lm import masked_lm_loss
+from plmkit.eval.lm import lm_loss, masked_lm_loss
 from plmkit.eval.ranking import link_prediction
 from plmkit.knowledge.kepler import (
     KEPLER,
@@ -26,7 +26,7 @@ from plmkit.knowledge.kepler import (
 from plmkit.knowledge.kepler_run import evaluation_triples, kepler_evaluate, load_model, save_model
 from plmkit.testing import tiny_model, tiny_tokenizer
 from plmkit.train import TrainConfig
-from plmkit.train.heads import fit_lm_head, lm_collate, lm_loss
+from plmkit.train.heads import fit_lm_head, lm_collate
 
 
 def _graph(n: int = 24, seed: int = 0) -> list[tuple[str, str, str]]:
@@ -144,7 +144,8 @@ def _row_entities(ke, ids) -> torch.Tensor:
 
 # --- training -------------------------------------------------------------------------------------
 
-def _train_tiny(tmp_path, config: KEPLERConfig, steps: int = 12, texts=("a short passage of text to mask",) * 4):
+def _train_tiny(tmp_path, config: KEPLERConfig, steps: int = 12, texts=("a short passage of text to mask",) * 4,
+                relation_lr: float | None = None):
     tok = tiny_tokenizer(chat=False)
     model = _tiny_kepler(config)
     desc = [f"entity {i} of the toy graph" for i in range(24)]
@@ -153,7 +154,8 @@ def _train_tiny(tmp_path, config: KEPLERConfig, steps: int = 12, texts=("a short
     res = train_kepler(model, tok, [desc[int(e[1:])] for e in vocab.entities], triples,
                        TrainConfig(out_dir=str(tmp_path), max_steps=steps, batch_size=8, lr=3e-3, progress=False,
                                    resume=False, log_every=1),
-                       texts=list(texts), relation_texts=["relation a", "relation b", "relation c"])
+                       texts=list(texts), relation_texts=["relation a", "relation b", "relation c"],
+                       relation_lr=relation_lr)
     return model, res
 
 
@@ -162,6 +164,15 @@ def test_training_is_deterministic_and_lowers_the_loss(tmp_path):
     _, b = _train_tiny(tmp_path / "b", KEPLERConfig(), steps=30)
     assert a.losses == b.losses
     assert sum(a.losses[-5:]) < sum(a.losses[:5])
+
+
+def test_relation_table_has_its_own_learning_rate(tmp_path):
+    torch.manual_seed(0)
+    before = _tiny_kepler().relation_embeddings.weight.clone()  # the same init as inside _train_tiny
+    frozen_table, _ = _train_tiny(tmp_path / "a", KEPLERConfig(), steps=3, relation_lr=0.0)
+    assert torch.equal(frozen_table.relation_embeddings.weight, before)
+    moved, _ = _train_tiny(tmp_path / "b", KEPLERConfig(), steps=3, relation_lr=1e-2)
+    assert not torch.equal(moved.relation_embeddings.weight, before)
 
 
 def test_relation_description_variant_trains_the_encoder_only(tmp_path):

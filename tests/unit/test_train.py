@@ -65,3 +65,12 @@ def test_bad_config_and_frozen_model(tmp_path):
     model.requires_grad_(False)
     with pytest.raises(ConfigError, match="trainable"):
         train(model, _data(), TrainConfig(out_dir=str(tmp_path), progress=False), collate_fn=_collate)
+
+
+def test_one_process_can_train_in_fp32_then_bf16(tmp_path):
+    """accelerate's process-wide state must not block a second run with another precision."""
+    for i, precision in enumerate(("no", "bf16", "no")):
+        res = train(tiny_model("llama"), _data(), TrainConfig(out_dir=str(tmp_path / str(i)), max_steps=2, batch_size=4,
+                                                              mixed_precision=precision, progress=False),
+                    collate_fn=_collate)
+        assert res.step == 2

@@ -40,6 +40,31 @@ def next_token_accuracy(model: torch.nn.Module, tokenizer, prompts: Sequence[str
     return hits / max(len(prompts), 1)
 
 
+def is_causal_lm(model: torch.nn.Module) -> bool:
+    """True for generating (causal) LMs, False for masked LMs."""
+    return bool(getattr(model, "can_generate", lambda: False)())
+
+
+# Families whose LM head is one module mapping hidden states to vocabulary logits.
+_ONE_MODULE_MLM_HEADS = ("bert", "roberta", "xlm-roberta")
+
+
+def lm_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The model's mean LM loss on a collated batch. For a masked LM the vocabulary logits are
+    computed only at the masked positions (~15% of tokens): the same value as
+    ``model(**batch).loss`` with a ~7x cheaper output projection. Other models: ``model(**batch).loss``."""
+    from ..arch import base_model, head
+
+    if is_causal_lm(model) or getattr(model.config, "model_type", None) not in _ONE_MODULE_MLM_HEADS:
+        return model(**batch).loss
+    lm_head = head(model)
+    if lm_head is None:
+        return model(**batch).loss
+    hidden = base_model(model)(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask")).last_hidden_state
+    keep = batch["labels"] != -100
+    return F.cross_entropy(lm_head(hidden[keep]).float(), batch["labels"][keep])
+
+
 def masked_lm_loss(model: torch.nn.Module, tokenizer, texts: Sequence[str], *, mlm_probability: float = 0.15,
                    seed: int = 0, batch_size: int = 16, max_length: int = 128) -> float:
     """Mean cross-entropy (nats) over masked tokens of ``texts``, BERT-style 80/10/10 masking.
@@ -55,9 +80,8 @@ def masked_lm_loss(model: torch.nn.Module, tokenizer, texts: Sequence[str], *, m
     device = next(model.parameters()).device
     with torch.no_grad():
         for i in range(0, len(ids), batch_size):
-            b = collate([{"input_ids": x} for x in ids[i:i + batch_size]])
-            logits = model(input_ids=b["input_ids"].to(device), attention_mask=b["attention_mask"].to(device)).logits
-            keep = b["labels"].to(device) != -100
-            total += float(F.cross_entropy(logits[keep].float(), b["labels"].to(device)[keep], reduction="sum"))
-            count += int(keep.sum())
+            b = {k: v.to(device) for k, v in collate([{"input_ids": x} for x in ids[i:i + batch_size]]).items()}
+            n = int((b["labels"] != -100).sum())
+            total += float(lm_loss(model, b)) * n
+            count += n
     return total / max(count, 1)

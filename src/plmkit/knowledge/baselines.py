@@ -22,7 +22,7 @@ def _triples_factory(graph: DescribedKG, vocab: KGVocab, part: str):
 
 
 def pykeen_link_prediction(graph: DescribedKG, model: str = "TransE", *, epochs: int = 100, dim: int = 200,
-                           batch_size: int = 512, lr: float = 1e-3, negatives: int = 32, loss: str = "nssa",
+                           batch_size: int = 512, lr: float = 1e-2, negatives: int = 32, loss: str = "nssa",
                            seed: int = 0, model_kwargs: dict | None = None, progress: bool = False) -> dict[str, Any]:
     """Train a PyKEEN model on ``graph``'s training triples and evaluate it on the test triples
     with PyKEEN's own filtered rank-based evaluator (filtered on train+valid+test, realistic ties).

@@ -23,7 +23,8 @@ from torch.nn import functional as F
 from ..config import JsonConfig
 from ..errors import ConfigError, PlmkitError
 from ..train import TrainConfig, TrainResult, train
-from ..train.heads import is_causal_lm, lm_collate, lm_loss
+from ..eval.lm import is_causal_lm, lm_loss
+from ..train.heads import lm_collate
 
 POOLING = ("cls", "mean")
 
@@ -327,13 +328,16 @@ def load_embeddings(directory: str | Path):
 
 def train_kepler(model: KEPLER, tokenizer, descriptions: Sequence[str], triples: torch.Tensor, config: TrainConfig,
                  *, texts: Sequence[str] | None = None, relation_texts: Sequence[str] | None = None,
-                 negative_entities: Sequence[int] | torch.Tensor | None = None) -> TrainResult:
+                 negative_entities: Sequence[int] | torch.Tensor | None = None,
+                 relation_lr: float | None = None) -> TrainResult:
     """Train ``model`` on ``triples`` (``[n, 3]`` ids into ``descriptions`` and the relation table)
     with the KE loss plus, when ``texts`` are given and ``lm_weight > 0``, the LM loss on them.
 
     Negatives are drawn from ``negative_entities`` (default: the entities of ``triples``, so an
-    inductive run never reads a held-out entity) and filtered against ``triples``. Runs on
-    plmkit's accelerate loop: checkpoints, resume and ``accelerate launch`` come with it.
+    inductive run never reads a held-out entity) and filtered against ``triples``. ``relation_lr``
+    gives the relation table its own learning rate (a fine-tuning lr barely moves a freshly
+    initialised table in a short run). Runs on plmkit's accelerate loop: checkpoints, resume and
+    ``accelerate launch`` come with it.
     """
     kc = model.config
     triples = torch.as_tensor(triples, dtype=torch.long).reshape(-1, 3)
@@ -349,8 +353,15 @@ def train_kepler(model: KEPLER, tokenizer, descriptions: Sequence[str], triples:
                 if texts and kc.lm_weight > 0 else [None])
     items = [{"triple": tuple(tr), "text": text_ids[i % len(text_ids)]} for i, tr in enumerate(triples.tolist())]
     collate = KEPLERCollator(tokenizer, desc_ids, sampler, kc, rel_ids, causal=is_causal_lm(model.lm))
+    optimizer = None
+    if relation_lr is not None:
+        table = model.relation_embeddings.weight
+        rest = [p for p in model.parameters() if p.requires_grad and p is not table]
+        optimizer = torch.optim.AdamW([{"params": rest, "lr": config.lr},
+                                       {"params": [table], "lr": relation_lr, "weight_decay": 0.0}],
+                                      lr=config.lr, weight_decay=config.weight_decay)
     model.train()
-    result = train(model, items, config, kepler_loss_fn, collate_fn=collate)
+    result = train(model, items, config, kepler_loss_fn, collate_fn=collate, optimizer=optimizer)
     model.eval()
     return result
 

@@ -52,18 +52,21 @@ def lm_texts(n_train: int = 4000, n_heldout: int = 200, seed: int = 0) -> tuple[
 
 def kepler_train(out_dir: str | Path, *, kg: str | DescribedKG = "wordnet", encoder: str = "minilm",
                  entities: int | None = 10_000, inductive: bool = False, config: KEPLERConfig | None = None,
-                 steps: int = 1000, batch_size: int = 16, lr: float = 5e-5, head_steps: int | None = None,
-                 mixed_precision: str = "bf16", seed: int = 0, progress: bool = True) -> dict[str, Any]:
+                 steps: int = 1000, batch_size: int = 16, lr: float = 5e-5, relation_lr: float | None = 1e-3,
+                 head_steps: int | None = None,
+                 mixed_precision: str = "bf16", save_every: int | None = None, seed: int = 0,
+                 progress: bool = True) -> dict[str, Any]:
     """Train KEPLER on a graph and export embeddings for every entity; returns the run summary.
 
     ``head_steps`` trains a fresh LM head on the frozen encoder first (default: 300 steps when the
     checkpoint has no LM head, as with MiniLM, else none), so the LM loss before KE training is a
     fair reference for the loss after it. ``mixed_precision="bf16"`` (default) autocasts the
-    forward pass, about twice as fast as float32 on CPUs with AMX and on GPUs.
+    forward pass, about twice as fast as float32 on CPUs with AMX and on GPUs. ``save_every``
+    keeps checkpoints under ``DIR/train/checkpoints``; rerunning the same command resumes from the newest.
     """
     from ..assets import missing_head
-    from ..eval.lm import masked_lm_loss
-    from ..train.heads import fit_lm_head, is_causal_lm
+    from ..eval.lm import is_causal_lm, masked_lm_loss
+    from ..train.heads import fit_lm_head
 
     out = Path(out_dir)
     config = config or KEPLERConfig()
@@ -75,32 +78,34 @@ def kepler_train(out_dir: str | Path, *, kg: str | DescribedKG = "wordnet", enco
     summary: dict[str, Any] = {"encoder": encoder, "graph": graph.name, "inductive": graph.split.inductive,
                                "entities": len(vocab), "relations": len(vocab.relations),
                                "train_triples": len(graph.split.train), "kepler_config": asdict(config),
-                               "steps": steps, "batch_size": batch_size, "lr": lr, "mixed_precision": mixed_precision,
+                               "steps": steps, "batch_size": batch_size, "lr": lr, "relation_lr": relation_lr,
+                               "mixed_precision": mixed_precision,
                                "seed": seed}
     causal = is_causal_lm(model.lm)
 
-    def lm_loss() -> float | None:
+    def heldout_lm_loss() -> float | None:
         return None if causal else masked_lm_loss(model.lm, tok, heldout, seed=seed)
 
     if head_steps is None:
         head_steps = 300 if missing_head(model.lm, encoder) else 0
     if head_steps:
         t0 = time.perf_counter()
-        summary["lm_loss_random_head"] = lm_loss()
+        summary["lm_loss_random_head"] = heldout_lm_loss()
         fit_lm_head(model.lm, tok, texts, out / "lm_head", steps=head_steps, seed=seed, progress=progress)
         summary["head_seconds"] = round(time.perf_counter() - t0, 1)
     summary["head_steps"] = head_steps
-    summary["lm_loss_before"] = lm_loss()
+    summary["lm_loss_before"] = heldout_lm_loss()
     t0 = time.perf_counter()
     train_entities = sorted(graph.split.entities("train"))
     result = train_kepler(model, tok, graph.entity_texts(vocab), vocab.encode(graph.split.train),
                           TrainConfig(out_dir=str(out / "train"), max_steps=steps, batch_size=batch_size, lr=lr,
                                       warmup_steps=max(1, steps // 10), seed=seed, progress=progress,
-                                      log_every=max(1, steps // 20), mixed_precision=mixed_precision),
+                                      log_every=max(1, steps // 20), mixed_precision=mixed_precision,
+                                      save_every=save_every),
                           texts=texts, relation_texts=graph.relation_list(vocab),
-                          negative_entities=[vocab.entity_id[e] for e in train_entities])
+                          negative_entities=[vocab.entity_id[e] for e in train_entities], relation_lr=relation_lr)
     summary.update(train_seconds=round(time.perf_counter() - t0, 1), losses=result.losses,
-                   lm_loss_after=lm_loss())
+                   lm_loss_after=heldout_lm_loss())
     t0 = time.perf_counter()
     ents = model.embed_texts(tok, graph.entity_texts(vocab), progress=progress, desc="embedding entities")
     rels = model.relation_vectors(tok, graph.relation_list(vocab))

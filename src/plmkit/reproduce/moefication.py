@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..assets import load_model
-from ..compress.moefication import MoEficationConfig, moe_layers, moefy, relufy, set_selection
+from ..compress.moefication import MoEficationConfig, moefy, relufy, set_selection
 from ..compress.moefication.relu import magnitude_mask, remove_magnitude_mask
 from ..data import geonames, text, token_batches
 from ..eval import accuracy, next_token_accuracy, perplexity

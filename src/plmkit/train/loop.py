@@ -98,6 +98,7 @@ def train(
     from transformers import get_linear_schedule_with_warmup
 
     out = Path(config.out_dir)
+    _allow_new_mixed_precision(config.mixed_precision)
     acc = Accelerator(gradient_accumulation_steps=config.grad_accum, mixed_precision=config.mixed_precision)
     set_seed(config.seed)
     loss_fn = loss_fn or (lambda m, b: m(**b).loss)
@@ -174,6 +175,17 @@ def train(
     model.eval()
     acc.wait_for_everyone()
     return result
+
+
+def _allow_new_mixed_precision(mixed_precision: str) -> None:
+    """accelerate keeps one process-wide state and refuses a second Accelerator with another
+    mixed-precision setting; a process that trains twice (an LM head in fp32, then a model in bf16)
+    needs it reset. Only the precision part is reset: the distributed (partial) state is kept."""
+    from accelerate.state import AcceleratorState
+
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision", mixed_precision) != mixed_precision:
+        AcceleratorState._reset_state(reset_partial_state=False)
 
 
 def _save(acc: Any, out: Path, result: TrainResult, keep: int) -> None:
