@@ -23,7 +23,15 @@ from ..data.kg import DescribedKG
 from ..errors import ConfigError, PlmkitError
 from ..eval.ranking import link_prediction
 from ..train import TrainConfig
-from .kepler import KEPLER, KEPLERConfig, TransEScorer, load_embeddings, save_embeddings, train_kepler
+from .kepler import (
+    KEPLER,
+    KEPLERConfig,
+    TransEScorer,
+    load_embeddings,
+    save_embeddings,
+    train_frozen_transe,
+    train_kepler,
+)
 
 KGS = ("wordnet",)
 
@@ -53,14 +61,17 @@ def lm_texts(n_train: int = 4000, n_heldout: int = 200, seed: int = 0) -> tuple[
 def kepler_train(out_dir: str | Path, *, kg: str | DescribedKG = "wordnet", encoder: str = "minilm",
                  entities: int | None = 10_000, inductive: bool = False, config: KEPLERConfig | None = None,
                  steps: int = 1000, batch_size: int = 16, lr: float = 5e-5, relation_lr: float | None = 1e-3,
-                 head_steps: int | None = None,
+                 head_steps: int | None = None, warm_start_steps: int = 300,
                  mixed_precision: str = "bf16", save_every: int | None = None, seed: int = 0,
                  progress: bool = True) -> dict[str, Any]:
     """Train KEPLER on a graph and export embeddings for every entity; returns the run summary.
 
     ``head_steps`` trains a fresh LM head on the frozen encoder first (default: 300 steps when the
     checkpoint has no LM head, as with MiniLM, else none), so the LM loss before KE training is a
-    fair reference for the loss after it. ``mixed_precision="bf16"`` (default) autocasts the
+    fair reference for the loss after it. ``warm_start_steps`` first fits the relation table on the
+    start encoder's (fixed) description embeddings of the training entities, so joint training does
+    not begin by pulling the encoder towards random relation vectors (0 turns this off; it does
+    not apply with relation descriptions). ``mixed_precision="bf16"`` (default) autocasts the
     forward pass, about twice as fast as float32 on CPUs with AMX and on GPUs. ``save_every``
     keeps checkpoints under ``DIR/train/checkpoints``; rerunning the same command resumes from the newest.
     """
@@ -97,7 +108,12 @@ def kepler_train(out_dir: str | Path, *, kg: str | DescribedKG = "wordnet", enco
     summary["lm_loss_before"] = heldout_lm_loss()
     t0 = time.perf_counter()
     train_entities = sorted(graph.split.entities("train"))
-    result = train_kepler(model, tok, graph.entity_texts(vocab), vocab.encode(graph.split.train),
+    train_ids = vocab.encode(graph.split.train)
+    if warm_start_steps and not config.relation_descriptions:
+        warm_start_relations(model, tok, graph.entity_texts(vocab), train_ids, warm_start_steps, out / "warm_start",
+                             seed=seed, progress=progress)
+    summary["warm_start_steps"] = warm_start_steps if not config.relation_descriptions else 0
+    result = train_kepler(model, tok, graph.entity_texts(vocab), train_ids,
                           TrainConfig(out_dir=str(out / "train"), max_steps=steps, batch_size=batch_size, lr=lr,
                                       warmup_steps=max(1, steps // 10), seed=seed, progress=progress,
                                       log_every=max(1, steps // 20), mixed_precision=mixed_precision,
@@ -114,6 +130,21 @@ def kepler_train(out_dir: str | Path, *, kg: str | DescribedKG = "wordnet", enco
     save_model(model, tok, out / "model")
     write_json(out / "run.json", summary)
     return summary
+
+
+def warm_start_relations(model: KEPLER, tokenizer, descriptions: list[str], triples: torch.Tensor, steps: int,
+                         out_dir: str | Path, seed: int = 0, progress: bool = False) -> None:
+    """Set ``model``'s relation table to TransE relations fitted on its current, fixed embeddings of
+    the entities in ``triples`` (other rows of the embedding table stay zero and are never read)."""
+    used = torch.unique(triples[:, [0, 2]])
+    vectors = torch.zeros(len(descriptions), model.lm.config.hidden_size)
+    vectors[used] = model.embed_texts(tokenizer, [descriptions[i] for i in used.tolist()], progress=progress,
+                                      desc="warm start: embedding")
+    fitted = train_frozen_transe(vectors, triples, model.relation_embeddings.num_embeddings,
+                                 TrainConfig(out_dir=str(out_dir), max_steps=steps, batch_size=128, lr=1e-2, seed=seed,
+                                             progress=progress, resume=False), model.config)
+    with torch.no_grad():
+        model.relation_embeddings.weight.copy_(fitted.relation_embeddings.weight)
 
 
 def save_model(model: KEPLER, tokenizer, directory: str | Path) -> Path:
