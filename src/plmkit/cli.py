@@ -138,9 +138,11 @@ def _cmd_kepler(args: argparse.Namespace) -> None:
                               lm_weight=args.lm_weight, negatives=args.negatives)
         s = kepler_train(args.out, kg=args.kg, encoder=args.encoder, entities=args.entities or None,
                          inductive=args.inductive, config=config, steps=args.steps, batch_size=args.batch_size,
-                         lr=args.lr, relation_lr=args.relation_lr, head_steps=args.head_steps, save_every=args.save_every, seed=args.seed)
-        print(f"trained on {s['train_triples']} triples ({s['entities']} entities) in {s['train_seconds']} s; "
-              f"LM loss {s['lm_loss_before']} -> {s['lm_loss_after']}")
+                         lr=args.lr, relation_lr=args.relation_lr, head_steps=args.head_steps,
+                         warm_start_steps=args.warm_start_steps, save_every=args.save_every, seed=args.seed)
+        lm = (f"; held-out MLM loss {s['lm_loss_before']:.3f} -> {s['lm_loss_after']:.3f}"
+              if s["lm_loss_before"] is not None else "")
+        print(f"trained on {s['train_triples']} triples ({s['entities']} entities) in {s['train_seconds']} s{lm}")
         print(f"run: {Path(args.out).resolve()}")
         return
     m = kepler_evaluate(args.run, args.split, inductive=True if args.inductive else None)
@@ -250,6 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     kt.add_argument("--relation-descriptions", action="store_true", help="encode relation descriptions")
     kt.add_argument("--head-steps", type=int, default=None,
                     help="steps fitting a new LM head first (default: 300 when the checkpoint has none)")
+    kt.add_argument("--warm-start-steps", type=int, default=300,
+                    help="steps fitting the relation table on the start encoder's embeddings first (0: off)")
     kt.add_argument("--save-every", type=int, default=None, help="checkpoint every N steps (a rerun resumes)")
     kt.add_argument("--seed", type=int, default=0)
     ke = ksub.add_parser("eval", help="filtered link prediction of a run: MR, MRR, Hits@1/3/10")

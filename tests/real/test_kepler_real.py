@@ -38,7 +38,7 @@ def test_frozen_description_embeddings_rank_unseen_entities_far_above_chance(tmp
 def test_cli_trains_and_evaluates_a_run(tmp_path, capsys):
     run = tmp_path / "run"
     main(["kepler", "train", "--kg", "wordnet", "--encoder", "minilm", "--out", str(run), "--entities", "300",
-          "--steps", "3", "--head-steps", "2"])
+          "--steps", "3", "--head-steps", "2", "--warm-start-steps", "5"])
     assert capsys.readouterr().out.strip().splitlines()[-1] == f"run: {run.resolve()}"
     ents, rels, vocab, config = load_embeddings(run / "embeddings")
     assert ents.shape == (len(vocab), 384) and rels.shape == (len(vocab.relations), 384)

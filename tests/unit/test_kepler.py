@@ -23,7 +23,13 @@ from plmkit.knowledge.kepler import (
     train_kepler,
     transe_score,
 )
-from plmkit.knowledge.kepler_run import evaluation_triples, kepler_evaluate, load_model, save_model
+from plmkit.knowledge.kepler_run import (
+    evaluation_triples,
+    kepler_evaluate,
+    load_model,
+    save_model,
+    warm_start_relations,
+)
 from plmkit.testing import tiny_model, tiny_tokenizer
 from plmkit.train import TrainConfig
 from plmkit.train.heads import fit_lm_head, lm_collate
@@ -191,6 +197,29 @@ def test_frozen_baseline_learns_only_relations(tmp_path):
                                                           lr=1e-2, progress=False, resume=False))
     assert torch.equal(m.entity_vectors, ents)
     assert not torch.equal(m.relation_embeddings.weight, torch.zeros(3, 8))
+
+
+def test_warm_start_fits_relations_on_the_current_embeddings(tmp_path):
+    tok = tiny_tokenizer(chat=False)
+    model = _tiny_kepler()
+    model.eval()
+    vocab = KGVocab.from_triples(_graph())
+    desc = [f"entity {e} of the toy graph" for e in vocab.entities]
+    triples = vocab.encode(_graph())
+    encoder_before = {n: p.clone() for n, p in model.lm.named_parameters()}
+    warm_start_relations(model, tok, desc, triples, steps=40, out_dir=tmp_path)
+    assert all(torch.equal(p, encoder_before[n]) for n, p in model.lm.named_parameters())
+    ents = model.embed_texts(tok, desc)
+    neg_h, neg_t = NegativeSampler(range(len(desc)), triples, seed=5).corrupt(triples, 4)
+
+    def ke_loss(rel):
+        h, r, t = ents[triples[:, 0]], rel[triples[:, 1]], ents[triples[:, 2]]
+        neg = torch.cat([transe_score(ents[neg_h], r[:, None], t[:, None], 4.0),
+                         transe_score(h[:, None], r[:, None], ents[neg_t], 4.0)], 1)
+        return kepler_loss(transe_score(h, r, t, 4.0), neg).item()
+
+    rel = model.relation_embeddings.weight.detach()
+    assert ke_loss(rel) < ke_loss(torch.zeros_like(rel))  # fitted relations separate true from corrupted triples
 
 
 def test_fit_lm_head_trains_only_the_head(tmp_path):
