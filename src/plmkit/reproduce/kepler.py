@@ -83,12 +83,17 @@ def _plots(ctx: RecipeContext, results: dict[str, dict[str, Any]], curves: dict[
             vals = [results[setting][m]["both"][metric] if results[setting].get(m) else float("nan")
                     for m in methods]  # no bar: not run, or not possible (PyKEEN, inductive)
             ax.bar([j + 0.4 * i for j in x], vals, width=0.4, label=setting)
+            for j, v in zip(x, vals):
+                if v != v and setting == "inductive":
+                    ax.text(j + 0.4, 0.005, "n/a", ha="center", va="bottom", fontsize=7)
+        top = max((r["both"][metric] for rows in results.values() for r in rows.values() if r), default=1.0)
+        ax.set_ylim(0, top * 1.3)
         ax.set_xticks([j + 0.2 for j in x], methods, rotation=25, ha="right", fontsize=8)
         ax.set_title(f"{metric} (both directions, filtered)")
-        ax.legend()
+        ax.legend(fontsize=8, loc="upper left", ncol=2)
     for name, losses in curves.items():
         axes[2].plot(losses, label=name)
-    axes[2].set_title("KEPLER training loss (per logged window)")
+    axes[2].set_title("KEPLER training loss, KE + MLM (per logged window)")
     axes[2].set_xlabel("window")
     axes[2].legend(fontsize=7)
     fig.tight_layout()
