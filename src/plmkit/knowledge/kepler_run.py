@@ -202,7 +202,7 @@ def kepler_evaluate(run_dir: str | Path, split: str = "test", inductive: bool | 
     if inductive is not None and inductive != graph.split.inductive:
         trained = "inductive" if graph.split.inductive else "transductive"
         raise ConfigError(f"this run was trained on the {trained} split and is evaluated that way: "
-                          f"{'drop' if not inductive else 'pass'} --inductive, or train another run "
+                          f"{'drop' if inductive else 'pass'} --inductive, or train another run "
                           f"{'with' if inductive else 'without'} --inductive")
     ents, rels, vocab, config = load_embeddings(run / "embeddings")
     ev = evaluation_triples(graph, vocab, split)
