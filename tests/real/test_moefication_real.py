@@ -32,7 +32,9 @@ def test_cli_moefy_smollm2_saves_a_layout_whose_routers_beat_random(tmp_path, ca
         set_mode(model, "sparse")
         full = model(**batch).logits
         reference = dense(**batch).logits
-    # 30 layers of float rounding in a different summation order: logits agree to ~1e-4
-    torch.testing.assert_close(sparse, masked, rtol=1e-3, atol=1e-3)
-    torch.testing.assert_close(full, reference, rtol=1e-3, atol=1e-3)
+    # 30 layers of float rounding in a different summation order: logits (magnitude ~10-30) agree to
+    # ~1e-4 typically and to 2.1e-3 at worst in one clean-clone run on a loaded machine; a wrong
+    # expert or a dropped neuron moves logits by O(1)
+    torch.testing.assert_close(sparse, masked, rtol=1e-3, atol=1e-2)
+    torch.testing.assert_close(full, reference, rtol=1e-3, atol=1e-2)
     assert len(list(moe_layers(model))) == 30
