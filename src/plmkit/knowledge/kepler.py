@@ -7,8 +7,10 @@ corrupted ones. The total loss is ``L_KE + lm_weight * L_LM`` on the same encode
 keeps its language skills while its representations absorb the graph. Because entities are read
 from text, entities never seen in training get embeddings too (inductive link prediction).
 
-    >>> model = KEPLER.from_pretrained("minilm", num_relations=11)          # doctest: +SKIP
-    >>> run = train_kepler(model, tokenizer, descriptions, vocab, split.train, texts, "runs/kepler")  # doctest: +SKIP
+    >>> model, tok = KEPLER.from_pretrained("minilm", num_relations=11)        # doctest: +SKIP
+    >>> train_kepler(model, tok, descriptions, triples, TrainConfig("runs/k"), texts=texts)  # doctest: +SKIP
+
+``plmkit.knowledge.kepler_train`` wraps a whole run (graph, LM head, training, export).
 """
 from __future__ import annotations
 
@@ -124,8 +126,9 @@ class KEPLER(nn.Module):
     @classmethod
     def from_pretrained(cls, name: str, num_relations: int, config: KEPLERConfig | None = None,
                         **kwargs: Any) -> tuple["KEPLER", Any]:
-        """(model, tokenizer) from an asset name, folder or hub id; the LM head is the checkpoint's,
-        or a new one (say so with ``plmkit.knowledge.train_lm_head``) when it has none."""
+        """(model, tokenizer) from an asset name, folder or hub id. The LM head is the checkpoint's, or
+        a new random one when it has none (``plmkit.assets.missing_head`` tells; fit it with
+        ``plmkit.train.heads.fit_lm_head``, as ``kepler_train`` does)."""
         from ..assets import load_model
 
         lm, tok = load_model(name, task=_lm_task(name), **kwargs)
