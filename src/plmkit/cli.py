@@ -244,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     kt.add_argument("--steps", type=int, default=1000)
     kt.add_argument("--batch-size", type=int, default=16)
     kt.add_argument("--lr", type=float, default=5e-5, help="learning rate of the encoder and LM head")
-    kt.add_argument("--relation-lr", type=float, default=1e-3, help="learning rate of the relation table")
+    kt.add_argument("--relation-lr", type=float, default=1e-2, help="learning rate of the relation table")
     kt.add_argument("--gamma", type=float, default=4.0)
     kt.add_argument("--negatives", type=int, default=1, help="corrupted heads (and tails) per triple")
     kt.add_argument("--pooling", choices=("cls", "mean"), default="cls")

@@ -60,7 +60,7 @@ def lm_texts(n_train: int = 4000, n_heldout: int = 200, seed: int = 0) -> tuple[
 
 def kepler_train(out_dir: str | Path, *, kg: str | DescribedKG = "wordnet", encoder: str = "minilm",
                  entities: int | None = 10_000, inductive: bool = False, config: KEPLERConfig | None = None,
-                 steps: int = 1000, batch_size: int = 16, lr: float = 5e-5, relation_lr: float | None = 1e-3,
+                 steps: int = 1000, batch_size: int = 16, lr: float = 5e-5, relation_lr: float | None = 1e-2,
                  head_steps: int | None = None, warm_start_steps: int = 300,
                  mixed_precision: str = "bf16", save_every: int | None = None, seed: int = 0,
                  progress: bool = True) -> dict[str, Any]:
@@ -107,23 +107,23 @@ def kepler_train(out_dir: str | Path, *, kg: str | DescribedKG = "wordnet", enco
     summary["head_steps"] = head_steps
     summary["lm_loss_before"] = heldout_lm_loss()
     t0 = time.perf_counter()
-    train_entities = sorted(graph.split.entities("train"))
+    descriptions = graph.entity_texts(vocab)
     train_ids = vocab.encode(graph.split.train)
     if warm_start_steps and not config.relation_descriptions:
-        warm_start_relations(model, tok, graph.entity_texts(vocab), train_ids, warm_start_steps, out / "warm_start",
+        warm_start_relations(model, tok, descriptions, train_ids, warm_start_steps, out / "warm_start",
                              seed=seed, progress=progress)
     summary["warm_start_steps"] = warm_start_steps if not config.relation_descriptions else 0
-    result = train_kepler(model, tok, graph.entity_texts(vocab), train_ids,
+    # negatives come from the training triples' entities only, so an inductive run never reads a test entity
+    result = train_kepler(model, tok, descriptions, train_ids,
                           TrainConfig(out_dir=str(out / "train"), max_steps=steps, batch_size=batch_size, lr=lr,
                                       warmup_steps=max(1, steps // 10), seed=seed, progress=progress,
                                       log_every=max(1, steps // 20), mixed_precision=mixed_precision,
                                       save_every=save_every),
-                          texts=texts, relation_texts=graph.relation_list(vocab),
-                          negative_entities=[vocab.entity_id[e] for e in train_entities], relation_lr=relation_lr)
+                          texts=texts, relation_texts=graph.relation_list(vocab), relation_lr=relation_lr)
     summary.update(train_seconds=round(time.perf_counter() - t0, 1), losses=result.losses,
                    lm_loss_after=heldout_lm_loss())
     t0 = time.perf_counter()
-    ents = model.embed_texts(tok, graph.entity_texts(vocab), progress=progress, desc="embedding entities")
+    ents = model.embed_texts(tok, descriptions, progress=progress, desc="embedding entities")
     rels = model.relation_vectors(tok, graph.relation_list(vocab))
     summary["embed_seconds"] = round(time.perf_counter() - t0, 1)
     save_embeddings(out / "embeddings", ents, rels, vocab, config)
