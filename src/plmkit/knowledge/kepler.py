@@ -68,6 +68,14 @@ def kepler_loss(positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
     return (-F.logsigmoid(positive).mean() - F.logsigmoid(-negative).mean(dim=-1).mean()) / 2
 
 
+def _relation_table(num_relations: int, dim: int, gamma: float) -> nn.Embedding:
+    """Relation vectors drawn uniformly from +-(gamma + 2) / dim, as KEPLER's code initialises them."""
+    table = nn.Embedding(num_relations, dim)
+    bound = (gamma + 2.0) / dim
+    nn.init.uniform_(table.weight, -bound, bound)
+    return table
+
+
 class NegativeSampler:
     """Corrupts heads and tails with entities drawn uniformly from ``entities``.
 
@@ -118,10 +126,7 @@ class KEPLER(nn.Module):
         super().__init__()
         self.lm = lm
         self.config = config or KEPLERConfig()
-        hidden = lm.config.hidden_size
-        bound = (self.config.gamma + 2.0) / hidden
-        self.relation_embeddings = nn.Embedding(num_relations, hidden)
-        nn.init.uniform_(self.relation_embeddings.weight, -bound, bound)
+        self.relation_embeddings = _relation_table(num_relations, lm.config.hidden_size, self.config.gamma)
 
     @classmethod
     def from_pretrained(cls, name: str, num_relations: int, config: KEPLERConfig | None = None,
@@ -262,9 +267,7 @@ class FrozenTransE(nn.Module):
         super().__init__()
         self.config = config or KEPLERConfig()
         self.register_buffer("entity_vectors", entity_vectors.float())
-        self.relation_embeddings = nn.Embedding(num_relations, entity_vectors.shape[1])
-        bound = (self.config.gamma + 2.0) / entity_vectors.shape[1]
-        nn.init.uniform_(self.relation_embeddings.weight, -bound, bound)
+        self.relation_embeddings = _relation_table(num_relations, entity_vectors.shape[1], self.config.gamma)
 
     def forward(self, ke: dict[str, torch.Tensor], lm: Any = None) -> torch.Tensor:
         return triple_loss(self.entity_vectors, self.relation_embeddings.weight, ke, self.config)

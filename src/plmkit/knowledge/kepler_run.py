@@ -205,8 +205,15 @@ def kepler_evaluate(run_dir: str | Path, split: str = "test", inductive: bool | 
                           f"{'drop' if inductive else 'pass'} --inductive, or train another run "
                           f"{'with' if inductive else 'without'} --inductive")
     ents, rels, vocab, config = load_embeddings(run / "embeddings")
+    return evaluate_embeddings(graph, vocab, ents, rels, config, split, progress)
+
+
+def evaluate_embeddings(graph: DescribedKG, vocab, entities: torch.Tensor, relations: torch.Tensor,
+                        config: KEPLERConfig, split: str = "test", progress: bool = False) -> dict[str, Any]:
+    """TransE link prediction of ``entities``/``relations`` (rows in ``vocab`` order) under the
+    protocol of ``graph``'s split (see :func:`evaluation_triples`)."""
     ev = evaluation_triples(graph, vocab, split)
-    scorer = TransEScorer(ents, rels, config.gamma, config.p_norm)
+    scorer = TransEScorer(entities, relations, config.gamma, config.p_norm)
     metrics = link_prediction(scorer.tails, scorer.heads, ev["triples"], ev["filter"], len(vocab),
                               candidates=ev["candidates"], progress=progress)
     return {"split": split, "setting": "inductive" if graph.split.inductive else "transductive",

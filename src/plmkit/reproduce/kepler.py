@@ -21,10 +21,9 @@ import torch
 from ..assets import load_model
 from ..data.wordnet import wordnet_kg
 from ..eval.lm import masked_lm_loss
-from ..eval.ranking import link_prediction
 from ..knowledge.baselines import pykeen_link_prediction
-from ..knowledge.kepler import KEPLER, KEPLERConfig, TransEScorer, train_frozen_transe
-from ..knowledge.kepler_run import evaluation_triples, kepler_evaluate, kepler_train, lm_texts
+from ..knowledge.kepler import KEPLER, KEPLERConfig, train_frozen_transe
+from ..knowledge.kepler_run import evaluate_embeddings, kepler_evaluate, kepler_train, lm_texts
 from ..train import TrainConfig
 from ..train.heads import fit_lm_head
 from .registry import RecipeContext, recipe
@@ -62,10 +61,7 @@ def _frozen(graph, seed: int, steps: int, out_dir, progress: bool) -> dict[str, 
     fitted = train_frozen_transe(ents, train_ids, len(vocab.relations),
                                  TrainConfig(out_dir=str(out_dir), max_steps=steps, batch_size=128, lr=1e-2,
                                              seed=seed, progress=progress, resume=False), model.config)
-    ev = evaluation_triples(graph, vocab, "test")
-    scorer = TransEScorer(ents, fitted.relation_embeddings.weight.detach(), model.config.gamma, model.config.p_norm)
-    out = link_prediction(scorer.tails, scorer.heads, ev["triples"], ev["filter"], len(vocab),
-                          candidates=ev["candidates"])
+    out = evaluate_embeddings(graph, vocab, ents, fitted.relation_embeddings.weight.detach(), model.config)
     return {**out, "seconds": round(time.perf_counter() - t0, 1)}
 
 
