@@ -1,0 +1,1 @@
+"""Chinese: sub-character tokenizers (SubChar) and realistic noisy input (READIN)."""

