@@ -1,0 +1,128 @@
+"""SubChar: code tables, reversible spelling, homophone collisions, the HF tokenizer and its CLI."""
+import json
+
+import pytest
+
+from plmkit.chinese import codes
+from plmkit.chinese.subchar import (ALL_ENCODINGS, SubCharEncoder, SubCharTokenizer, load_tokenizer, normalize,
+                                    train_tokenizer)
+from plmkit.cli import main
+from plmkit.data.chinese import peoples_daily
+from plmkit.errors import ConfigError
+
+VARIED = [
+    "我们去银行办理业务，然后行走回家。",
+    "Hello, World! 2024年3月15日 下午3:30",
+    "价格：￥1,299.00（含税）",
+    "表情😀🎉 和 emoji ❤️ 混排",
+    "ＦＵＬＬ　ｗｉｄｔｈ　１２３ and tabs\tand\nnewlines",
+    "  leading and trailing spaces  ",
+    "代码 a#b₂c \ue001 \ue0ff 在私用区",
+    "生僻字𠀀𪚥与繁體字龍",
+]
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return [r["text"] for r in peoples_daily()[:400]] + VARIED[:4]
+
+
+@pytest.mark.parametrize("encoding", codes.ENCODINGS)
+def test_code_tables_cover_the_corpus_and_cjk(encoding):
+    report = codes.coverage(encoding, [r["text"] for r in peoples_daily()])
+    assert report["corpus_chars"] > 4000
+    assert report["corpus_covered"] >= 0.99, report
+    assert report["cjk_basic_covered"] >= 0.98, report
+    assert 0 < report["cjk_all_covered"] <= 1
+
+
+def test_codes_use_their_alphabet_and_read_heteronyms_in_context():
+    for encoding in codes.ENCODINGS:
+        table = codes.code_table(encoding)
+        alphabet = set(codes.ALPHABETS[encoding])
+        assert all(set(c) <= alphabet for cs in list(table.codes.values())[:5000] for c in cs), encoding
+    assert codes.code_table("pinyin").code("们") == "men5"  # the reference tables lacked 们
+    assert codes.code_table("wubi").code("我") == "trnt"
+    assert codes.code_table("stroke").code("中") == "2512"
+    enc = SubCharEncoder.build("pinyin")
+    assert enc.encode("银行").startswith("yin2") and "hang2" in enc.encode("银行")
+    assert "xing2" in enc.encode("行走")
+
+
+def test_stroke_sequences_mostly_have_unihan_stroke_counts():
+    chars = {ch for r in peoples_daily()[:2000] for ch in r["text"] if codes.is_han(ch)}
+    check = codes.stroke_count_agreement(chars)
+    assert check["characters"] > 1000 and check["agreement"] > 0.6
+
+
+@pytest.mark.parametrize("encoding", ALL_ENCODINGS)
+def test_index_mode_round_trips_varied_text(encoding):
+    enc = SubCharEncoder.build(encoding, index=True)
+    for text in VARIED:
+        spelled = enc.encode(text)
+        assert enc.decode(spelled) == normalize(text), (encoding, text, spelled)
+    back = SubCharEncoder.from_dict(json.loads(json.dumps(enc.to_dict(), ensure_ascii=False)))
+    assert back.encode(VARIED[0]) == enc.encode(VARIED[0])
+
+
+def test_non_chinese_text_never_reads_as_a_code():
+    enc = SubCharEncoder.build("pinyin", index=False)
+    spelled = enc.encode("ma3# 马")
+    assert spelled.count("ma3#") == 1  # the Latin 'ma3#' was shifted, only 马 is spelled
+    assert enc.decode(spelled) == "ma3# 马"
+
+
+def test_no_index_mode_lets_homophones_collide():
+    notone = SubCharEncoder.build("pinyin-notone", index=False)
+    assert notone.encode("他") == notone.encode("她") == notone.encode("它")
+    assert notone.encode("今天天气很好") == notone.encode("今天天汽很好")  # a homophone typo
+    indexed = SubCharEncoder.build("pinyin-notone", index=True)
+    assert len({indexed.encode(c) for c in "他她它"}) == 3
+    assert notone.decode(notone.encode("她")) == "他"  # the commonest of the homophones
+
+
+def test_tokenizer_trains_saves_loads_and_decodes(tmp_path, corpus):
+    tok = train_tokenizer(corpus, "pinyin", tmp_path / "tok", vocab_size=1200, progress=False)
+    assert isinstance(tok, SubCharTokenizer) and tok.encoding == "pinyin"
+    assert {"spiece.model", "subchar_codes.json", "tokenizer_config.json"} <= {p.name for p in (tmp_path / "tok").iterdir()}
+    ids = tok(VARIED[0])["input_ids"]
+    assert ids[0] == tok.cls_token_id and ids[-1] == tok.sep_token_id
+    for text in VARIED:
+        assert tok.decode(tok(text)["input_ids"], skip_special_tokens=True) == normalize(text)
+    batch = tok(VARIED[:3], padding=True, truncation=True, max_length=12, return_tensors="pt")
+    assert batch["input_ids"].shape == (3, 12) and batch["attention_mask"].sum() > 12
+    tok.save_pretrained(str(tmp_path / "again"))
+    again = load_tokenizer(tmp_path / "again")
+    assert again(VARIED[1])["input_ids"] == tok(VARIED[1])["input_ids"]
+    assert again.convert_ids_to_tokens(again(VARIED[0])["input_ids"]) == tok.convert_ids_to_tokens(ids)
+    n_tokens = len(tok(corpus[0], add_special_tokens=False)["input_ids"])
+    assert n_tokens < len(corpus[0])  # subword pieces span several characters
+
+
+def test_no_index_tokenizer_tokenizes_a_homophone_typo_identically(tmp_path, corpus):
+    tok = train_tokenizer(corpus, "pinyin-notone", tmp_path / "t", vocab_size=800, index=False, progress=False)
+    assert tok.tokenize("我们今天去公园") == tok.tokenize("我门今天去公圆")
+    char = train_tokenizer(corpus, "char", tmp_path / "c", vocab_size=3000, progress=False)
+    assert char.tokenize("我们今天去公园") != char.tokenize("我门今天去公圆")
+
+
+def test_errors_say_what_to_do(tmp_path, corpus):
+    with pytest.raises(ConfigError, match="choose one of"):
+        train_tokenizer(corpus, "klingon", tmp_path / "x")
+    with pytest.raises(ConfigError, match="at least"):
+        train_tokenizer(corpus, "char", tmp_path / "x", vocab_size=50, progress=False)
+    with pytest.raises(ConfigError, match="plmkit subchar train"):
+        load_tokenizer(tmp_path)
+    assert not (tmp_path / "x").exists()  # a failed training leaves nothing half-written
+
+
+def test_cli_trains_and_encodes(tmp_path, capsys):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(r["text"] for r in peoples_daily()[:300]), encoding="utf-8")
+    main(["subchar", "train", "--encoding", "wubi", "--corpus", str(corpus), "--vocab-size", "900",
+          "--out", str(tmp_path / "wubi")])
+    assert "tokens/char" in capsys.readouterr().out
+    main(["subchar", "encode", "--tokenizer", str(tmp_path / "wubi"), "中国人民"])
+    line = capsys.readouterr().out.strip()
+    assert "\n" not in line and "#" in line
+    assert "".join(line.split()).replace("#", "") == "khklgyiwwwwnav"  # Wubi-86: 中 khk 国 lgyi 人 wwww 民 nav
