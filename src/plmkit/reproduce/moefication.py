@@ -21,6 +21,7 @@ from ..compress.moefication.relu import magnitude_mask, remove_magnitude_mask
 from ..data import geonames, text, token_batches
 from ..eval import accuracy, next_token_accuracy, perplexity
 from ..train import TrainConfig, causal_lm_collate, train
+from ..train.classify import fine_tune_classifier, predict_labels
 from .registry import RecipeContext, recipe
 
 EXPERTS = 16
@@ -74,24 +75,16 @@ def _fortune_topics(seed: int, test_share: float = 0.2) -> tuple[list[dict], lis
 
 def _cls_accuracy(model, tok, rows: list[dict], max_length: int) -> dict[str, float]:
     """Accuracy, and the share of the most predicted class (near 1 = the model collapsed to one class)."""
-    preds = []
-    with torch.no_grad():
-        for b in token_batches(tok, [r["text"] for r in rows], 32, max_length):
-            preds += model(**b).logits.argmax(-1).tolist()
+    preds = predict_labels(model, tok, [r["text"] for r in rows], max_length=max_length)
     return {"acc": accuracy(preds, [r["label"] for r in rows]),
             "top_class_share": max(np.bincount(preds)) / len(preds)}
 
 
 def _fine_tune_cls(model, tok, rows, steps, max_length, out_dir, progress, seed) -> float:
-    enc = tok([r["text"] for r in rows], truncation=True, max_length=max_length)["input_ids"]
-    data = [{"input_ids": e, "labels": r["label"]} for e, r in zip(enc, rows)]
-
-    def collate(batch):
-        out = tok.pad([{"input_ids": b["input_ids"]} for b in batch], return_tensors="pt")
-        out["labels"] = torch.tensor([b["labels"] for b in batch])
-        return out
-
-    return _fine_tune(model, data, collate, steps, 16, 1e-4, out_dir, progress, seed)[0]
+    t = time.perf_counter()
+    fine_tune_classifier(model, tok, rows, out_dir, steps=steps, batch_size=16, lr=1e-4, max_length=max_length,
+                         seed=seed, progress=progress)
+    return time.perf_counter() - t
 
 
 def _mean_std(xs: list[float]) -> tuple[float, float]:

@@ -1,4 +1,5 @@
-"""Fitting a fresh language-modelling head on a frozen model (e.g. a sentence encoder shipped without one)."""
+"""Language-model training: a whole model (pretraining from scratch, continued pretraining), or only a
+fresh LM head on a frozen model (e.g. a sentence encoder shipped without one)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -21,6 +22,17 @@ def lm_collate(tokenizer, causal: bool, mlm_probability: float = 0.15):
     return DataCollatorForLanguageModeling(tokenizer, mlm_probability=mlm_probability)
 
 
+def train_lm(model: torch.nn.Module, tokenizer, texts: Sequence[str], config: TrainConfig, *,
+             mlm_probability: float = 0.15, max_length: int = 128, min_tokens: int = 2) -> TrainResult:
+    """Train ``model`` (its parameters with ``requires_grad``) on the LM objective over ``texts``:
+    masked-token prediction for masked LMs, next-token prediction for causal LMs.
+
+    Texts shorter than ``min_tokens`` tokens (special tokens included) are skipped."""
+    ids = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
+    data = [{"input_ids": i} for i in ids if len(i) >= min_tokens]
+    return train(model, data, config, lm_loss, collate_fn=lm_collate(tokenizer, is_causal_lm(model), mlm_probability))
+
+
 def fit_lm_head(model: torch.nn.Module, tokenizer, texts: Sequence[str], out_dir: str | Path, *, steps: int = 300,
                 batch_size: int = 16, lr: float = 1e-3, mlm_probability: float = 0.15, max_length: int = 128,
                 seed: int = 0, progress: bool = True) -> TrainResult:
@@ -38,12 +50,11 @@ def fit_lm_head(model: torch.nn.Module, tokenizer, texts: Sequence[str], out_dir
     before = {id(p): p.requires_grad for p in model.parameters()}
     for p in model.parameters():
         p.requires_grad = id(p) not in base
-    ids = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
     try:
-        result = train(model, [{"input_ids": i} for i in ids],
-                       TrainConfig(out_dir=str(out_dir), max_steps=steps, batch_size=batch_size, lr=lr,
-                                   warmup_steps=max(1, steps // 10), resume=False, progress=progress, seed=seed),
-                       lm_loss, collate_fn=lm_collate(tokenizer, is_causal_lm(model), mlm_probability))
+        result = train_lm(model, tokenizer, texts,
+                          TrainConfig(out_dir=str(out_dir), max_steps=steps, batch_size=batch_size, lr=lr,
+                                      warmup_steps=max(1, steps // 10), resume=False, progress=progress, seed=seed),
+                          mlm_probability=mlm_probability, max_length=max_length)
     finally:
         for p in model.parameters():
             p.requires_grad = before[id(p)]
