@@ -390,3 +390,24 @@ def noise_rate(clean: str | Sequence[str], noisy: str | Sequence[str]) -> float:
         raise ConfigError(f"noise_rate got {len(clean)} clean texts but {len(noisy)} noisy ones")
     total = sum(len(c) for c in clean)
     return sum(changed_chars(c, n) for c, n in zip(clean, noisy)) / total if total else 0.0
+
+
+def homophone_typos(texts: Sequence[str], seed: int = 0, top: int = 5) -> list[tuple[str, str]]:
+    """One controlled typo per text: a Chinese character swapped for a homophone (the character's toned
+    pinyin in context is the other's main reading), one of the ``top`` commonest such characters. Texts without such a character are
+    skipped. Returns ``(clean, typo)`` pairs; the same seed gives the same pairs."""
+    from .subchar import SubCharEncoder
+
+    enc = SubCharEncoder.build("pinyin", index=False)
+    pairs = []
+    for text in texts:
+        rng = _rng("homophone", seed, text)
+        readings = enc._readings(text)
+        spots = [(i, r) for i, r in enumerate(readings) if r is not None and len(enc.groups.get(r, "")) > 1]
+        if not spots:
+            continue
+        i, r = spots[rng.randrange(len(spots))]
+        choices = [c for c in enc.groups[r] if c != text[i] and enc.codes[c][0] == r][:top]  # r is c's main reading
+        if choices:
+            pairs.append((text, text[:i] + rng.choice(choices) + text[i + 1:]))
+    return pairs

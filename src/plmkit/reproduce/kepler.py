@@ -187,7 +187,7 @@ def run(ctx: RecipeContext) -> dict[str, Any]:
             "the L2 norm, one filtered corrupted head and tail per triple, as in KEPLER's code.",
             f"KEPLER: {S['steps']} steps of {S['batch_size']} triples plus {S['batch_size']} MLM passages "
             f"(lr {S['lr']}, relation table lr {S['relation_lr']}, bf16 autocast), after a warm start that fits the "
-            "relation table on the start encoder's fixed embeddings (300 steps). PyKEEN: {S['pykeen_epochs']} epochs, dim 200, 32 negatives per triple, "
+            f"relation table on the start encoder's fixed embeddings (300 steps). PyKEEN: {S['pykeen_epochs']} epochs, dim 200, 32 negatives per triple, "
             "self-adversarial loss, Adam lr 0.01, evaluated by PyKEEN's own evaluator; plmkit's evaluator gives "
             "the same numbers on PyKEEN models (tests/unit/test_kepler.py).",
             "The paper's number is for a different graph (Wikidata5M) and a 125M encoder pretrained with KEPLER "

@@ -84,4 +84,4 @@ def run_recipes(names: list[str] | None, out_dir: str | Path, quick: bool = True
 
 
 def _load_builtin() -> None:
-    from . import eren, kepler, moefication, sparsity  # noqa: F401  (each registers itself)
+    from . import eren, kepler, moefication, readin, sparsity, subchar  # noqa: F401  (each registers itself)
