@@ -20,8 +20,13 @@ _ROWS = [
      "geonames edit benchmark; recipe 'eren'", "plmkit.editing.EREN"),
     ("modularity", "Modularity analysis: functional experts", "analysis", "not yet", "plmkit.analysis.modularity"),
     ("variator", "Variator: compression plugins", "plugins", "not yet", "plmkit.plugins.variator"),
-    ("subchar", "SubChar: sub-character tokenization", "chinese", "not yet", "plmkit.chinese.subchar"),
-    ("readin", "READIN: realistic noisy Chinese input", "chinese", "not yet", "plmkit.chinese.readin"),
+    ("subchar", "SubChar: sub-character tokenization", "chinese",
+     "implemented: pinyin/zhuyin/Wubi/Cangjie/stroke code tables from real data with coverage, index (reversible) "
+     "and no-index encoders, SentencePiece unigram/BPE, a Hugging Face tokenizer; recipe 'subchar'",
+     "plmkit.chinese.subchar.train_tokenizer"),
+    ("readin", "READIN: realistic noisy Chinese input", "chinese",
+     "implemented: loader for the release layout, Average/Worst, pinyin-IME and speech noise generator, small "
+     "BERTs per tokenizer under noise; recipe 'readin'", "plmkit.chinese.readin.load_readin"),
     ("knowledge_plugin", "Knowledge Plugin: map-tuning", "knowledge", "not yet", "plmkit.knowledge.map_tuning"),
     ("plugd", "PlugD: document plugins", "plugins", "not yet", "plmkit.plugins.plugd"),
     ("skill_neurons", "Skill neurons", "analysis", "not yet", "plmkit.analysis.skill_neurons"),

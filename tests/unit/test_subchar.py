@@ -95,6 +95,10 @@ def test_tokenizer_trains_saves_loads_and_decodes(tmp_path, corpus):
     again = load_tokenizer(tmp_path / "again")
     assert again(VARIED[1])["input_ids"] == tok(VARIED[1])["input_ids"]
     assert again.convert_ids_to_tokens(again(VARIED[0])["input_ids"]) == tok.convert_ids_to_tokens(ids)
+    from transformers import AutoTokenizer
+
+    auto = AutoTokenizer.from_pretrained(str(tmp_path / "again"))
+    assert isinstance(auto, SubCharTokenizer) and auto.tokenize(VARIED[0]) == tok.tokenize(VARIED[0])
     n_tokens = len(tok(corpus[0], add_special_tokens=False)["input_ids"])
     assert n_tokens < len(corpus[0])  # subword pieces span several characters
 

@@ -234,8 +234,9 @@ CODE_FILE = "subchar_codes.json"
 class SubCharTokenizer(_backend()):
     """A Hugging Face (Python-backend) tokenizer: spell the text, then SentencePiece.
 
-    ``tok("文本")``, ``tok.batch_encode``/padding/truncation, ``tok.decode``, ``save_pretrained`` and
-    ``SubCharTokenizer.from_pretrained(dir)`` all work as for any HF tokenizer; a pair is wrapped
+    ``tok("文本")``, batches with padding/truncation, ``tok.decode``, ``save_pretrained``, and loading with
+    ``SubCharTokenizer.from_pretrained(dir)`` or, once this module is imported,
+    ``AutoTokenizer.from_pretrained(dir)`` all work as for any HF tokenizer; a pair is wrapped
     ``[CLS] a [SEP] b [SEP]`` as BERT does. Decoding is exact in index mode (up to :func:`normalize`)."""
 
     vocab_files_names = {"vocab_file": "spiece.model", "code_file": CODE_FILE}
@@ -270,6 +271,24 @@ class SubCharTokenizer(_backend()):
     def spell(self, text: str) -> str:
         """The spelled text SentencePiece sees (codes, separators, shifted non-Chinese characters)."""
         return self.encoder.encode(text)
+
+
+def _register_with_auto_classes() -> None:
+    """Let ``transformers.AutoTokenizer.from_pretrained(folder)`` load SubChar tokenizers (after this
+    module is imported), through a config type of their own; no remote code is involved."""
+    from transformers import AutoConfig, AutoTokenizer, PretrainedConfig
+
+    class SubCharConfig(PretrainedConfig):
+        model_type = "subchar"
+
+    try:
+        AutoConfig.register("subchar", SubCharConfig)
+        AutoTokenizer.register(SubCharConfig, slow_tokenizer_class=SubCharTokenizer)
+    except ValueError:  # already registered (module reloaded)
+        pass
+
+
+_register_with_auto_classes()
 
 
 def train_tokenizer(corpus: Sequence[str], encoding: str, out_dir: str | Path, *, vocab_size: int = 8000,

@@ -30,8 +30,8 @@ def _settings(quick: bool) -> dict[str, Any]:
                                                                       ("pinyin", False, "unigram")],
                     test_sentences=1000, typo_pairs=500)
     index = [(e, True, "unigram") for e in ALL]
-    no_index = [(e, False, "unigram") for e in ("pinyin", "pinyin-notone", "zhuyin", "wubi")]
-    bpe = [(e, True, "bpe") for e in ("char", "pinyin", "wubi")]
+    no_index = [(e, False, "unigram") for e in ("pinyin", "pinyin-notone")]
+    bpe = [(e, True, "bpe") for e in ("char", "pinyin")]
     return dict(train_sentences=None, vocab_sizes=(8000, 22000), variants=index + no_index + bpe,
                 test_sentences=2000, typo_pairs=1000)
 
