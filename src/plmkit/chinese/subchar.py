@@ -11,7 +11,7 @@ single tokens. Two modes:
   tokenizes exactly like the intended text; decoding picks the commonest character of each code.
 
 Text that is not Chinese is kept, but every character the codes use (ASCII letters, digits, the
-separator...) and ASCII whitespace are shifted into a private-use range first, so they can never
+separator...), ASCII whitespace and SentencePiece's ``▁`` are shifted into a private-use range first, so they can never
 be read as a code and SentencePiece never folds them. ``encoding="char"`` spells nothing: it is
 plain SentencePiece on raw characters, the baseline.
 """
@@ -37,11 +37,12 @@ ESCAPE = "\ue0ff"
 _SHIFT_BASE = 0xE000
 # Every character that can appear in a code: if the input holds one, it is shifted out of the way.
 RESERVED = "".join(sorted(set("".join(ALPHABETS.values())) | set(SEPARATOR + INDEX_DIGITS)
-                          | {chr(c) for c in range(0x20, 0x7F)} | set("\t\n\r\x0b\x0c")))
+                          | {chr(c) for c in range(0x20, 0x7F)} | set("\t\n\r\x0b\x0c\u2581")))
 _SHIFT = {c: chr(_SHIFT_BASE + i) for i, c in enumerate(RESERVED)}
 _UNSHIFT = {v: k for k, v in _SHIFT.items()}
 assert _SHIFT_BASE + len(RESERVED) < ord(ESCAPE)
 ALL_ENCODINGS = ("char",) + ENCODINGS
+CODE_FORMAT = 2  # bump when RESERVED, the separator or the index digits change: saved tokenizers depend on them
 SPECIAL_TOKENS = {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]",
                   "mask_token": "[MASK]"}
 
@@ -65,6 +66,11 @@ def char_frequencies() -> Counter:
 
 def _index_suffix(i: int) -> str:
     return "" if i == 0 else "".join(INDEX_DIGITS[int(d)] for d in str(i))
+
+
+def _fragment(code: list[str], digits: list[str]) -> str:
+    """Spelled symbols that never reached a separator, given back as written."""
+    return "".join(code) + "".join(INDEX_DIGITS[int(d)] for d in digits)
 
 
 @dataclass
@@ -97,13 +103,17 @@ class SubCharEncoder:
         return cls(encoding, index, {ch: list(cs) for ch, cs in table.items()}, groups)
 
     def to_dict(self) -> dict:
-        return {"encoding": self.encoding, "index": self.index, "separator": SEPARATOR, "codes": self.codes,
-                "groups": self.groups}
+        return {"format": CODE_FORMAT, "encoding": self.encoding, "index": self.index, "separator": SEPARATOR,
+                "codes": self.codes, "groups": self.groups}
 
     @classmethod
     def from_dict(cls, d: dict) -> "SubCharEncoder":
-        if d.get("encoding") not in ALL_ENCODINGS:
-            raise ConfigError(f"not a SubChar code file (encoding {d.get('encoding')!r})")
+        missing = [k for k in ("encoding", "index", "codes", "groups") if k not in d]
+        if missing or d.get("encoding") not in ALL_ENCODINGS:
+            raise ConfigError(f"not a SubChar code file (missing {missing}, encoding {d.get('encoding')!r})")
+        if d.get("format") != CODE_FORMAT:
+            raise ConfigError(f"this SubChar tokenizer was saved in code format {d.get('format', 1)}, this plmkit "
+                              f"reads format {CODE_FORMAT}: train it again with `plmkit subchar train`")
         return cls(d["encoding"], bool(d["index"]), d["codes"], d["groups"])
 
     # ------------------------------------------------------------ encoding
@@ -155,7 +165,8 @@ class SubCharEncoder:
         while i < len(spelled):
             ch = spelled[i]
             if ch == ESCAPE and i + 1 < len(spelled):
-                out.append(spelled[i + 1])
+                out.append(_fragment(code, digits) + spelled[i + 1])
+                code, digits = [], []
                 i += 2
                 continue
             if ch in self._alphabet and not digits:
@@ -166,17 +177,17 @@ class SubCharEncoder:
                 out.append(self._character("".join(code), int("".join(digits) or 0)))
                 code, digits = [], []
             else:
-                out.append("".join(code) + "".join(INDEX_DIGITS[int(d)] for d in digits))  # a stray fragment
+                out.append(_fragment(code, digits))  # a stray fragment
                 code, digits = [], []
                 out.append(_UNSHIFT.get(ch, ch))
             i += 1
-        out.append("".join(code) + "".join(INDEX_DIGITS[int(d)] for d in digits))
+        out.append(_fragment(code, digits))
         return "".join(out)
 
     def _character(self, code: str, position: int) -> str:
         chars = self.groups.get(code)
-        if not chars:
-            return code + SEPARATOR  # not a code of this table: keep what was written
+        if not chars:  # not a code of this table: keep what was written
+            return code + _index_suffix(position) + SEPARATOR
         return chars[position] if self.index and position < len(chars) else chars[0]
 
 
@@ -217,7 +228,8 @@ def _train_spm(lines, model_prefix, vocab_size, model_type, num_threads, max_pie
         add_dummy_prefix=False, hard_vocab_limit=False, max_sentencepiece_length=max_piece_length,
         pad_id=0, unk_id=1, bos_id=-1, eos_id=-1, pad_piece="[PAD]", unk_piece="[UNK]",
         control_symbols=["[CLS]", "[SEP]", "[MASK]"], input_sentence_size=input_sentence_size,
-        shuffle_input_sentence=True, num_threads=num_threads or os.cpu_count() or 1, minloglevel=2)
+        shuffle_input_sentence=True, num_threads=num_threads or os.cpu_count() or 1, minloglevel=2,
+        max_sentence_length=max(4192, max(len(ln.encode("utf-8")) for ln in lines) + 16))  # never skip a line
 
 
 # ---------------------------------------------------------------- the tokenizer
@@ -229,6 +241,7 @@ def _backend():
 
 
 CODE_FILE = "subchar_codes.json"
+_BYTE_PIECE = re.compile(r"<0x[0-9A-F]{2}>")
 
 
 class SubCharTokenizer(_backend()):
@@ -237,13 +250,18 @@ class SubCharTokenizer(_backend()):
     ``tok("文本")``, batches with padding/truncation, ``tok.decode``, ``save_pretrained``, and loading with
     ``SubCharTokenizer.from_pretrained(dir)`` or, once this module is imported,
     ``AutoTokenizer.from_pretrained(dir)`` all work as for any HF tokenizer; a pair is wrapped
-    ``[CLS] a [SEP] b [SEP]`` as BERT does. Decoding is exact in index mode (up to :func:`normalize`)."""
+    ``[CLS] a [SEP] b [SEP]`` as BERT does. Decoding is exact in index mode (up to :func:`normalize`);
+    as in every HF tokenizer, a literal ``[CLS]``, ``[SEP]``, ``[MASK]``... in the input is read as that
+    special token. Contextual encodings read heteronyms with the installed pypinyin at encode time."""
 
     vocab_files_names = {"vocab_file": "spiece.model", "code_file": CODE_FILE}
     model_input_names = ["input_ids", "token_type_ids", "attention_mask"]
     is_fast = False
 
-    def __init__(self, vocab_file: str, code_file: str, **kwargs) -> None:
+    def __init__(self, vocab_file: str | None = None, code_file: str | None = None, **kwargs) -> None:
+        if not vocab_file or not code_file or not Path(code_file).exists():
+            raise ConfigError(f"a SubChar tokenizer needs spiece.model and {CODE_FILE} (got {vocab_file}, {code_file}); "
+                              "make one with `plmkit subchar train`")
         self.code_file = code_file
         self.encoder = SubCharEncoder.from_dict(json.loads(Path(code_file).read_text(encoding="utf-8")))
         for k, v in SPECIAL_TOKENS.items():
@@ -259,7 +277,33 @@ class SubCharTokenizer(_backend()):
         return self.sp_model.encode(self.encoder.encode(text), out_type=str)
 
     def convert_tokens_to_string(self, tokens: list[str]) -> str:
-        return self.encoder.decode(self.sp_model.decode_pieces(list(tokens)))
+        """Decode runs of SentencePiece pieces through the code table; special and added tokens as written."""
+        literal = set(self.all_special_tokens) | set(self.added_tokens_encoder)
+        out, run = [], []
+        for t in tokens:
+            if t in literal:
+                out.append(self.encoder.decode(self.sp_model.decode_pieces(run)) + t)
+                run = []
+            else:
+                run.append(t)
+        out.append(self.encoder.decode(self.sp_model.decode_pieces(run)))
+        return "".join(out)
+
+    def readable(self, tokens: list[str]) -> list[str]:
+        """Tokens for display: shifted non-Chinese characters shown as themselves, and a run of byte-fallback
+        pieces (``<0xEE>``...) shown as the characters they spell."""
+        out: list[str] = []
+        raw = bytearray()
+        for t in [*tokens, ""]:
+            if _BYTE_PIECE.fullmatch(t):
+                raw.append(int(t[3:5], 16))
+                continue
+            if raw:
+                out.append(raw.decode("utf-8", errors="replace"))
+                raw = bytearray()
+            if t:
+                out.append(t)
+        return ["".join(_UNSHIFT.get(c, c) for c in t if c != ESCAPE) for t in out]
 
     def save_vocabulary(self, save_directory: str, filename_prefix: str | None = None) -> tuple[str, ...]:
         (vocab,) = super().save_vocabulary(save_directory, filename_prefix)
@@ -308,9 +352,16 @@ def train_tokenizer(corpus: Sequence[str], encoding: str, out_dir: str | Path, *
         codes = Path(tmp) / CODE_FILE
         codes.write_text(json.dumps(encoder.to_dict(), ensure_ascii=False), encoding="utf-8")
         tok = SubCharTokenizer(str(model), str(codes))
+        _check_out_dir(Path(out_dir))
         with atomic_dir(out_dir) as d:
             tok.save_pretrained(str(d))
     return SubCharTokenizer.from_pretrained(str(out_dir))
+
+
+def _check_out_dir(out: Path) -> None:
+    """Refuse to replace a folder that is not a SubChar tokenizer (its other files would be lost)."""
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / CODE_FILE).exists())):
+        raise ConfigError(f"{out} exists and is not a SubChar tokenizer folder: choose a new --out, or remove it")
 
 
 def _spell_all(encoder: SubCharEncoder, texts: Sequence[str], progress: bool) -> list[str]:

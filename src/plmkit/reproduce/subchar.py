@@ -141,14 +141,14 @@ def run(ctx: RecipeContext) -> dict[str, Any]:
             "at the same vocabulary size and model type.",
             "Index tokenizers decode back to the (NFKC-normalised, lower-cased) text exactly; no-index ones let "
             "characters with the same code collide, which is what makes a homophone typo tokenize like the "
-            "intended character. Typo pairs swap one character for a same-toned-pinyin character (one of the 5 "
-            "commonest of that reading), so toned no-index pinyin is identical by construction unless the swap "
-            "changes a neighbour's reading in context; toneless no-index pinyin also absorbs tone slips.",
+            "intended character. Typo pairs swap one character for a character whose main reading is the first "
+            "one's toned pinyin in context (one of the 5 commonest in use), so toned no-index pinyin spells both "
+            "alike unless context reads the swapped-in character, or a neighbour, differently.",
             f"Stroke sequences: the ibus Stroke-5 table where it is complete, else cjk-decomp expanded to strokes; "
             f"{strokes['agreement']:.1%} of the training text's characters get Unihan's stroke count, the rest are "
             "approximate (decomposition merges or repeats strokes).",
             "The paper measured its released tokenizers on about 1.2k characters against a character tokenizer; "
-            "ours are trained on 2.8M characters of news and reviews or less (quick run: a sample), so the absolute "
+            "ours are trained on 2.7M characters of news and reviews or less (quick run: a sample), so the absolute "
             "numbers differ; the comparison that matters is each row against 'char' in the same run.",
         ],
     }

@@ -23,13 +23,14 @@ def lm_collate(tokenizer, causal: bool, mlm_probability: float = 0.15):
 
 
 def train_lm(model: torch.nn.Module, tokenizer, texts: Sequence[str], config: TrainConfig, *,
-             mlm_probability: float = 0.15, max_length: int = 128, min_tokens: int = 2) -> TrainResult:
+             mlm_probability: float = 0.15, max_length: int = 128, min_tokens: int = 1) -> TrainResult:
     """Train ``model`` (its parameters with ``requires_grad``) on the LM objective over ``texts``:
     masked-token prediction for masked LMs, next-token prediction for causal LMs.
 
-    Texts shorter than ``min_tokens`` tokens (special tokens included) are skipped."""
+    Texts with fewer than ``min_tokens`` tokens besides special tokens are skipped."""
     ids = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
-    data = [{"input_ids": i} for i in ids if len(i) >= min_tokens]
+    specials = tokenizer.num_special_tokens_to_add()
+    data = [{"input_ids": i} for i in ids if len(i) - specials >= min_tokens]
     return train(model, data, config, lm_loss, collate_fn=lm_collate(tokenizer, is_causal_lm(model), mlm_probability))
 
 
