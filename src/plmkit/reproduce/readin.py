@@ -22,7 +22,7 @@ def _config(quick: bool) -> StudyConfig:
     if quick:
         return StudyConfig(layers=2, hidden=192, heads=4, max_length=96, pretrain_steps=400, pretrain_batch=32,
                            finetune_steps=300, seeds=[0], train_sentences=12000)
-    return StudyConfig(layers=4, hidden=256, heads=4, max_length=128, pretrain_steps=1000, pretrain_batch=32,
+    return StudyConfig(layers=4, hidden=256, heads=4, max_length=128, pretrain_steps=800, pretrain_batch=32,
                        finetune_steps=400, seeds=[0, 1, 2])
 
 
