@@ -24,16 +24,15 @@ ALL = ("char", "pinyin", "pinyin-notone", "zhuyin", "wubi", "cangjie", "stroke")
 
 
 def _settings(quick: bool) -> dict[str, Any]:
+    """``runs``: (encoding, index, model type, vocab size) of every tokenizer trained."""
     if quick:
-        return dict(train_sentences=6000, vocab_sizes=(8000,),
-                    variants=[(e, True, "unigram") for e in ALL] + [("pinyin-notone", False, "unigram"),
-                                                                      ("pinyin", False, "unigram")],
-                    test_sentences=1000, typo_pairs=500)
-    index = [(e, True, "unigram") for e in ALL]
-    no_index = [(e, False, "unigram") for e in ("pinyin", "pinyin-notone")]
-    bpe = [(e, True, "bpe") for e in ("char", "pinyin")]
-    return dict(train_sentences=None, vocab_sizes=(8000, 22000), variants=index + no_index + bpe,
-                test_sentences=2000, typo_pairs=1000)
+        runs = [(e, True, "unigram", 8000) for e in ALL] + [(e, False, "unigram", 8000)
+                                                            for e in ("pinyin-notone", "pinyin")]
+        return dict(train_sentences=6000, runs=runs, test_sentences=1000, typo_pairs=500)
+    runs = [(e, True, "unigram", v) for v in (8000, 22000) for e in ALL]
+    runs += [(e, False, "unigram", v) for v in (8000, 22000) for e in ("pinyin", "pinyin-notone")]
+    runs += [(e, True, "bpe", 8000) for e in ("char", "pinyin")]
+    return dict(train_sentences=None, runs=runs, test_sentences=2000, typo_pairs=1000)
 
 
 def name_of(encoding: str, index: bool, model_type: str) -> str:
@@ -83,19 +82,18 @@ def run(ctx: RecipeContext) -> dict[str, Any]:
     pairs = homophone_typos(data["news"][: S["typo_pairs"] // 2] + data["reviews"][: S["typo_pairs"] // 2],
                             seed=ctx.seed)
     rows: list[dict] = []
-    for vocab in S["vocab_sizes"]:
-        for encoding, index, model_type in S["variants"]:
-            name = name_of(encoding, index, model_type)
-            t = time.perf_counter()
-            tok = train_tokenizer(data["train"], encoding, ctx.out_dir / "tokenizers" / f"{name}-{vocab}".replace(" ", "_"),
-                                  vocab_size=vocab, index=index, model_type=model_type, progress=ctx.progress)
-            seconds = time.perf_counter() - t
-            typo = perturbation_effect(tok, pairs)
-            rows.append({"tokenizer": name, "vocab": vocab, "train_seconds": round(seconds, 1),
-                         "news_tpc": tokens_per_char(tok, data["news"]),
-                         "reviews_tpc": tokens_per_char(tok, data["reviews"]),
-                         "typo_identical": typo["identical"], "typo_tokens_changed": typo["tokens_changed"],
-                         "chars_per_s": throughput(tok, data["news"][:500], repeats=2)})
+    for encoding, index, model_type, vocab in S["runs"]:
+        name = name_of(encoding, index, model_type)
+        t = time.perf_counter()
+        tok = train_tokenizer(data["train"], encoding, ctx.out_dir / "tokenizers" / f"{name}-{vocab}".replace(" ", "_"),
+                              vocab_size=vocab, index=index, model_type=model_type, progress=ctx.progress)
+        seconds = time.perf_counter() - t
+        typo = perturbation_effect(tok, pairs)
+        rows.append({"tokenizer": name, "vocab": vocab, "train_seconds": round(seconds, 1),
+                     "news_tpc": tokens_per_char(tok, data["news"]),
+                     "reviews_tpc": tokens_per_char(tok, data["reviews"]),
+                     "typo_identical": typo["identical"], "typo_tokens_changed": typo["tokens_changed"],
+                     "chars_per_s": throughput(tok, data["news"][:500], repeats=2)})
     base = {(r["vocab"], r["tokenizer"]): r for r in rows}
     for r in rows:
         raw = base.get((r["vocab"], "char BPE" if r["tokenizer"].endswith("BPE") else "char"))
@@ -131,8 +129,8 @@ def run(ctx: RecipeContext) -> dict[str, Any]:
     measured = {f"{r['tokenizer']}@{r['vocab']}.{k}": r[k] for r in rows
                 for k in ("news_tpc", "reviews_tpc", "news_vs_char_subword", "typo_identical")}
     return {
-        "measured": measured, "tables": tables, "plots": _plot(ctx, rows, S["vocab_sizes"]),
-        "details": {"settings": {k: v for k, v in S.items() if k != "variants"}, "rows": rows, "coverage": cov,
+        "measured": measured, "tables": tables, "plots": _plot(ctx, rows, sorted({r[3] for r in S["runs"]})),
+        "details": {"settings": S, "rows": rows, "coverage": cov,
                     "stroke_count_agreement": strokes, "typo_examples": pairs[:10]},
         "notes": [
             "Tokens per character: SentencePiece (unigram unless marked BPE; character coverage 1.0, byte "
