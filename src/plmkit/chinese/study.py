@@ -48,7 +48,7 @@ class StudyConfig(JsonConfig):
     test_examples: int | None = None  # None: the whole sentiment test split
     noise_versions: int = 3
     noise_rate: float | None = None  # None: the generator's default
-    mixed_precision: str = "bf16"
+    mixed_precision: str = "bf16"  # pretraining and fine-tuning (autocast); evaluation runs in fp32
 
     def __post_init__(self) -> None:
         for v in self.tokenizers:
@@ -127,7 +127,8 @@ def run_study(out_dir: str | Path, config: StudyConfig | None = None, *, seed: i
             t = time.perf_counter()
             fine_tune_classifier(clf, tok, sentiment["train"], folder / f"finetune-{s}", steps=config.finetune_steps,
                                  batch_size=config.finetune_batch, lr=config.finetune_lr,
-                                 max_length=config.max_length, seed=s, progress=progress)
+                                 max_length=config.max_length, seed=s, mixed_precision=config.mixed_precision,
+                                 progress=progress)
             predict = lambda rows, m=clf: predict_labels(m, tok, [r["text"] for r in rows],  # noqa: E731
                                                          max_length=config.max_length)
             runs.append({"seed": s, "finetune_seconds": round(time.perf_counter() - t, 1),

@@ -22,8 +22,8 @@ def _config(quick: bool) -> StudyConfig:
     if quick:
         return StudyConfig(layers=2, hidden=192, heads=4, max_length=96, pretrain_steps=400, pretrain_batch=32,
                            finetune_steps=300, seeds=[0], train_sentences=12000)
-    return StudyConfig(layers=4, hidden=256, heads=4, max_length=128, pretrain_steps=800, pretrain_batch=32,
-                       finetune_steps=400, seeds=[0, 1, 2])
+    return StudyConfig(layers=2, hidden=256, heads=4, max_length=128, pretrain_steps=1000, pretrain_batch=32,
+                       finetune_steps=300, seeds=[0, 1, 2])
 
 
 def _plot(ctx: RecipeContext, results: dict[str, Any]) -> list[str]:
@@ -91,8 +91,9 @@ def run(ctx: RecipeContext) -> dict[str, Any]:
             f"Each tokenizer: SentencePiece unigram, vocabulary {config.vocab_size}, trained on the same "
             f"{res['corpus_sentences']} news + review sentences; each BERT ({config.layers} layers, hidden "
             f"{config.hidden}) pretrained from scratch with MLM for {config.pretrain_steps} steps of "
-            f"{config.pretrain_batch} sequences of up to {config.max_length} tokens (bf16 autocast), then fine-tuned "
-            f"for {config.finetune_steps} steps of {config.finetune_batch} on {res['n_train']} reviews. Models see "
+            f"{config.pretrain_batch} sequences of up to {config.max_length} tokens, then fine-tuned for "
+            f"{config.finetune_steps} steps of {config.finetune_batch} on {res['n_train']} reviews (lr "
+            f"{config.finetune_lr}), both with bf16 autocast. Models see "
             "clean text only; noise appears at test time.",
             "Noise: plmkit's generator (pinyin IME slips with abbreviated and fuzzy pinyin; speech homophones, "
             "near-homophones and tone confusions), three independent versions per kind, written in READIN's "

@@ -22,7 +22,7 @@ def classification_collate(tokenizer):
 
 def fine_tune_classifier(model: torch.nn.Module, tokenizer, rows: Sequence[dict], out_dir: str | Path, *,
                          steps: int, batch_size: int = 16, lr: float = 1e-4, max_length: int = 128, seed: int = 0,
-                         progress: bool = True) -> TrainResult:
+                         mixed_precision: str = "no", progress: bool = True) -> TrainResult:
     """Train on ``rows`` of ``{"text", "label"}`` for ``steps`` optimizer steps (10% warm-up, no checkpoints).
 
     The model is left in eval mode."""
@@ -31,7 +31,7 @@ def fine_tune_classifier(model: torch.nn.Module, tokenizer, rows: Sequence[dict]
     model.train()
     result = train(model, data, TrainConfig(out_dir=str(out_dir), max_steps=steps, batch_size=batch_size, lr=lr,
                                             warmup_steps=max(1, steps // 10), resume=False, progress=progress,
-                                            seed=seed),
+                                            seed=seed, mixed_precision=mixed_precision),
                    collate_fn=classification_collate(tokenizer))
     model.eval()
     return result
