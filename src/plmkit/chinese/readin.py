@@ -398,7 +398,7 @@ def make_noisy_set(input_path: str | Path, out_dir: str | Path, kind: str = "key
     """Noisy versions of the examples in ``input_path`` written in READIN's layout under ``out_dir``, with
     ``noise_rates.json`` (the measured share of changed characters per version), which is also returned."""
     from .._io import write_json
-    from .noise import DEFAULT_RATE, NoiseGenerator, noise_rate
+    from .noise import DEFAULT_RATE
 
     if versions < 1:
         raise ConfigError(f"versions must be at least 1, not {versions}")
@@ -408,21 +408,32 @@ def make_noisy_set(input_path: str | Path, out_dir: str | Path, kind: str = "key
         raise ConfigError(f"{input_path} holds no examples")
     fields = list(fields) if fields else default_fields(rows)
     _check_fields(rows, fields, input_path)
-    gen = NoiseGenerator(kind=kind, rate=DEFAULT_RATE if rate is None else rate, seed=seed)
+    rate = DEFAULT_RATE if rate is None else rate
+    noisy, stats = noisy_rows(rows, fields, kind, versions, rate, seed)
+    write_readin(out_dir, rows, {normalize_kind(kind): noisy}, task=task)
+    summary = {"kind": "speech" if normalize_kind(kind) == "asr" else "keyboard", "rate": rate, "seed": seed, "task": task, "fields": fields,
+               "examples": len(rows), "versions": stats}
+    write_json(Path(out_dir) / "noise_rates.json", summary)
+    return summary
+
+
+def noisy_rows(rows: Sequence[dict], fields: Sequence[str], kind: str, versions: int, rate: float,
+               seed: int = 0) -> tuple[list[list[dict]], list[dict]]:
+    """``versions`` noisy copies of ``rows`` (only ``fields`` corrupted) and, per version, the measured share of
+    changed characters and of changed examples."""
+    from .noise import NoiseGenerator, noise_rate
+
+    gen = NoiseGenerator(kind=kind, rate=rate, seed=seed)
     folder = normalize_kind(kind)
     clean_texts = [r[f] for r in rows for f in fields]
     noisy, stats = [], []
     for k in range(1, versions + 1):
         version = [{**r, **{f: gen.corrupt(r[f], k) for f in fields}} for r in rows]
-        texts = [r[f] for r in version for f in fields]
         noisy.append(version)
-        stats.append({"version": k, "split": split_name(folder, k), "noise_rate": noise_rate(clean_texts, texts),
+        stats.append({"version": k, "split": split_name(folder, k),
+                      "noise_rate": noise_rate(clean_texts, [r[f] for r in version for f in fields]),
                       "changed_examples": sum(any(a[f] != b[f] for f in fields) for a, b in zip(rows, version))})
-    write_readin(out_dir, rows, {folder: noisy}, task=task)
-    summary = {"kind": gen.kind, "rate": gen.rate, "seed": seed, "task": task, "fields": fields,
-               "examples": len(rows), "versions": stats}
-    write_json(Path(out_dir) / "noise_rates.json", summary)
-    return summary
+    return noisy, stats
 
 
 def _check_fields(rows: list[dict], fields: list[str], where: Any) -> None:

