@@ -190,9 +190,7 @@ def _plots(ctx: RecipeContext, ev: dict) -> list[str]:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=m)
         ax.set(xscale="log", title=title, xlabel="notes in the notebook (N)", ylim=(-0.02, 1.02))
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(ctx.out_dir / "eren_eq_by_notebook_size.png", dpi=110)
-    plt.close(fig)
+    ctx.save_figure(fig, "eren_eq_by_notebook_size.png")
     return ["eren_eq_by_notebook_size.png"]
 
 

@@ -92,9 +92,7 @@ def _plots(ctx: RecipeContext, results: dict[str, dict[str, Any]], curves: dict[
     axes[2].set_title("KEPLER training loss, KE + MLM (per logged window)")
     axes[2].set_xlabel("window")
     axes[2].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(ctx.out_dir / "kepler.png", dpi=110)
-    plt.close(fig)
+    ctx.save_figure(fig, "kepler.png")
     return ["kepler.png"]
 
 

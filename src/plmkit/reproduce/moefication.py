@@ -200,9 +200,7 @@ def _plots(ctx: RecipeContext, cls: dict, lm: dict) -> list[str]:
     axes[1].set_yscale("log")
     for t, d in lm["dense"].items():
         axes[1].axhline(d["ppl"], color="grey", ls=":", lw=0.8)
-    fig.tight_layout()
-    fig.savefig(ctx.out_dir / "retained_performance.png", dpi=110)
-    plt.close(fig)
+    ctx.save_figure(fig, "retained_performance.png")
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, res in (("MiniLM", cls), ("SmolLM2", lm)):
@@ -218,9 +216,7 @@ def _plots(ctx: RecipeContext, cls: dict, lm: dict) -> list[str]:
            xlabel="layer", ylabel="recall", ylim=(0, 1))
     ax.title.set_fontsize(8)
     ax.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(ctx.out_dir / "router_recall.png", dpi=110)
-    plt.close(fig)
+    ctx.save_figure(fig, "router_recall.png")
     return ["retained_performance.png", "router_recall.png"]
 
 

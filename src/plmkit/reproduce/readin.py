@@ -44,9 +44,7 @@ def _plot(ctx: RecipeContext, results: dict[str, Any]) -> list[str]:
     ax.axhline(0.5, color="grey", lw=0.8, ls=":")
     ax.set_title("snownlp sentiment accuracy: clean and under noise (READIN's Average / Worst over 3 versions)")
     ax.legend(fontsize=8, ncol=3)
-    fig.tight_layout()
-    fig.savefig(ctx.out_dir / "readin.png", dpi=110)
-    plt.close(fig)
+    ctx.save_figure(fig, "readin.png")
     return ["readin.png"]
 
 

@@ -19,6 +19,15 @@ class RecipeContext:
     seed: int = 0
     progress: bool = True
 
+    def save_figure(self, fig: Any, name: str) -> str:
+        """Lay out, save (PNG, 110 dpi) and close a matplotlib figure under ``out_dir``; returns ``name``."""
+        import matplotlib.pyplot as plt
+
+        fig.tight_layout()
+        fig.savefig(self.out_dir / name, dpi=110)
+        plt.close(fig)
+        return name
+
 
 @dataclass(frozen=True)
 class Recipe:

@@ -54,9 +54,7 @@ def _plots(ctx: RecipeContext, runs: dict[str, list[LayerSparsity]]) -> list[str
                 ylim=(0, 1))
     axes[0].legend(fontsize=6)
     axes[1].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(ctx.out_dir / "sparsity_by_layer.png", dpi=110)
-    plt.close(fig)
+    ctx.save_figure(fig, "sparsity_by_layer.png")
     files.append("sparsity_by_layer.png")
 
     trained = {k: v for k, v in runs.items() if not k.endswith("random-init")}
@@ -67,9 +65,7 @@ def _plots(ctx: RecipeContext, runs: dict[str, list[LayerSparsity]]) -> list[str
         im = ax.imshow(h.T, origin="lower", aspect="auto", extent=(-0.5, len(layers) - 0.5, 0, 1), cmap="viridis")
         ax.set(title=f"{name}: per-token fraction with |a| > 0.1", xlabel="layer", ylabel="fraction of neurons")
         fig.colorbar(im, ax=ax, label="share of tokens")
-    fig.tight_layout()
-    fig.savefig(ctx.out_dir / "token_distribution.png", dpi=110)
-    plt.close(fig)
+    ctx.save_figure(fig, "token_distribution.png")
     files.append("token_distribution.png")
     return files
 

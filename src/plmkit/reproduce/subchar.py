@@ -61,9 +61,7 @@ def _plot(ctx: RecipeContext, rows: list[dict], vocab_sizes) -> list[str]:
     for ax in axes:
         ax.set_xticks([i + 0.4 - width / 2 for i in range(len(names))], names, rotation=30, ha="right", fontsize=8)
         ax.legend(fontsize=8, title="vocab")
-    fig.tight_layout()
-    fig.savefig(ctx.out_dir / "subchar.png", dpi=110)
-    plt.close(fig)
+    ctx.save_figure(fig, "subchar.png")
     return ["subchar.png"]
 
 
