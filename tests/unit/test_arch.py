@@ -29,7 +29,8 @@ def test_every_role_resolves(family, head):
         assert model.get_submodule(layer.prefix) is layer.block
     assert arch.ffn_kind(model) == EXPECTED_KIND[family]
     emb = arch.embeddings(model)  # the module whose output enters the first block
-    assert any(m is model.get_input_embeddings() for m in emb.modules())
+    tok_emb = model.get_input_embeddings()  # T5: "shared", tied to the encoder's embed_tokens that runs
+    assert any(m is tok_emb or getattr(m, "weight", None) is tok_emb.weight for m in emb.modules())
     assert (arch.head(model) is not None) == (head == "lm")
     if family == "t5":
         assert set(arch.layers(model)[-1].cross_attn) == {"q", "k", "v", "o"}

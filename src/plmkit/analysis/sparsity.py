@@ -89,7 +89,7 @@ def ffn_sparsity(
     result = []
     hist_key = f"active@{max(cfg.thresholds):g}"
     for s, layer in zip(sites, layers):
-        stats = {k: torch.cat(v).numpy() for k, v in per_site[s].items()}
+        stats = {k: torch.cat(v).cpu().numpy() for k, v in per_site[s].items()}  # numpy statistics: on the CPU
         active = {
             k: {"mean": float(v.mean()), "p10": float(np.quantile(v, 0.1)), "p50": float(np.median(v)),
                 "p90": float(np.quantile(v, 0.9))}

@@ -3,12 +3,19 @@
 >>> from plmkit import arch
 >>> for layer in arch.layers(model):           # doctest: +SKIP
 ...     w_in = layer.ffn_in_weight()          # (d_ff, d_model), whatever the family
+
+Modules that methods put in place of the model's own are :class:`Wrapper` s holding the original as
+``base_layer``; every lookup here resolves through them (and through peft's tuner layers and
+``PeftModel``), and :func:`unwrap` restores the original model.
 """
 from .describe import describe, format_spec
 from .families import FAMILIES
 from .layers import (
     Layer,
+    ReplacedFFN,
+    attention,
     base_model,
+    dense_weight,
     embeddings,
     ffn_act,
     ffn_activation,
@@ -19,17 +26,22 @@ from .layers import (
     final_norm,
     get_module,
     head,
+    hf_model,
     layers,
     register,
     registered_model_types,
     replace_ffn,
     resolve,
     set_ffn_act,
+    virtual_tokens,
 )
-from .spec import FFN_KINDS, BlockSpec, ModelSpec, StackSpec
+from .spec import FFN_KINDS, POSITIONS, AttentionGeometry, BlockSpec, ModelSpec, StackSpec
+from .wrap import ActivationWrapper, Bypass, Wrapper, innermost, is_wrapper, unwrap, wrap, wrappers
 
 __all__ = [
-    "FAMILIES", "FFN_KINDS", "BlockSpec", "Layer", "ModelSpec", "StackSpec", "base_model", "describe",
-    "embeddings", "ffn_act", "ffn_activation", "ffn_apply", "ffn_forward", "ffn_module", "ffn_kind", "final_norm", "format_spec", "get_module",
-    "head", "layers", "register", "registered_model_types", "replace_ffn", "resolve", "set_ffn_act",
+    "FAMILIES", "FFN_KINDS", "POSITIONS", "ActivationWrapper", "AttentionGeometry", "BlockSpec", "Bypass", "Layer",
+    "ModelSpec", "ReplacedFFN", "StackSpec", "Wrapper", "attention", "base_model", "dense_weight", "describe",
+    "embeddings", "ffn_act", "ffn_activation", "ffn_apply", "ffn_forward", "ffn_module", "ffn_kind", "final_norm",
+    "format_spec", "get_module", "head", "hf_model", "innermost", "is_wrapper", "layers", "register",
+    "registered_model_types", "replace_ffn", "resolve", "set_ffn_act", "unwrap", "virtual_tokens", "wrap", "wrappers",
 ]

@@ -5,7 +5,7 @@ from typing import Any
 
 from torch import nn
 
-from .layers import Override, base_model, ffn_kind, head, layers, resolve
+from .layers import Override, base_model, ffn_kind, head, hf_model, layers, resolve
 
 
 def describe(model: nn.Module, override: Override = None) -> dict[str, Any]:
@@ -55,7 +55,7 @@ def describe(model: nn.Module, override: Override = None) -> dict[str, Any]:
 
 def _has(model: nn.Module, path: str) -> bool:
     try:
-        model.get_submodule(path)
+        hf_model(model)[0].get_submodule(path)
         return True
     except AttributeError:
         return False

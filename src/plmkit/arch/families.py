@@ -13,6 +13,7 @@ _BERT_BLOCK = BlockSpec(
     ffn_in="intermediate.dense",
     ffn_out="output.dense",
     norms={"attn": "attention.output.LayerNorm", "ffn": "output.LayerNorm"},
+    attn="attention.self",
 )
 
 
@@ -40,6 +41,7 @@ _LLAMA_BLOCK = BlockSpec(
     ffn_in="mlp.up_proj",
     ffn_out="mlp.down_proj",
     norms={"attn": "input_layernorm", "ffn": "post_attention_layernorm"},
+    attn="self_attn",
 )
 
 LLAMA = ModelSpec(
@@ -49,6 +51,7 @@ LLAMA = ModelSpec(
     stacks=(StackSpec(name="blocks", blocks="layers", block=_LLAMA_BLOCK, final_norm="norm"),),
     heads=("lm_head",),
     gated=True,
+    position="rotary",
 )
 
 GEMMA3 = ModelSpec(
@@ -74,6 +77,7 @@ GEMMA3 = ModelSpec(
     heads=("lm_head",),
     act_keys=("hidden_activation", "hidden_act"),
     gated=True,
+    position="rotary",
 )
 
 GPT2 = ModelSpec(
@@ -91,6 +95,7 @@ GPT2 = ModelSpec(
                 ffn_in="mlp.c_fc",
                 ffn_out="mlp.c_proj",
                 norms={"attn": "ln_1", "ffn": "ln_2"},
+                attn="attn",
             ),
         ),
     ),
@@ -118,6 +123,8 @@ def _t5_block(ffn_index: int, gated: bool) -> BlockSpec:
         ffn_out=f"{ff}.wo",
         norms=norms,
         cross_attn=cross,
+        attn="layer.0.SelfAttention",
+        attn_probs_index=2,
     )
 
 
@@ -125,7 +132,7 @@ def _t5(gated: bool) -> ModelSpec:
     return ModelSpec(
         family="t5-gated" if gated else "t5",
         model_types=(),  # chosen by resolve() from config.is_gated_act
-        embeddings="shared",
+        embeddings="encoder.embed_tokens",  # tied to "shared", which is not the module that runs
         stacks=(
             StackSpec("encoder", "encoder.block", _t5_block(1, gated), "encoder.final_layer_norm"),
             StackSpec("decoder", "decoder.block", _t5_block(2, gated), "decoder.final_layer_norm"),
@@ -133,6 +140,7 @@ def _t5(gated: bool) -> ModelSpec:
         heads=("lm_head",),
         act_keys=("dense_act_fn",),
         gated=gated,
+        position="relative",
     )
 
 

@@ -9,9 +9,10 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
-from ..errors import UnsupportedArchitectureError
+from ..errors import ConfigError, UnsupportedArchitectureError
 from .families import FAMILIES, T5, T5_GATED
-from .spec import ModelSpec
+from .spec import AttentionGeometry, ModelSpec
+from .wrap import Bypass, Wrapper, innermost, is_wrapper, resolve_path, wrap
 
 _REGISTRY: dict[str, ModelSpec] = {}
 
@@ -37,6 +38,37 @@ def registered_model_types() -> list[str]:
 
 def _config_of(model_or_config: Any) -> Any:
     return getattr(model_or_config, "config", model_or_config)
+
+
+def _is_peft(model: Any) -> bool:
+    return any(c.__module__.startswith("peft.") and c.__name__ == "PeftModel" for c in type(model).__mro__)
+
+
+def hf_model(model: nn.Module) -> tuple[nn.Module, str]:
+    """The transformers model inside ``model`` and its path prefix there: a ``peft.PeftModel`` (LoRA, prefix
+    or prompt tuning) holds it at ``base_model.model``; DDP and similar wrappers at ``module``."""
+    prefix = ""
+    while True:
+        if _is_peft(model):
+            model, prefix = model.get_base_model(), prefix + "base_model.model."
+        elif isinstance(getattr(model, "module", None), nn.Module) and not hasattr(model, "config"):
+            model, prefix = model.module, prefix + "module."
+        else:
+            return model, prefix
+
+
+def virtual_tokens(model: nn.Module) -> int:
+    """How many trainable vectors a prompt-tuning wrapper (peft prompt/p-tuning, plmkit's
+    :func:`plmkit.arch.prepend_prompt`) puts before the input tokens; 0 for prefix tuning and plain models."""
+    n = int(getattr(model, "_plmkit_virtual_tokens", 0) or 0)
+    if _is_peft(model):
+        cfg = model.active_peft_config
+        if getattr(cfg, "is_prompt_learning", False) and type(cfg).__name__ != "PrefixTuningConfig":
+            n += int(cfg.num_virtual_tokens)
+    inner, _ = hf_model(model)
+    if inner is not model:
+        n += int(getattr(inner, "_plmkit_virtual_tokens", 0) or 0)
+    return n
 
 
 def _load_override(override: Override) -> ModelSpec | None:
@@ -67,23 +99,44 @@ def resolve(model_or_config: Any, override: Override = None) -> ModelSpec:
     raise UnsupportedArchitectureError(
         f"plmkit has no architecture spec for model_type '{model_type}'. Registered: "
         f"{', '.join(registered_model_types())}. Pass one as `override=` (a dict like "
-        "`plmkit arch minilm --json` prints, with your model's module paths) to the Python call, "
+        "`plmkit arch minilm --spec` prints, with your model's module paths) to the Python call, "
         "or `--arch-override FILE.json` on the command line, or register it with plmkit.arch.register()."
     )
 
 
-def get_module(root: nn.Module, path: str) -> nn.Module:
+def _replaced_on(root: nn.Module, path: str) -> nn.Module | None:
+    """The first module on ``path`` that is a foreign replacement (holds no ``base_layer``), if any."""
+    module = root
+    for part in path.split("."):
+        child = getattr(module, part, None)
+        if not isinstance(child, nn.Module):
+            return module if module is not root and not is_wrapper(module) else None
+        module = child
+    return None
+
+
+def get_module(root: nn.Module, path: str, originals: bool = True) -> nn.Module:
+    """The module at ``path`` below ``root``, resolved through wrappers (see :mod:`plmkit.arch.wrap`)."""
     try:
-        return root.get_submodule(path) if path else root
+        return resolve_path(root, path, originals)
     except AttributeError as e:
+        foreign = _replaced_on(root, path)
+        if foreign is not None:
+            raise UnsupportedArchitectureError(
+                f"module path '{path}' not found in {type(root).__name__}: a {type(foreign).__name__} stands on it "
+                "and does not keep the module it replaced. Replace modules with a plmkit.arch.Wrapper (holding "
+                "the original as base_layer), or undo the replacement."
+            ) from e
         raise UnsupportedArchitectureError(
             f"module path '{path}' not found in {type(root).__name__}: the spec does not match this model. "
-            "Pass a corrected spec as `override=` (see `plmkit arch NAME --json`)."
+            "Pass a corrected spec as `override=` (`plmkit arch NAME --spec` prints the current one)."
         ) from e
 
 
 def base_model(model: nn.Module) -> nn.Module:
-    return getattr(model, "base_model", model)
+    """The bare transformer (``BertModel`` inside ``BertForMaskedLM``), also through peft and DDP wrappers."""
+    inner, _ = hf_model(model)
+    return getattr(inner, "base_model", inner)
 
 
 @dataclass
@@ -101,6 +154,8 @@ class Layer:
     attn_v: nn.Module | None = None
     attn_qkv: nn.Module | None = None
     ffn_gate: nn.Module | None = None
+    attn: nn.Module | None = None  # the self-attention module
+    attn_probs_index: int = 1
     norms: dict[str, nn.Module] = field(default_factory=dict)
     cross_attn: dict[str, nn.Module] = field(default_factory=dict)
     conv1d: bool = False
@@ -122,29 +177,60 @@ class Layer:
         return self.ffn_out_weight().shape[0]
 
     # FFN weights in one fixed orientation, torch's Linear (out, in); views, so writes go through.
-    def _w(self, module: nn.Module | None) -> torch.Tensor | None:
+    def _w(self, module: nn.Module | None, dequantize: bool = False) -> torch.Tensor | None:
         if module is None:
             return None
-        return module.weight.t() if self.conv1d else module.weight
+        w = dense_weight(module, dequantize, f"{self.name}")
+        return w.t() if self.conv1d else w
 
-    def ffn_in_weight(self) -> torch.Tensor:
-        """(d_ff, d_model)."""
-        return self._w(self.ffn_in)
+    def ffn_in_weight(self, dequantize: bool = False) -> torch.Tensor:
+        """(d_ff, d_model). ``dequantize``: a float copy of a quantized weight (not write-through)."""
+        return self._w(self.ffn_in, dequantize)
 
-    def ffn_gate_weight(self) -> torch.Tensor | None:
+    def ffn_gate_weight(self, dequantize: bool = False) -> torch.Tensor | None:
         """(d_ff, d_model), or None for a plain FFN."""
-        return self._w(self.ffn_gate)
+        return self._w(self.ffn_gate, dequantize)
 
-    def ffn_out_weight(self) -> torch.Tensor:
+    def ffn_out_weight(self, dequantize: bool = False) -> torch.Tensor:
         """(d_model, d_ff)."""
-        return self._w(self.ffn_out)
+        return self._w(self.ffn_out, dequantize)
+
+
+def dense_weight(module: nn.Module, dequantize: bool = False, where: str = "") -> torch.Tensor:
+    """The dense float ``weight`` of ``module`` (through wrappers such as LoRA: the base weight).
+
+    A quantized or otherwise non-dense weight (int8/4-bit tensors, tensor subclasses such as torchao's,
+    ``torch.ao`` packed params) is refused with a clear error, or dequantized to a float copy when
+    ``dequantize`` is set.
+    """
+    base = innermost(module)
+    w = getattr(base, "weight", None)
+    if callable(w) and not isinstance(w, torch.Tensor):  # torch.ao quantized Linear: weight() unpacks
+        w = w()
+    dense = (isinstance(w, torch.Tensor) and type(w) in (torch.Tensor, nn.Parameter) and w.is_floating_point()
+             and w.layout == torch.strided and not w.is_quantized)
+    if dense:
+        return w
+    kind = "no weight" if w is None else f"a {type(w).__name__} of dtype {getattr(w, 'dtype', '?')}"
+    if dequantize and w is not None:
+        for fn in (getattr(w, "dequantize", None), getattr(base, "dequantize", None)):
+            if callable(fn):
+                out = fn()
+                if isinstance(out, torch.Tensor) and out.is_floating_point():
+                    return torch.Tensor(out.detach()) if type(out) not in (torch.Tensor, nn.Parameter) else out
+    raise ConfigError(
+        f"{where or type(base).__name__}: {type(base).__name__} holds {kind}, not a dense float weight; plmkit "
+        "reads and writes FFN weights only on dense layers. Pass dequantize=True for a float copy, or apply "
+        "this method before quantizing."
+    )
 
 
 def layers(model: nn.Module, override: Override = None, stack: str | None = None) -> list[Layer]:
     """Every block of ``model`` (all stacks, or only ``stack``), with handles by role."""
     spec = resolve(model, override)
+    inner, outer_prefix = hf_model(model)
     base = base_model(model)
-    base_prefix = "" if base is model else model.base_model_prefix
+    base_prefix = outer_prefix + ("" if base is inner else inner.base_model_prefix)
     out: list[Layer] = []
     for st in spec.stacks:
         if stack is not None and st.name != stack:
@@ -166,15 +252,22 @@ def layers(model: nn.Module, override: Override = None, stack: str | None = None
                     attn_v=opt(b.attn_v),
                     attn_qkv=opt(b.attn_qkv),
                     ffn_gate=opt(b.ffn_gate),
+                    attn=opt(b.attn),
+                    attn_probs_index=b.attn_probs_index,
                     norms={k: get_module(block, p) for k, p in b.norms.items()},
                     cross_attn={k: get_module(block, p) for k, p in b.cross_attn.items()},
                     conv1d=spec.conv1d,
-                    prefix=".".join(x for x in (base_prefix, st.blocks, str(i)) if x),
+                    prefix=".".join(x for x in (base_prefix.rstrip("."), st.blocks, str(i)) if x),
                     ffn_in_path=b.ffn_in,
                     ffn_out_path=b.ffn_out,
                 )
             )
     return out
+
+
+def attention(model_or_config: Any, override: Override = None) -> "AttentionGeometry":
+    """Heads, key/value heads (GQA), head width and position scheme of the model's self-attention."""
+    return resolve(model_or_config, override).attention(_config_of(model_or_config))
 
 
 def embeddings(model: nn.Module, override: Override = None) -> nn.Module:
@@ -183,9 +276,10 @@ def embeddings(model: nn.Module, override: Override = None) -> nn.Module:
 
 def head(model: nn.Module, override: Override = None) -> nn.Module | None:
     """The LM/MLM head, or None for a bare encoder such as MiniLM's BertModel."""
+    inner, _ = hf_model(model)
     for path in resolve(model, override).heads:
         try:
-            return model.get_submodule(path)
+            return resolve_path(inner, path, originals=False)
         except AttributeError:
             continue
     return None
@@ -223,13 +317,13 @@ def _ffn_container_path(layer: Layer) -> str:
 
 
 def ffn_module(layer: Layer) -> nn.Module:
-    """The module that holds the FFN's input projection and applies its activation (``mlp``, ``intermediate``)."""
-    return get_module(layer.block, _ffn_container_path(layer))
+    """The module that runs as the FFN (``mlp``, ``intermediate``, or a wrapper in their place)."""
+    return get_module(layer.block, _ffn_container_path(layer), originals=False)
 
 
 def _act_attr(layer: Layer) -> tuple[nn.Module, str]:
-    """The FFN module and the name of its activation attribute."""
-    container = ffn_module(layer)
+    """The FFN module (the original, under any wrapper) and the name of its activation attribute."""
+    container = get_module(layer.block, _ffn_container_path(layer))
     for attr in _ACT_ATTRS:
         fn = getattr(container, attr, None)
         if callable(fn) and not isinstance(fn, nn.Linear):
@@ -246,9 +340,15 @@ def ffn_act(layer: Layer) -> Callable[[torch.Tensor], torch.Tensor]:
 
 
 def set_ffn_act(layer: Layer, fn: nn.Module) -> None:
-    """Swap the activation the FFN module applies (e.g. to ``nn.ReLU()`` for ReLU-fication)."""
+    """Swap the activation the FFN module applies (e.g. to ``nn.ReLU()`` for ReLU-fication).
+
+    The original stays reachable: ``fn`` goes in wrapped as an :class:`~plmkit.arch.wrap.ActivationWrapper`
+    whose ``base_layer`` is the activation it replaces (``plmkit.arch.unwrap`` restores it)."""
+    from .wrap import ActivationWrapper
+
     container, attr = _act_attr(layer)
-    setattr(container, attr, fn)
+    current = getattr(container, attr)
+    setattr(container, attr, fn if isinstance(fn, ActivationWrapper) else ActivationWrapper(current, fn))
 
 
 def _ffn_out_outside(layer: Layer) -> bool:
@@ -256,16 +356,39 @@ def _ffn_out_outside(layer: Layer) -> bool:
     return not layer.ffn_out_path.startswith(_ffn_container_path(layer) + ".")
 
 
-def replace_ffn(layer: Layer, module: nn.Module) -> None:
+class ReplacedFFN(Wrapper):
+    """A whole-FFN replacement (``module``: FFN input -> FFN output) holding the original FFN as ``base_layer``."""
+
+    runs_base = False
+
+    def __init__(self, base_layer: nn.Module, module: nn.Module):
+        super().__init__(base_layer)
+        self.module = module
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return self.module(x)
+
+
+def replace_ffn(layer: Layer, module: nn.Module) -> Wrapper:
     """Put ``module`` (FFN input -> FFN output, both d_model) in place of the layer's whole FFN.
 
-    The FFN module (parent of ffn_in) is replaced; when ffn_out lives outside it (BERT's
-    ``output.dense``, followed by the residual LayerNorm), ffn_out becomes an identity.
+    The FFN module (parent of ffn_in) is wrapped: ``module`` is used as the wrapper when it is a
+    :class:`~plmkit.arch.wrap.Wrapper` holding the original FFN as ``base_layer``, else it goes in a
+    :class:`ReplacedFFN`. When ffn_out lives outside the FFN module (BERT's ``output.dense``, followed
+    by the residual LayerNorm), it is bypassed (an identity keeping the original as ``base_layer``).
+    ``plmkit.arch.unwrap(model)`` undoes both.
     """
+    path = _ffn_container_path(layer)
     outside = _ffn_out_outside(layer)
-    layer.block.set_submodule(_ffn_container_path(layer), module)
+    original = get_module(layer.block, path, originals=False)
+    if not (isinstance(module, Wrapper) and module.base_layer is original):
+        if isinstance(module, Wrapper) and getattr(module, "base_layer", None) is not None:
+            raise ConfigError(f"{layer.name}: the replacement wraps another module than this layer's FFN")
+        module = ReplacedFFN(original, module)
+    wrap(layer.block, path, module)
     if outside:
-        layer.block.set_submodule(layer.ffn_out_path, nn.Identity())
+        wrap(layer.block, layer.ffn_out_path, Bypass(get_module(layer.block, layer.ffn_out_path, originals=False)))
+    return module
 
 
 def ffn_apply(layer: Layer, x: torch.Tensor) -> torch.Tensor:
@@ -275,7 +398,7 @@ def ffn_apply(layer: Layer, x: torch.Tensor) -> torch.Tensor:
     the residual LayerNorm that follows it).
     """
     out = ffn_module(layer)(x)
-    return layer.ffn_out(out) if _ffn_out_outside(layer) else out
+    return get_module(layer.block, layer.ffn_out_path, originals=False)(out) if _ffn_out_outside(layer) else out
 
 
 def ffn_forward(layer: Layer, x: torch.Tensor, act: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:

@@ -12,6 +12,28 @@ from typing import Any, Callable, Mapping
 
 #: FFN kinds: plain ``act(W_in x)``, or gated ``act(W_gate x) * (W_in x)``.
 FFN_KINDS = ("relu", "gelu", "silu", "gated-relu", "gated-gelu", "gated-silu")
+#: How positions enter attention.
+POSITIONS = ("absolute", "rotary", "relative")
+
+
+@dataclass(frozen=True)
+class AttentionGeometry:
+    """Self-attention shape of one model: query heads, key/value heads (fewer under GQA), head width."""
+
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    position: str  # one of POSITIONS
+
+    @property
+    def kv_dim(self) -> int:
+        """Width of one token's keys (and values): ``n_kv_heads * head_dim``."""
+        return self.n_kv_heads * self.head_dim
+
+    @property
+    def group(self) -> int:
+        """Query heads per key/value head (1 without GQA)."""
+        return self.n_heads // self.n_kv_heads
 
 
 @dataclass(frozen=True)
@@ -28,6 +50,8 @@ class BlockSpec:
     ffn_gate: str | None = None
     norms: Mapping[str, str] = field(default_factory=dict)  # canonical name -> path
     cross_attn: Mapping[str, str] = field(default_factory=dict)  # q/k/v/o of encoder-decoder attention
+    attn: str | None = None  # the self-attention module (its output holds the attention probabilities)
+    attn_probs_index: int = 1  # where the probabilities stand in that module's output tuple
 
     def __post_init__(self) -> None:
         if self.attn_qkv is None and not (self.attn_q and self.attn_k and self.attn_v):
@@ -56,6 +80,33 @@ class ModelSpec:
     conv1d: bool = False  # weights stored (in, out) as in GPT-2's Conv1D
     act_keys: tuple[str, ...] = ("hidden_act",)  # config attributes naming the FFN activation
     gated: bool | Callable[[Any], bool] = False
+    position: str = "absolute"  # one of POSITIONS
+    n_heads_keys: tuple[str, ...] = ("num_attention_heads", "n_head", "num_heads")
+    n_kv_heads_keys: tuple[str, ...] = ("num_key_value_heads",)
+    head_dim_keys: tuple[str, ...] = ("head_dim", "d_kv")
+    width_keys: tuple[str, ...] = ("hidden_size", "n_embd", "d_model")
+
+    def __post_init__(self) -> None:
+        if self.position not in POSITIONS:
+            raise ValueError(f"position must be one of {POSITIONS}, got '{self.position}'")
+
+    def attention(self, config: Any) -> AttentionGeometry:
+        """Heads, key/value heads and head width from the model's config."""
+        def first(keys: tuple[str, ...]) -> int | None:
+            for k in keys:
+                v = getattr(config, k, None)
+                if isinstance(v, int) and v > 0:
+                    return v
+            return None
+
+        heads = first(self.n_heads_keys)
+        if heads is None:
+            raise ValueError(f"config of family {self.family} has none of {self.n_heads_keys}")
+        width = first(self.width_keys)
+        head_dim = first(self.head_dim_keys) or (width // heads if width else None)
+        if head_dim is None:
+            raise ValueError(f"config of family {self.family} has none of {self.head_dim_keys + self.width_keys}")
+        return AttentionGeometry(heads, first(self.n_kv_heads_keys) or heads, head_dim, self.position)
 
     def stack(self, name: str) -> StackSpec:
         for s in self.stacks:
@@ -88,6 +139,8 @@ class ModelSpec:
         d["model_types"] = list(self.model_types)
         d["act_keys"] = list(self.act_keys)
         d["heads"] = list(self.heads)
+        for k in ("n_heads_keys", "n_kv_heads_keys", "head_dim_keys", "width_keys"):
+            d[k] = list(d[k])
         return d
 
     @classmethod
@@ -108,11 +161,12 @@ class ModelSpec:
                 model_types=tuple(d.pop("model_types", ())),
                 act_keys=tuple(d.pop("act_keys", ("hidden_act",))),
                 heads=tuple(d.pop("heads", ())),
-                **d,
+                **{k: tuple(v) for k, v in d.items() if k.endswith("_keys")},
+                **{k: v for k, v in d.items() if not k.endswith("_keys")},
             )
         except (KeyError, TypeError) as e:
             raise ValueError(
                 f"invalid architecture override ({e}). Expected keys: family, embeddings, stacks=[{{name, "
                 "blocks, block: {attn_q, attn_k, attn_v, attn_o, ffn_in, ffn_out, ...}}], heads, conv1d, gated. "
-                "Print a registered spec with `plmkit arch minilm --json` for a full example."
+                "`plmkit arch minilm --spec` prints a registered spec to start from."
             ) from e

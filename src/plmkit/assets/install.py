@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterable
 
-from .registry import ASSETS, Asset, debian_root
+from .registry import ASSETS, Asset, check_names, debian_root
 
 # Keep the pinned stack in place when pip resolves an asset's dependencies.
 PINS = ("torch==2.13.0", "transformers==5.24.0")
@@ -26,6 +26,8 @@ def _is_root() -> bool:
 
 def install(names: Iterable[str] | None = None, *, include_optional: bool = False) -> list[str]:
     """Install the named assets (default: every non-optional one). Returns messages for what could not be done."""
+    names = list(names) if names else []
+    check_names(names)
     chosen = [ASSETS[n] for n in names] if names else [a for a in ASSETS.values() if include_optional or not a.optional]
     missing = [a for a in chosen if not a.installed()]
     problems: list[str] = []

@@ -11,9 +11,9 @@ import importlib.util
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
-from ..errors import MissingAssetError
+from ..errors import MissingAssetError, UnknownAssetError
 
 
 def plmkit_home() -> Path:
@@ -158,11 +158,17 @@ ASSETS: dict[str, Asset] = {
 }
 
 
+def check_names(names: Iterable[str]) -> None:
+    """UnknownAssetError (a KeyError) listing the known names if any of ``names`` is not an asset."""
+    unknown = [n for n in names if n not in ASSETS]
+    if unknown:
+        raise UnknownAssetError(f"unknown asset{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
+                                f"known: {', '.join(ASSETS)} (see `plmkit assets`)")
+
+
 def get(name: str) -> Asset:
-    try:
-        return ASSETS[name]
-    except KeyError:
-        raise KeyError(f"unknown asset '{name}'; known: {', '.join(ASSETS)} (see `plmkit assets`)") from None
+    check_names([name])
+    return ASSETS[name]
 
 
 def asset_path(name: str) -> Path:

@@ -22,7 +22,7 @@ from pathlib import Path
 from statistics import fmean
 from typing import Any, Callable, Sequence
 
-from ..errors import ConfigError, MissingAssetError
+from ..errors import ConfigError, MissingAssetError, read_text_utf8
 
 TASKS = ("afqmc", "cmrc2018", "nmt")
 NOISE_KINDS = ("keyboard", "asr")
@@ -104,7 +104,7 @@ def _task_root(root: Path, task: str) -> Path:
 
 
 def _read_jsonl(path: Path) -> list[dict]:
-    text = path.read_text(encoding="utf-8")
+    text = read_text_utf8(path, "input")
     if text.lstrip().startswith("["):  # a JSON array is accepted too
         rows = _parse_json(path, text)
     else:
@@ -161,7 +161,7 @@ def read_split(path: str | Path, task: str) -> list[dict]:
     """The examples of one split file (JSONL for AFQMC/NMT, SQuAD-style JSON for CMRC2018)."""
     path = Path(path)
     if normalize_task(task) == "cmrc2018":
-        return squad_to_rows(_parse_json(path, path.read_text(encoding="utf-8")), str(path))
+        return squad_to_rows(_parse_json(path, read_text_utf8(path, "input")), str(path))
     return _read_jsonl(path)
 
 
@@ -362,7 +362,7 @@ def read_examples(path: str | Path) -> tuple[list[dict], str]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"input file {path} does not exist")
-    text = path.read_text(encoding="utf-8")
+    text = read_text_utf8(path, "input")
     head = text.lstrip()
     if head.startswith("{") and '"data"' in text[:4096]:
         try:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from .._io import atomic_dir, write_text
-from ..errors import ConfigError
+from ..errors import ConfigError, read_text_utf8
 from .codes import ALPHABETS, CONTEXTUAL, ENCODINGS, code_table
 
 SEPARATOR = "#"
@@ -386,7 +386,7 @@ def read_corpus(source: str | Path) -> list[str]:
     path = Path(source)
     if not path.is_file():
         raise ConfigError(f"corpus {source}: no such file (or pass one of {', '.join(BUNDLED_CORPORA)})")
-    return [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    return [ln for ln in read_text_utf8(path, "corpus").splitlines() if ln.strip()]
 
 
 def load_tokenizer(path: str | Path) -> SubCharTokenizer:

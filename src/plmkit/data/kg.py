@@ -222,10 +222,12 @@ class DescribedKG:
     def load(cls, directory: str | Path) -> "DescribedKG":
         import json
 
+        from ..errors import read_text_utf8
+
         d = Path(directory)
 
         def rows(name: str) -> list[list[str]]:
-            return [line.split("\t") for line in (d / name).read_text(encoding="utf-8").splitlines() if line]
+            return [line.split("\t") for line in read_text_utf8(d / name, "graph file").splitlines() if line]
 
         meta = json.loads((d / "kg.json").read_text())
         parts = {p: [tuple(r) for r in rows(f"{p}.tsv")] for p in ("train", "valid", "test")}

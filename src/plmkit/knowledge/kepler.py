@@ -68,12 +68,13 @@ def kepler_loss(positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
     return (-F.logsigmoid(positive).mean() - F.logsigmoid(-negative).mean(dim=-1).mean()) / 2
 
 
-def _relation_table(num_relations: int, dim: int, gamma: float) -> nn.Embedding:
-    """Relation vectors drawn uniformly from +-(gamma + 2) / dim, as KEPLER's code initialises them."""
-    table = nn.Embedding(num_relations, dim)
+def _relation_table(num_relations: int, dim: int, gamma: float, seed: int = 0) -> nn.Embedding:
+    """Relation vectors drawn uniformly from +-(gamma + 2) / dim, as KEPLER's code initialises them
+    (from ``seed``, not the global RNG)."""
     bound = (gamma + 2.0) / dim
-    nn.init.uniform_(table.weight, -bound, bound)
-    return table
+    g = torch.Generator().manual_seed(seed)
+    weight = (torch.rand(num_relations, dim, generator=g) * 2 - 1) * bound
+    return nn.Embedding.from_pretrained(weight, freeze=False)
 
 
 class NegativeSampler:
@@ -122,11 +123,11 @@ class KEPLER(nn.Module):
     LM for decoders); its base model encodes descriptions.
     """
 
-    def __init__(self, lm: nn.Module, num_relations: int, config: KEPLERConfig | None = None):
+    def __init__(self, lm: nn.Module, num_relations: int, config: KEPLERConfig | None = None, seed: int = 0):
         super().__init__()
         self.lm = lm
         self.config = config or KEPLERConfig()
-        self.relation_embeddings = _relation_table(num_relations, lm.config.hidden_size, self.config.gamma)
+        self.relation_embeddings = _relation_table(num_relations, lm.config.hidden_size, self.config.gamma, seed)
 
     @classmethod
     def from_pretrained(cls, name: str, num_relations: int, config: KEPLERConfig | None = None,
@@ -263,11 +264,12 @@ class FrozenTransE(nn.Module):
     """TransE over fixed entity vectors (e.g. a frozen encoder's description embeddings): only the
     relation table learns. The baseline that shows what KE training of the encoder adds."""
 
-    def __init__(self, entity_vectors: torch.Tensor, num_relations: int, config: KEPLERConfig | None = None):
+    def __init__(self, entity_vectors: torch.Tensor, num_relations: int, config: KEPLERConfig | None = None,
+                 seed: int = 0):
         super().__init__()
         self.config = config or KEPLERConfig()
         self.register_buffer("entity_vectors", entity_vectors.float())
-        self.relation_embeddings = _relation_table(num_relations, entity_vectors.shape[1], self.config.gamma)
+        self.relation_embeddings = _relation_table(num_relations, entity_vectors.shape[1], self.config.gamma, seed)
 
     def forward(self, ke: dict[str, torch.Tensor], lm: Any = None) -> torch.Tensor:
         return triple_loss(self.entity_vectors, self.relation_embeddings.weight, ke, self.config)
@@ -375,7 +377,7 @@ def train_kepler(model: KEPLER, tokenizer, descriptions: Sequence[str], triples:
 def train_frozen_transe(entity_vectors: torch.Tensor, triples: torch.Tensor, num_relations: int, config: TrainConfig,
                         kepler_config: KEPLERConfig | None = None) -> FrozenTransE:
     """Fit only relation vectors over fixed entity vectors with the KEPLER loss (the frozen baseline)."""
-    model = FrozenTransE(entity_vectors, num_relations, kepler_config)
+    model = FrozenTransE(entity_vectors, num_relations, kepler_config, seed=config.seed)
     triples = torch.as_tensor(triples, dtype=torch.long).reshape(-1, 3)
     sampler = NegativeSampler(torch.unique(triples[:, [0, 2]]), triples, filtered=model.config.filter_negatives,
                               seed=config.seed)

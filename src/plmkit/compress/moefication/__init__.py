@@ -20,8 +20,9 @@ from .model import (
     save_moefication,
     set_mode,
     set_selection,
+    unmoefy,
 )
-from .relu import relufy
+from .relu import relufy, unrelufy
 from .router import MLPRouter, SimilarityRouter, recall, train_router
 from .split import balanced_kmeans, coactivation_split, kmeans_split
 
@@ -29,5 +30,5 @@ __all__ = [
     "LayerReport", "MLPRouter", "MoEFFN", "MoEficationConfig", "MoEficationReport", "SimilarityRouter",
     "balanced_kmeans", "coactivation_split", "collect_ffn_inputs", "kmeans_split",
     "load_moefication", "moe_layers", "moefy", "recall", "relufy", "save_moefication", "set_mode",
-    "set_selection", "train_router",
+    "set_selection", "train_router", "unmoefy", "unrelufy",
 ]

@@ -12,6 +12,12 @@ Modes:
 - ``masked``: all experts computed, unselected ones zeroed. The correctness oracle for tests, never
   a speed path.
 - ``dense``: all experts, no router: equals the original FFN up to float rounding.
+
+A MoEFFN is a :class:`plmkit.arch.Wrapper`: the original FFN stays as ``base_layer`` (``arch.unwrap``
+restores it). While a hook watches one of the original FFN's projections (``ffn.in``, ``ffn.gate``,
+``ffn.out``, ``ffn.neurons``), the layer computes through those originals in the original neuron order,
+with the unselected experts' neurons at zero, so analysis and interventions see (and change) what the
+mixture of experts computes. Unobserved, it takes the sparse path above.
 """
 from __future__ import annotations
 
@@ -22,6 +28,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ... import arch
+from ...arch.wrap import Wrapper, observed
 from ...errors import ConfigError
 from .router import select_experts
 
@@ -55,12 +62,18 @@ def _runs(idx: list[int]) -> list[tuple[int, int]]:
     return runs
 
 
-class MoEFFN(nn.Module):
+class MoEFFN(Wrapper):
+    runs_base = False
+
     def __init__(self, w_in: torch.Tensor, b_in: torch.Tensor | None, w_out_t: torch.Tensor,
                  b_out: torch.Tensor | None, act: Callable[[torch.Tensor], torch.Tensor], experts: int,
                  gated: bool, router: nn.Module, perm: torch.Tensor, k: int | None = None,
-                 mass: float | None = None, name: str = ""):
-        super().__init__()
+                 mass: float | None = None, name: str = "", base_layer: nn.Module | None = None,
+                 originals: tuple[nn.Module, nn.Module | None, nn.Module] | None = None):
+        super().__init__(base_layer if base_layer is not None else nn.Identity())
+        # the original ffn_in, ffn_gate, ffn_out modules (registered under base_layer or a Bypass), for the
+        # observed path; a plain attribute so that they are not registered twice
+        object.__setattr__(self, "_originals", originals)
         d_ff = w_out_t.shape[0]
         _check_split(d_ff, experts, name)
         self.experts, self.gated, self.name = experts, gated, name
@@ -73,9 +86,10 @@ class MoEFFN(nn.Module):
         self.act = act
         self._act = _functional(act)
         self.router = router
-        self.register_buffer("perm", perm.clone())
+        self.register_buffer("perm", perm.clone().to(w_in.device))
         self.mode = "sparse"
         self._view_cache: dict[tuple[int, int], tuple] = {}
+        self._view_source: tuple = ()
         self.set_selection(k=k, mass=mass)
 
     # -- construction -----------------------------------------------------------------------------
@@ -86,6 +100,7 @@ class MoEFFN(nn.Module):
         d_ff = layer.d_ff
         _check_split(d_ff, experts, layer.name)
         s = d_ff // experts
+        perm = perm.to(layer.ffn_in_weight().device)
         with torch.no_grad():
             w_in = layer.ffn_in_weight()[perm]
             b_in = _bias(layer.ffn_in, perm)
@@ -95,14 +110,15 @@ class MoEFFN(nn.Module):
                 b_g = _bias(layer.ffn_gate, perm)
                 w_in = torch.stack([w_g.view(experts, s, -1), w_in.view(experts, s, -1)], 1).reshape(2 * d_ff, -1)
                 if b_in is not None or b_g is not None:
-                    zi = torch.zeros(d_ff, dtype=w_in.dtype) if b_in is None else b_in
-                    zg = torch.zeros(d_ff, dtype=w_in.dtype) if b_g is None else b_g
+                    zi = w_in.new_zeros(d_ff) if b_in is None else b_in
+                    zg = w_in.new_zeros(d_ff) if b_g is None else b_g
                     b_in = torch.stack([zg.view(experts, s), zi.view(experts, s)], 1).reshape(-1)
             w_out_t = layer.ffn_out_weight()[:, perm].t()
             b_out = getattr(layer.ffn_out, "bias", None)
             b_out = None if b_out is None else b_out.detach().clone()
         return cls(w_in.clone(), b_in, w_out_t.clone(), b_out, arch.ffn_act(layer), experts, gated, router, perm,
-                   k=k, mass=mass, name=layer.name)
+                   k=k, mass=mass, name=layer.name, base_layer=arch.ffn_module(layer),
+                   originals=(layer.ffn_in, layer.ffn_gate, layer.ffn_out))
 
     def set_selection(self, k: int | None = None, mass: float | None = None) -> None:
         if (k is None) == (mass is None):
@@ -120,6 +136,9 @@ class MoEFFN(nn.Module):
     def _views(self, e0: int, e1: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """Weight views of experts ``[e0, e1)``: w_in transposed (d, rows), b_in, w_out (rows, d). Cached:
         at batch 1 the cost of an expert is a few tiny ops, so every saved slice counts."""
+        source = (self.w_in, self.b_in, self.w_out)
+        if len(self._view_source) != 3 or any(a is not b for a, b in zip(source, self._view_source)):
+            self._view_cache, self._view_source = {}, source  # load_state_dict(assign=True) replaced them
         views = self._view_cache.get((e0, e1))
         if views is None:
             r = slice(e0 * self.rows, e1 * self.rows)
@@ -155,9 +174,23 @@ class MoEFFN(nn.Module):
         # forward(): skips nn.Module call overhead, once per layer per step
         return select_experts(self.router.forward(x), self.k, self.mass)
 
+    def _observed_forward(self, x2: torch.Tensor) -> torch.Tensor:
+        """Through the original projections, neurons in the original order, unselected experts zeroed."""
+        ffn_in, ffn_gate, ffn_out = self._originals
+        h = ffn_in(x2)
+        neurons = self.act(ffn_gate(x2)) * h if ffn_gate is not None else self.act(h)
+        if self.mode != "dense":
+            sel = self.select(x2).to(neurons.dtype).repeat_interleave(self.size, dim=1)
+            mask = torch.empty_like(sel)
+            mask[:, self.perm] = sel
+            neurons = neurons * mask
+        return ffn_out(neurons)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
+        if self._originals is not None and observed(self._originals):
+            return self._observed_forward(x2).view(shape)
         if self.mode == "dense":
             out = self._experts(x2, 0, self.experts)
         elif self.mode == "masked":

@@ -59,7 +59,7 @@ def collect_ffn_inputs(model: nn.Module, batches: Iterable[dict[str, torch.Tenso
             x = args[0].detach()
             m = mask[0]
             keep = x[m.bool()] if m is not None and m.shape == x.shape[:2] else x.reshape(-1, x.shape[-1])
-            store[i].append(keep.float().cpu())
+            store[i].append(keep.float())  # stays on the model's device
         return pre
 
     handles = [arch.ffn_module(layer).register_forward_pre_hook(hook(i)) for i, layer in enumerate(layer_list)]
@@ -80,18 +80,21 @@ def collect_ffn_inputs(model: nn.Module, batches: Iterable[dict[str, torch.Tenso
     return [torch.cat(s)[:max_tokens] for s in store]
 
 
-def _router_for(layer: arch.Layer, perm: torch.Tensor, cfg: MoEficationConfig) -> nn.Module:
-    """A fresh router for ``layer``, built from the expert centres (mean selecting-weight row per expert)."""
+def _router_for(layer: arch.Layer, perm: torch.Tensor, cfg: MoEficationConfig, seed: int = 0) -> nn.Module:
+    """A fresh router for ``layer``, built from the expert centres (mean selecting-weight row per expert),
+    on the layer's device and dtype; its random initialisation is drawn from ``seed``."""
     w_sel = layer.ffn_gate_weight() if layer.ffn_gate is not None else layer.ffn_in_weight()
     sel_mod = layer.ffn_gate if layer.ffn_gate is not None else layer.ffn_in
     e, s = cfg.experts, layer.d_ff // cfg.experts
+    perm = perm.to(w_sel.device)
     with torch.no_grad():
         centres = w_sel.detach()[perm].view(e, s, -1).mean(1)
         b = getattr(sel_mod, "bias", None)
         bias = None if b is None else b.detach()[perm].view(e, s).mean(1)
     if cfg.router == "similarity":
         return SimilarityRouter(centres, bias)
-    return MLPRouter(layer.d_model, e, cfg.router_hidden, centres).to(w_sel.dtype)
+    return MLPRouter(layer.d_model, e, cfg.router_hidden, centres, generator=torch.Generator().manual_seed(seed),
+                     device=w_sel.device, dtype=w_sel.dtype)
 
 
 def _check_divisible(layers: list[arch.Layer], experts: int) -> None:
@@ -133,12 +136,13 @@ def moefy(model: nn.Module, config: MoEficationConfig | None = None,
         else:
             w_sel = layer.ffn_gate_weight() if layer.ffn_gate is not None else layer.ffn_in_weight()
             perm = kmeans_split(w_sel, cfg.experts, cfg.kmeans_iters, seed)
-        router = _router_for(layer, perm, cfg)
+        perm = perm.to(layer.ffn_in_weight().device)
+        router = _router_for(layer, perm, cfg, seed=seed * 1_000 + i)
         report = LayerReport(layer.name, cfg.experts, layer.d_ff // cfg.experts, float("nan"), float("nan"),
                              float("nan"))
         if x is not None:
             mass = expert_mass(acts[:, perm], cfg.experts)
-            shuffled = torch.randperm(len(x), generator=g)
+            shuffled = torch.randperm(len(x), generator=g).to(x.device)
             n_val = max(1, len(x) // 10)
             val, train = shuffled[:n_val], shuffled[n_val:]
             if cfg.router == "mlp":
@@ -155,7 +159,7 @@ def moefy(model: nn.Module, config: MoEficationConfig | None = None,
             with torch.no_grad():
                 sel = moe.select(x[val])
             k = sel.sum(1, keepdim=True)
-            rand = torch.rand(len(val), cfg.experts, generator=g).argsort(1).argsort(1) < k
+            rand = torch.rand(len(val), cfg.experts, generator=g).to(k.device).argsort(1).argsort(1) < k
             best = mass[val].argsort(1, descending=True).argsort(1) < k
             report.router_recall = recall(sel, mass[val])
             report.random_recall = recall(rand, mass[val])
@@ -164,6 +168,25 @@ def moefy(model: nn.Module, config: MoEficationConfig | None = None,
         reports.append(report)
     model._plmkit_moefication = cfg  # read by save_moefication
     return MoEficationReport(cfg, reports, 0 if inputs is None else len(inputs[0]))
+
+
+def unmoefy(model: nn.Module, override: arch.layers.Override = None) -> nn.Module:
+    """Undo :func:`moefy` / :func:`load_moefication` in place: every FFN is the original module again
+    (the same objects, so the model is bit for bit what it was)."""
+    from ...arch.wrap import Bypass
+
+    _require_moe(model)
+    for layer in arch.layers(model, override):
+        ffn = arch.ffn_module(layer)
+        if isinstance(ffn, MoEFFN):
+            path = ffn_container = layer.ffn_in_path.rpartition(".")[0]
+            layer.block.set_submodule(ffn_container, ffn.unwrap())
+            out = arch.get_module(layer.block, layer.ffn_out_path, originals=False)
+            if isinstance(out, Bypass) and not layer.ffn_out_path.startswith(path + "."):
+                layer.block.set_submodule(layer.ffn_out_path, out.unwrap())
+    if hasattr(model, "_plmkit_moefication"):
+        del model._plmkit_moefication
+    return model
 
 
 def moe_layers(model: nn.Module) -> Iterator[MoEFFN]:
@@ -241,8 +264,10 @@ def load_moefication(model: nn.Module, path: str | Path, override: arch.layers.O
         layer = by_name[name]
         perm = tensors[f"moe.{name}.perm"]
         router = _router_for(layer, perm, cfg)
+        perm = perm.to(layer.ffn_in_weight().device)
         prefix = f"moe.{name}.router."
-        router.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+        router.load_state_dict({k[len(prefix):]: v.to(layer.ffn_in_weight().device)
+                                for k, v in tensors.items() if k.startswith(prefix)})
         moe = MoEFFN.from_layer(layer, perm, cfg.experts, router, k=sel.get("k", cfg.k), mass=sel.get("mass"))
         arch.replace_ffn(layer, moe)
     model._plmkit_moefication = cfg

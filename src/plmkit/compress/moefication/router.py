@@ -21,16 +21,25 @@ class SimilarityRouter(nn.Module):
 class MLPRouter(nn.Module):
     """``Linear(d, h) -> tanh -> Linear(h, E)``; the first layer starts from the expert centres when h = E."""
 
-    def __init__(self, d_model: int, experts: int, hidden: int | None = None, centres: torch.Tensor | None = None):
+    def __init__(self, d_model: int, experts: int, hidden: int | None = None, centres: torch.Tensor | None = None,
+                 generator: torch.Generator | None = None, device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None):
         super().__init__()
         hidden = hidden or experts
-        fc1, fc2 = nn.Linear(d_model, hidden), nn.Linear(hidden, experts)  # default init, then kept as plain params
+        g = generator or torch.Generator().manual_seed(0)
+
+        def uniform(shape: tuple[int, ...], fan_in: int) -> torch.Tensor:  # nn.Linear's default init, seeded
+            bound = 1 / fan_in ** 0.5
+            return (torch.rand(shape, generator=g) * 2 - 1) * bound
+
+        w1, b1 = uniform((hidden, d_model), d_model), uniform((hidden,), d_model)
         if centres is not None and hidden == experts:
-            with torch.no_grad():
-                fc1.weight.copy_(F.normalize(centres.float(), dim=1))
-                fc1.bias.zero_()
-        self.w1, self.b1 = nn.Parameter(fc1.weight.data), nn.Parameter(fc1.bias.data)
-        self.w2, self.b2 = nn.Parameter(fc2.weight.data), nn.Parameter(fc2.bias.data)
+            w1, b1 = F.normalize(centres.detach().float().cpu(), dim=1), torch.zeros(hidden)
+        w2, b2 = uniform((experts, hidden), hidden), uniform((experts,), hidden)
+        kw = {"device": device if device is not None else (centres.device if centres is not None else None),
+              "dtype": dtype or torch.float32}
+        self.w1, self.b1 = nn.Parameter(w1.to(**kw)), nn.Parameter(b1.to(**kw))
+        self.w2, self.b2 = nn.Parameter(w2.to(**kw)), nn.Parameter(b2.to(**kw))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # two addmm and a tanh: runs once per token per layer
         return torch.addmm(self.b2, torch.tanh(torch.addmm(self.b1, x, self.w1.t())), self.w2.t())
@@ -54,12 +63,13 @@ def train_router(router: nn.Module, x: torch.Tensor, mass: torch.Tensor, steps: 
     opt = torch.optim.Adam(params, lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     g = torch.Generator().manual_seed(seed)
-    x = x.to(params[0].dtype)
+    x = x.to(device=params[0].device, dtype=params[0].dtype)
+    target = target.to(params[0].device)
     losses = []
     router.train()
     with torch.enable_grad():
         for step in range(steps):
-            idx = torch.randint(0, len(x), (min(batch, len(x)),), generator=g)
+            idx = torch.randint(0, len(x), (min(batch, len(x)),), generator=g).to(x.device)
             loss = F.binary_cross_entropy_with_logits(router(x[idx]).float(), target[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -133,4 +143,4 @@ def coselection_order(selected: torch.Tensor) -> torch.Tensor:
         _, k, pos = best
         path.insert(pos, k)
         placed.add(k)
-    return torch.tensor(path)
+    return torch.tensor(path, device=selected.device)

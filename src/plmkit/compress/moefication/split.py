@@ -42,7 +42,7 @@ def balanced_kmeans(x: torch.Tensor, k: int, iters: int = 20, seed: int = 0) -> 
     if n % k:
         raise ConfigError(f"cannot split {n} neurons into {k} equal experts; choose a number of experts dividing {n}")
     size = n // k
-    pts = torch.nn.functional.normalize(x.detach().float(), dim=1).numpy()
+    pts = torch.nn.functional.normalize(x.detach().float(), dim=1).cpu().numpy()  # numpy: an explicit CPU step
     rng = np.random.default_rng(seed)
     centres = pts[rng.choice(n, k, replace=False)]
     labels = np.zeros(n, dtype=np.int64)
