@@ -7,12 +7,18 @@ from typing import Iterable, Sequence
 import torch
 from torch.nn import functional as F
 
+from ..device import model_device, to_device
+from ..train.loop import unwrap_model
+
 
 def perplexity(model: torch.nn.Module, batches: Iterable[dict[str, torch.Tensor]]) -> float:
-    """exp(mean next-token negative log-likelihood) over every non-padding target token."""
+    """exp(mean next-token negative log-likelihood) over every non-padding target token.
+    Batches are moved to the model's device."""
     total, count = 0.0, 0
+    device = model_device(model)
     with torch.no_grad():
         for b in batches:
+            b = to_device({"input_ids": b["input_ids"], "attention_mask": b["attention_mask"]}, device)
             logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, :-1].float()
             target = b["input_ids"][:, 1:]
             keep = b["attention_mask"][:, 1:].bool()
@@ -24,25 +30,28 @@ def perplexity(model: torch.nn.Module, batches: Iterable[dict[str, torch.Tensor]
 
 def next_token_accuracy(model: torch.nn.Module, tokenizer, prompts: Sequence[str], answers: Sequence[str],
                         batch_size: int = 16) -> float:
-    """Share of prompts whose greedy next token is the first token of `` answer``."""
+    """Share of prompts whose greedy next token is the first token of `` answer`` (inputs on the model's device)."""
     if len(prompts) != len(answers):
         raise ValueError("prompts and answers differ in length")
     hits = 0
+    device = model_device(model)
     with torch.no_grad():
         for i in range(0, len(prompts), batch_size):
             enc = tokenizer(list(prompts[i:i + batch_size]), return_tensors="pt", padding=True)
-            logits = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
+            enc = to_device({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}, device)
+            logits = model(**enc).logits
             mask = enc["attention_mask"]
-            last = (mask.sum(1) - 1) if tokenizer.padding_side == "right" else torch.full((len(mask),), mask.shape[1] - 1)
-            pred = logits[torch.arange(len(last)), last].argmax(-1)
+            last = (mask.sum(1) - 1) if tokenizer.padding_side == "right" else \
+                torch.full((len(mask),), mask.shape[1] - 1, device=device)
+            pred = logits[torch.arange(len(last), device=device), last].argmax(-1)
             for p, a in zip(pred.tolist(), answers[i:i + batch_size]):
                 hits += p == tokenizer(" " + a.strip(), add_special_tokens=False)["input_ids"][0]
     return hits / max(len(prompts), 1)
 
 
 def is_causal_lm(model: torch.nn.Module) -> bool:
-    """True for generating (causal) LMs, False for masked LMs."""
-    return bool(getattr(model, "can_generate", lambda: False)())
+    """True for generating (causal) LMs, False for masked LMs (wrappers such as DDP are looked through)."""
+    return bool(getattr(unwrap_model(model), "can_generate", lambda: False)())
 
 
 # Families whose LM head is one module mapping hidden states to vocabulary logits.
@@ -52,10 +61,15 @@ _ONE_MODULE_MLM_HEADS = ("bert", "roberta", "xlm-roberta")
 def lm_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """The model's mean LM loss on a collated batch. For a masked LM the vocabulary logits are
     computed only at the masked positions (~15% of tokens): the same value as
-    ``model(**batch).loss`` with a ~7x cheaper output projection. Other models: ``model(**batch).loss``."""
+    ``model(**batch).loss`` with a ~7x cheaper output projection. Other models, and any wrapped model
+    (DDP, FSDP, DeepSpeed: the wrapper's forward is what syncs gradients): ``model(**batch).loss``.
+    The direct submodule calls are not autocast by accelerate's forward patch: under mixed precision
+    call this inside an autocast (plmkit.train.train does)."""
     from ..arch import base_model, head
 
-    if is_causal_lm(model) or getattr(model.config, "model_type", None) not in _ONE_MODULE_MLM_HEADS:
+    inner = unwrap_model(model)
+    if (inner is not model or is_causal_lm(inner)
+            or getattr(getattr(inner, "config", None), "model_type", None) not in _ONE_MODULE_MLM_HEADS):
         return model(**batch).loss
     lm_head = head(model)
     if lm_head is None:
@@ -77,11 +91,12 @@ def masked_lm_loss(model: torch.nn.Module, tokenizer, texts: Sequence[str], *, m
     collate = DataCollatorForLanguageModeling(tokenizer, mlm_probability=mlm_probability, seed=seed)
     ids = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
     total, count = 0.0, 0
-    device = next(model.parameters()).device
+    device = model_device(model)
     with torch.no_grad():
         for i in range(0, len(ids), batch_size):
-            b = {k: v.to(device) for k, v in collate([{"input_ids": x} for x in ids[i:i + batch_size]]).items()}
+            b = to_device(dict(collate([{"input_ids": x} for x in ids[i:i + batch_size]])), device)
+            loss = lm_loss(model, b)
             n = int((b["labels"] != -100).sum())
-            total += float(lm_loss(model, b)) * n
+            total += float(loss) * n
             count += n
     return total / max(count, 1)

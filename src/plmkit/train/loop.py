@@ -1,11 +1,14 @@
 """One small training loop on accelerate, reused by every method that trains.
 
-The same code runs on this CPU and, unchanged, under ``accelerate launch`` on many GPUs or nodes:
-accelerate shards the batches, syncs gradients and saves state from the main process only.
+The same code runs on this CPU and, unchanged, under ``torchrun`` or ``accelerate launch`` on several
+processes (CPU with gloo, GPUs with NCCL): accelerate shards the batches and all-reduces the gradients;
+the learning-rate schedule steps once per optimizer step whatever the process count; files are written
+by the main process only. See docs/foundation.md ("Training") for the launch commands.
 """
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from dataclasses import asdict, dataclass, field
@@ -20,6 +23,23 @@ from ..errors import ConfigError
 
 LossFn = Callable[[torch.nn.Module, Any], torch.Tensor]
 EvalFn = Callable[[torch.nn.Module], dict[str, float]]
+
+
+def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The user's module inside distributed or compile wrappers (DDP, FSDP, DeepSpeed, ``torch.compile``).
+
+    Read ``config`` and other attributes from this; run the forward through ``model`` itself, since a
+    DDP wrapper's forward is what makes the backward all-reduce the gradients."""
+    if isinstance(model, torch.nn.Module) and "module" not in model._modules and "_orig_mod" not in model._modules:
+        return model  # the common, unwrapped case without importing accelerate
+    from accelerate.utils import extract_model_from_parallel
+
+    return extract_model_from_parallel(model, keep_fp32_wrapper=True, keep_torch_compile=False)
+
+
+def is_wrapped(model: torch.nn.Module) -> bool:
+    """True when ``model`` is a distributed/compile wrapper around another module."""
+    return unwrap_model(model) is not model
 
 
 def causal_lm_collate(tokenizer) -> Callable[[list[dict]], dict]:
@@ -47,15 +67,15 @@ class TrainConfig:
     keep_checkpoints: int = 2
     log_every: int = 10
     seed: int = 0
-    mixed_precision: str = "no"  # no | fp16 | bf16
+    mixed_precision: str = "no"  # no | fp16 | bf16 | auto (bf16 where plmkit.device.bf16_is_fast(), else no)
     resume: bool = True
     progress: bool = True
 
     def __post_init__(self) -> None:
         if self.max_steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
             raise ConfigError("max_steps, batch_size and grad_accum must be >= 1")
-        if self.mixed_precision not in ("no", "fp16", "bf16"):
-            raise ConfigError("mixed_precision must be 'no', 'fp16' or 'bf16'")
+        if self.mixed_precision not in ("no", "fp16", "bf16", "auto"):
+            raise ConfigError("mixed_precision must be 'no', 'fp16', 'bf16' or 'auto'")
 
 
 @dataclass
@@ -65,6 +85,8 @@ class TrainResult:
     evals: list[dict[str, float]] = field(default_factory=list)
     out_dir: str = ""
     resumed_from: int = 0
+    lrs: list[float] = field(default_factory=list)  # learning rate (first param group) used at each optimizer step
+    mixed_precision: str = "no"  # the precision trained in ("auto" resolved)
 
 
 def _checkpoints(out: Path) -> list[tuple[int, Path]]:
@@ -88,34 +110,62 @@ def train(
 ) -> TrainResult:
     """Train ``model`` for ``config.max_steps`` optimizer steps over ``data`` (reshuffled every epoch).
 
-    ``loss_fn(model, batch)`` returns the loss; by default ``model(**batch).loss``. Only parameters
-    with ``requires_grad`` are optimised. Checkpoints land in ``out_dir/checkpoints/step-N`` and a
-    rerun with ``resume=True`` continues from the newest complete one, reproducing the same batches.
+    ``loss_fn(model, batch)`` returns the loss; by default ``model(**batch).loss``. It receives the
+    prepared model (a DDP wrapper when several processes train: call its forward, read attributes
+    through :func:`unwrap_model`) and runs under the mixed-precision autocast. Only parameters with
+    ``requires_grad`` are optimised. With N processes each takes ``batch_size`` samples per micro-batch
+    (N * batch_size * grad_accum per optimizer step); the linear warm-up/decay schedule advances once
+    per optimizer step. ``eval_fn(model)`` gets the unwrapped model on every process, under the same
+    autocast. Checkpoints land in ``out_dir/checkpoints/step-N`` and a rerun with ``resume=True``
+    continues from the newest complete one, reproducing the same batches and schedule. On return the
+    model is the user's own module again: unwrapped, its forward no longer autocast, in eval mode.
     """
-    from accelerate import Accelerator
+    from accelerate import Accelerator, PartialState
     from accelerate.utils import set_seed
-    from tqdm.auto import tqdm
     from transformers import get_linear_schedule_with_warmup
 
-    out = Path(config.out_dir)
-    _allow_new_mixed_precision(config.mixed_precision)
-    acc = Accelerator(gradient_accumulation_steps=config.grad_accum, mixed_precision=config.mixed_precision)
+    cpu = _cpu_only_distributed()
+    precision = _resolve_precision(config.mixed_precision, PartialState(cpu=cpu))
+    _allow_new_mixed_precision(precision)
+    acc = Accelerator(cpu=cpu, gradient_accumulation_steps=config.grad_accum, mixed_precision=precision)
     set_seed(config.seed)
     loss_fn = loss_fn or (lambda m, b: m(**b).loss)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ConfigError("the model has no trainable parameters (all have requires_grad=False)")
     optimizer = optimizer or torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    # Not prepared: accelerate's scheduler wrapper steps num_processes times per optimizer step.
     scheduler = get_linear_schedule_with_warmup(optimizer, config.warmup_steps, config.max_steps)
-    model, optimizer, scheduler = acc.prepare(model, optimizer, scheduler)
+    acc.register_for_checkpointing(scheduler)
+    user_model, own_forward = model, model.__dict__.get("forward")
+    try:
+        wrapped, optimizer = acc.prepare(model, optimizer)
+        result = _loop(acc, wrapped, user_model, optimizer, scheduler, params, data, config, loss_fn, collate_fn,
+                       eval_fn)
+        result.mixed_precision = precision
+        acc.wait_for_everyone()
+        return result
+    finally:
+        _release(acc, user_model, own_forward)
 
+
+def _loop(acc: Any, model: torch.nn.Module, user_model: torch.nn.Module, optimizer: Any, scheduler: Any,
+          params: list[torch.nn.Parameter], data: Sequence[Any], config: TrainConfig, loss_fn: LossFn,
+          collate_fn: Callable | None, eval_fn: EvalFn | None) -> TrainResult:
+    from tqdm.auto import tqdm
+
+    out = Path(config.out_dir)
     result = TrainResult(step=0, out_dir=str(out))
     ckpts = _checkpoints(out) if config.resume else []
     if ckpts:
         result.step, path = ckpts[-1]
-        acc.load_state(str(path))
+        if not (path / "custom_checkpoint_0.pkl").exists():
+            raise ConfigError(f"{path} was saved by an older plmkit without the LR scheduler's state: "
+                              "rerun with resume=False or another out_dir")
+        acc.load_state(str(path))  # model, optimizer, RNG states and the registered scheduler
         state = json.loads((path / "trainer_state.json").read_text())
         result.losses, result.evals, result.resumed_from = state["losses"], state["evals"], result.step
+        result.lrs = state.get("lrs", [])
     if acc.is_main_process:
         write_json(out / "train_config.json", asdict(config))
 
@@ -135,6 +185,7 @@ def train(
     bar = tqdm(total=config.max_steps, initial=result.step, desc="train", disable=not (config.progress and
                                                                                          acc.is_local_main_process))
     window: list[float] = []
+    lr = 0.0
     model.train()
     while result.step < config.max_steps:
         try:
@@ -144,17 +195,22 @@ def train(
             it = iter(loader(epoch))
             continue
         with acc.accumulate(model):
-            loss = loss_fn(model, batch)
+            with acc.autocast():  # also covers loss paths that call submodules directly (eval.lm.lm_loss)
+                loss = loss_fn(model, batch)
             acc.backward(loss)
-            if acc.sync_gradients and config.max_grad_norm:
-                acc.clip_grad_norm_(params, config.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
+            if acc.sync_gradients:
+                if config.max_grad_norm:
+                    acc.clip_grad_norm_(params, config.max_grad_norm)
+                lr = optimizer.param_groups[0]["lr"]
+            optimizer.step()  # a no-op until the last micro-batch of an accumulation
+            if acc.sync_gradients and not acc.optimizer_step_was_skipped:
+                scheduler.step()
             optimizer.zero_grad()
         window.append(acc.gather(loss.detach().float().reshape(1)).mean().item())
         if not acc.sync_gradients:
             continue
         result.step += 1
+        result.lrs.append(lr)
         bar.update(1)
         if result.step % config.log_every == 0 or result.step == config.max_steps:
             result.losses.append(sum(window) / len(window))
@@ -162,8 +218,8 @@ def train(
             window = []
         if eval_fn and config.eval_every and (result.step % config.eval_every == 0 or result.step == config.max_steps):
             model.eval()
-            with torch.no_grad():
-                metrics = {"step": result.step, **eval_fn(acc.unwrap_model(model))}
+            with torch.no_grad(), acc.autocast():
+                metrics = {"step": result.step, **eval_fn(user_model)}
             model.train()
             result.evals.append(metrics)
             if acc.is_main_process:
@@ -172,9 +228,41 @@ def train(
         if config.save_every and (result.step % config.save_every == 0 or result.step == config.max_steps):
             _save(acc, out, result, config.keep_checkpoints)
     bar.close()
-    model.eval()
-    acc.wait_for_everyone()
     return result
+
+
+def _cpu_only_distributed() -> bool:
+    """Launched on several processes (torchrun) on a machine without an accelerator. accelerate then needs
+    ``cpu=True`` to set up gloo; without it every process would silently train alone on all the data."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.accelerator.is_available()
+
+
+def _resolve_precision(mixed_precision: str, state: Any) -> str:
+    """``auto``: bf16 where plmkit.device says it is fast on this process's device, else no; all processes
+    take the main process's answer (the CPU check times a matmul, which could differ between processes)."""
+    if mixed_precision != "auto":
+        return mixed_precision
+    from accelerate.utils import broadcast_object_list
+
+    from ..device import mixed_precision as fast_precision
+
+    choice = [fast_precision(state.device)]
+    if state.num_processes > 1:
+        broadcast_object_list(choice)
+    return choice[0]
+
+
+def _release(acc: Any, model: torch.nn.Module, own_forward: Any) -> None:
+    """Give the user's module back as it came: accelerate's autocast-patched forward removed (else every
+    later forward, evaluation included, would run in bf16/fp16), wrappers and accelerate's references dropped."""
+    acc.unwrap_model(model, keep_fp32_wrapper=False)
+    if own_forward is None:
+        model.__dict__.pop("forward", None)
+    else:
+        model.forward = own_forward
+    model.__dict__.pop("_original_forward", None)
+    model.eval()
+    acc.free_memory()
 
 
 def _allow_new_mixed_precision(mixed_precision: str) -> None:
@@ -193,7 +281,8 @@ def _save(acc: Any, out: Path, result: TrainResult, keep: int) -> None:
     path = out / "checkpoints" / f"step-{result.step}"
     acc.save_state(str(path), safe_serialization=True)
     if acc.is_main_process:
-        write_json(path / "trainer_state.json", {"step": result.step, "losses": result.losses, "evals": result.evals})
+        write_json(path / "trainer_state.json", {"step": result.step, "losses": result.losses, "evals": result.evals,
+                                                 "lrs": result.lrs})
         (path / "DONE").touch()
         for _, old in _checkpoints(out)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
