@@ -154,6 +154,7 @@ class Captured(Mapping):
         self._joined: dict[str, torch.Tensor] = {}
         self.pool, self.mask, self.dtype, self.virtual_tokens = pool, mask, dtype, virtual_tokens
         self.device = device
+        self._order: dict[str, int] = {}
 
     def set_mask(self, mask: torch.Tensor | None) -> None:
         """Set the padding mask of the next forward pass."""
@@ -185,7 +186,8 @@ class Captured(Mapping):
         return self._joined[name]
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._parts)
+        """Captured sites, in the order they were asked for."""
+        return iter(sorted(self._parts, key=lambda n: self._order.get(n, len(self._order))))
 
     def __len__(self) -> int:
         return len(self._parts)
@@ -232,6 +234,7 @@ def capture(
     resolved = [resolve_site(model, name, override) for name in names]  # every lookup before any hook
     store = Captured(pool, None if attention_mask is _UNSET else attention_mask, dtype, arch.virtual_tokens(model),
                      device)
+    store._order = {site.name: i for i, site in enumerate(resolved)}
     handles: list[Any] = []
     with _hooked(handles):
         for site in resolved:

@@ -174,23 +174,24 @@ class MoEFFN(Wrapper):
         # forward(): skips nn.Module call overhead, once per layer per step
         return select_experts(self.router.forward(x), self.k, self.mass)
 
-    def _observed_forward(self, x2: torch.Tensor) -> torch.Tensor:
-        """Through the original projections, neurons in the original order, unselected experts zeroed."""
+    def _observed_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Through the original projections (hooks see the model's own shapes), neurons in the original
+        order, unselected experts zeroed."""
         ffn_in, ffn_gate, ffn_out = self._originals
-        h = ffn_in(x2)
-        neurons = self.act(ffn_gate(x2)) * h if ffn_gate is not None else self.act(h)
+        h = ffn_in(x)
+        neurons = self.act(ffn_gate(x)) * h if ffn_gate is not None else self.act(h)
         if self.mode != "dense":
-            sel = self.select(x2).to(neurons.dtype).repeat_interleave(self.size, dim=1)
+            sel = self.select(x.reshape(-1, x.shape[-1])).to(neurons.dtype).repeat_interleave(self.size, dim=1)
             mask = torch.empty_like(sel)
             mask[:, self.perm] = sel
-            neurons = neurons * mask
+            neurons = neurons * mask.view(neurons.shape)
         return ffn_out(neurons)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
         if self._originals is not None and observed(self._originals):
-            return self._observed_forward(x2).view(shape)
+            return self._observed_forward(x)
         if self.mode == "dense":
             out = self._experts(x2, 0, self.experts)
         elif self.mode == "masked":
