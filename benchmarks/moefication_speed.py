@@ -188,10 +188,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer repeats and layouts (about 5 minutes on 2 cores)")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                    help="weights' dtype; auto: bfloat16 only where this CPU runs it natively (plmkit.device)")
     ap.add_argument("--models", nargs="+", default=["smollm2", "minilm"])
     ap.add_argument("--out", default="reports/benchmarks", help="where the JSON and the union plot go")
     args = ap.parse_args()
+    from plmkit.device import cpu_info, fast_dtype
+
+    if args.dtype == "auto":
+        args.dtype = str(fast_dtype("cpu")).removeprefix("torch.")
+    args.cpu = cpu_info()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     args.experts = [8, 16] if args.quick else [8, 16, 32, 48]

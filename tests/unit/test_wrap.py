@@ -50,7 +50,8 @@ def test_moefied_model_keeps_every_role_and_site_and_unwraps_bit_for_bit(name):
     assert any(True for _ in moe_layers(model))
     layer = arch.layers(model)[0]
     assert layer.ffn_in_weight().shape == (48, 32)  # the original weights, through base_layer
-    arch.describe(model)
+    wrapped = arch.describe(model)["wrapped"]
+    assert sum(v.startswith("MoEFFN(") for v in wrapped.values()) == len(arch.layers(model))
     sparse = _out(model, inputs)
     acts = _every_site_fires(model, inputs)
     torch.testing.assert_close(_out(model, inputs), sparse)  # hooks removed: back on the sparse path
@@ -85,6 +86,28 @@ def test_observed_moe_layer_computes_what_the_sparse_path_computes(name):
     with torch.no_grad(), hooks.intervene(model, site, hooks.zero()):
         ablated = model(**inputs).logits
     assert not torch.allclose(ablated, sparse)
+    with torch.no_grad(), hooks.capture(model, site, pool="mean", attention_mask=inputs["attention_mask"]) as pooled:
+        model(**inputs)
+    n0 = int(inputs["attention_mask"][0].sum())
+    torch.testing.assert_close(pooled[site][0], acts[site][0, :n0].mean(0))
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", ["bert", "llama"])
+def test_moefy_and_hooks_run_where_the_model_is(device, name):
+    model = tiny_model(name).to(device)
+    inputs = {k: v.to(device) for k, v in tiny_inputs(model).items()}
+    config = MoEficationConfig(experts=8, split="coactivation", router="mlp", router_steps=5, calibration_tokens=64)
+    moefy(model, config, calibration=[inputs], progress=False)
+    moe = next(moe_layers(model))
+    assert {p.device.type for p in moe.parameters()} == {device} and moe.perm.device.type == device
+    with torch.no_grad(), hooks.capture(model, "blocks.0.ffn.neurons", pool="mean",
+                                        attention_mask=inputs["attention_mask"]) as acts:
+        model(**inputs)
+    assert acts["blocks.0.ffn.neurons"].device.type == device
 
 
 def test_relufy_wraps_the_activation_and_unrelufy_restores_it():

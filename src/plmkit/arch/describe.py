@@ -50,7 +50,19 @@ def describe(model: nn.Module, override: Override = None) -> dict[str, Any]:
         "head": next((p for p in spec.heads if h is not None and _has(model, p)), None),
         "weights_layout": "conv1d (in, out), exposed as (out, in)" if spec.conv1d else "linear (out, in)",
         "stacks": stacks,
+        "wrapped": _wrapped(model),
     }
+
+
+def _wrapped(model: nn.Module) -> dict[str, str]:
+    """Module path -> "Wrapper(original)" for every module a method put in place of the model's own."""
+    from .wrap import is_wrapper
+
+    out = {}
+    for name, m in model.named_modules():
+        if name and is_wrapper(m) and not any(name.startswith(p + ".") for p in out):
+            out[name] = f"{type(m).__name__}({type(m.base_layer).__name__})"
+    return out
 
 
 def _has(model: nn.Module, path: str) -> bool:
@@ -75,4 +87,9 @@ def format_spec(info: dict[str, Any]) -> str:
         )
         width = max(len(k) for k in st["roles"])
         lines += [f"  {k:<{width}}  {v}" for k, v in st["roles"].items()]
+    if info.get("wrapped"):
+        lines.append(f"wrapped modules ({len(info['wrapped'])}; plmkit.arch.unwrap restores them):")
+        lines += [f"  {k}  {v}" for k, v in list(info["wrapped"].items())[:12]]
+        if len(info["wrapped"]) > 12:
+            lines.append(f"  ... {len(info['wrapped']) - 12} more")
     return "\n".join(lines)

@@ -101,6 +101,7 @@ def load_model(
     task: str = "auto",
     dtype: torch.dtype | str | None = torch.float32,
     trust_remote_code: bool = False,
+    seed: int = 0,
     **kwargs: Any,
 ) -> tuple[torch.nn.Module, Any]:
     """(model, tokenizer) for an asset name (``minilm``, ``smollm2``, ``gemma3-270m``), a local
@@ -108,7 +109,8 @@ def load_model(
 
     ``task`` picks the head: ``auto`` (the checkpoint's own class), ``base``, ``causal-lm``,
     ``masked-lm``, ``seq2seq-lm`` or ``sequence-classification`` (pass ``num_labels=``; the new head
-    is randomly initialised).  Remote code runs only with ``trust_remote_code=True``.
+    is randomly initialised, from ``seed``: the global RNG is left alone).  Remote code runs only with
+    ``trust_remote_code=True``.
     """
     from transformers import AutoConfig, AutoTokenizer
 
@@ -132,7 +134,9 @@ def load_model(
             str(e).splitlines()[0],
         ) from e
     cls = _class_for(config, task)
-    model = cls.from_pretrained(source, dtype=dtype, trust_remote_code=trust_remote_code, **kwargs).eval()
+    with torch.random.fork_rng(devices=[]):  # weights the checkpoint lacks (a new head) come from ``seed``
+        torch.manual_seed(seed)
+        model = cls.from_pretrained(source, dtype=dtype, trust_remote_code=trust_remote_code, **kwargs).eval()
     tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
