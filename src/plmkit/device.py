@@ -6,6 +6,7 @@
   and many times slower, so recipes and benchmarks fall back to fp32 there.
 - ``fast_dtype()`` / ``mixed_precision()``: the dtype and the accelerate setting to use by default.
 - ``cpu_info()``: the processor, recorded in every result.
+- ``unwrap_model(model)``: the user's module inside DDP/FSDP/DeepSpeed/compile wrappers.
 """
 from __future__ import annotations
 
@@ -123,3 +124,20 @@ def fast_dtype(device: str | torch.device = "cpu") -> torch.dtype:
 def mixed_precision(device: str | torch.device = "cpu") -> str:
     """The accelerate ``mixed_precision`` setting to train with by default: ``bf16`` where it is fast, else ``no``."""
     return "bf16" if bf16_is_fast(str(torch.device(device).type)) else "no"
+
+
+def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The user's module inside distributed or compile wrappers (DDP, FSDP, DeepSpeed, ``torch.compile``).
+
+    Read ``config`` and other attributes from this; run the forward through ``model`` itself, since a
+    DDP wrapper's forward is what makes the backward all-reduce the gradients."""
+    if isinstance(model, torch.nn.Module) and "module" not in model._modules and "_orig_mod" not in model._modules:
+        return model  # the common, unwrapped case without importing accelerate
+    from accelerate.utils import extract_model_from_parallel
+
+    return extract_model_from_parallel(model, keep_fp32_wrapper=True, keep_torch_compile=False)
+
+
+def is_wrapped(model: torch.nn.Module) -> bool:
+    """True when ``model`` is a distributed/compile wrapper around another module."""
+    return unwrap_model(model) is not model

@@ -7,8 +7,7 @@ from typing import Iterable, Sequence
 import torch
 from torch.nn import functional as F
 
-from ..device import model_device, to_device
-from ..train.loop import unwrap_model
+from ..device import model_device, to_device, unwrap_model
 
 
 def perplexity(model: torch.nn.Module, batches: Iterable[dict[str, torch.Tensor]]) -> float:

@@ -19,27 +19,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from .._io import write_json
+from ..device import is_wrapped, unwrap_model  # noqa: F401  (re-exported)
 from ..errors import ConfigError
 
 LossFn = Callable[[torch.nn.Module, Any], torch.Tensor]
 EvalFn = Callable[[torch.nn.Module], dict[str, float]]
-
-
-def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
-    """The user's module inside distributed or compile wrappers (DDP, FSDP, DeepSpeed, ``torch.compile``).
-
-    Read ``config`` and other attributes from this; run the forward through ``model`` itself, since a
-    DDP wrapper's forward is what makes the backward all-reduce the gradients."""
-    if isinstance(model, torch.nn.Module) and "module" not in model._modules and "_orig_mod" not in model._modules:
-        return model  # the common, unwrapped case without importing accelerate
-    from accelerate.utils import extract_model_from_parallel
-
-    return extract_model_from_parallel(model, keep_fp32_wrapper=True, keep_torch_compile=False)
-
-
-def is_wrapped(model: torch.nn.Module) -> bool:
-    """True when ``model`` is a distributed/compile wrapper around another module."""
-    return unwrap_model(model) is not model
 
 
 def causal_lm_collate(tokenizer) -> Callable[[list[dict]], dict]:
