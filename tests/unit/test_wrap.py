@@ -101,7 +101,7 @@ def test_moefy_and_hooks_run_where_the_model_is(device, name):
     model = tiny_model(name).to(device)
     inputs = {k: v.to(device) for k, v in tiny_inputs(model).items()}
     config = MoEficationConfig(experts=8, split="coactivation", router="mlp", router_steps=5, calibration_tokens=64)
-    moefy(model, config, calibration=[inputs], progress=False)
+    moefy(model, config, calibration=[tiny_inputs(model)], progress=False)  # CPU batches: moved to the model
     moe = next(moe_layers(model))
     assert {p.device.type for p in moe.parameters()} == {device} and moe.perm.device.type == device
     with torch.no_grad(), hooks.capture(model, "blocks.0.ffn.neurons", pool="mean",

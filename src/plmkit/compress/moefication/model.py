@@ -11,6 +11,7 @@ from torch import nn
 
 from ... import arch
 from ..._io import atomic_dir
+from ...device import to_device
 from ...errors import ConfigError, PlmkitError
 from .config import MoEficationConfig, experts_for_fraction
 from .layer import MoEFFN
@@ -67,6 +68,7 @@ def collect_ffn_inputs(model: nn.Module, batches: Iterable[dict[str, torch.Tenso
     try:
         with torch.no_grad():
             for batch in batches:
+                batch = to_device(batch, model)  # calibration batches follow the model
                 mask[0] = batch.get("attention_mask")
                 model(**batch)
                 n += int(mask[0].sum()) if mask[0] is not None else batch["input_ids"].numel()
