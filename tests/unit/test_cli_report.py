@@ -42,24 +42,69 @@ def test_missing_asset_names_its_install_command(monkeypatch, capsys):
     assert "install: apt-get install -y wordnet-base" in capsys.readouterr().out
 
 
-def test_reproduce_runner_writes_results_and_report(tmp_path):
-    @recipe("toy", "A toy recipe", system="moefication", paper_claim="x", citation="none")
+def test_reproduce_runner_writes_results_and_report(tmp_path, capsys):
+    from dataclasses import dataclass
+
+    from plmkit.errors import ConfigError, PlmkitError
+    from plmkit.reproduce import Budgets, load_recipes
+
+    @dataclass(frozen=True)
+    class ToySettings:
+        n: int
+
+    @recipe("toy", "A toy recipe", system="moefication", paper_claim="x", citation="none",
+            budgets=Budgets(quick=ToySettings(2), full=ToySettings(20)))
     def _toy(ctx):
         (ctx.out_dir / "p.png").write_bytes(b"png")
-        return {"measured": {"a": 1.5}, "tables": [{"title": "T", "columns": ["k", "v"], "rows": [["a", 1.5]]}],
-                "plots": ["p.png"], "notes": ["n"]}
+        return {"measured": {"a": 1.5, "n": ctx.settings.n},
+                "tables": [{"title": "T", "columns": ["k", "v"], "rows": [["a", 1.5]]}],
+                "headline": {"metric": "a", "ours": 1.5, "paper": 2.0}, "plots": ["p.png"], "notes": ["n"]}
+
+    @recipe("toy-broken", "A failing recipe", system="moefication", paper_claim="x", citation="none")
+    def _broken(ctx):
+        raise RuntimeError("boom")
 
     try:
-        run_recipes(["toy"], tmp_path, progress=False)
+        assert "toy" in load_recipes()
+        run_recipes(["toy"], tmp_path, progress=False, record_dir=tmp_path / "rec")
+        assert "toy: " in capsys.readouterr().out  # the time, printed as the recipe finishes
+        with pytest.raises(ConfigError, match="unknown recipe 'nope'; available: .*toy"):
+            run_recipes(["nope"], tmp_path)
+        with pytest.raises(PlmkitError, match="toy-broken failed"):
+            run_recipes(["toy-broken"], tmp_path / "b", progress=False, record_dir=None)
     finally:
         RECIPES.pop("toy")
+        RECIPES.pop("toy-broken")
     res = json.loads((tmp_path / "toy" / "results.json").read_text())
-    assert res["measured"] == {"a": 1.5} and res["command"].startswith("plmkit reproduce toy --quick")
+    assert res["measured"] == {"a": 1.5, "n": 2} and res["command"].startswith("plmkit reproduce toy --quick")
+    assert res["budget"] == "quick" and res["settings"] == {"n": 2} and res["date"]
+    assert res["environment"]["cpu_info"]["cores"] and res["environment"]["fast_dtype"] in ("float32", "bfloat16")
+    assert not (tmp_path / "rec").exists()  # quick runs (and non-built-in recipes) are never recorded
     md = (tmp_path / "index.md").read_text()
-    assert "| a | 1.500 |" in md and "toy/p.png" in md
+    assert "| a | 1.500 |" in md and "toy/p.png" in md and "no full run recorded" in md
     assert "<img src='toy/p.png'" in (tmp_path / "index.html").read_text()
-    with pytest.raises(KeyError):
-        run_recipes(["nope"], tmp_path)
+    broken = json.loads((tmp_path / "b" / "toy-broken" / "results.json").read_text())
+    assert broken["status"] == "failed" and "boom" in broken["error"]
+    assert "RuntimeError: boom" in (tmp_path / "b" / "toy-broken" / "error.txt").read_text()
+
+
+def test_builtin_recipes_are_discovered_with_typed_budgets():
+    from plmkit.reproduce import load_recipes
+
+    recipes = load_recipes()
+    assert {"eren", "kepler", "moefication", "readin", "sparsity", "subchar"} <= set(recipes)
+    for r in recipes.values():
+        assert r.budgets is not None and type(r.budgets.quick) is type(r.budgets.full), r.name
+
+
+def test_recorded_full_runs_round_trip(tmp_path):
+    from plmkit.report.records import load_recorded, record_full_run
+
+    record_full_run({"name": "x", "quick": False, "system": "eren", "command": "plmkit reproduce x"}, tmp_path)
+    assert load_recorded(tmp_path)["x"]["command"] == "plmkit reproduce x"
+    with pytest.raises(ValueError):
+        record_full_run({"name": "y", "quick": True}, tmp_path)
+    assert load_recorded(None) == {}
 
 
 def test_list_shows_all_eighteen(capsys):

@@ -48,7 +48,7 @@ class StudyConfig(JsonConfig):
     test_examples: int | None = None  # None: the whole sentiment test split
     noise_versions: int = 3
     noise_rate: float | None = None  # None: the generator's default
-    mixed_precision: str = "bf16"  # pretraining and fine-tuning (autocast); evaluation runs in fp32
+    mixed_precision: str = "auto"  # pretraining and fine-tuning (autocast; auto: bf16 where native); evaluation in fp32
 
     def __post_init__(self) -> None:
         for v in self.tokenizers:

@@ -30,10 +30,13 @@ class Reader:
         self._scored.clear()
 
     @classmethod
-    def load(cls, name: str = "smollm2", dtype: torch.dtype | str = torch.bfloat16, **kwargs) -> "Reader":
-        """A reader from an asset name, folder or hub id (bf16 by default: twice the fp32 speed on AMX CPUs)."""
+    def load(cls, name: str = "smollm2", dtype: torch.dtype | str | None = None, **kwargs) -> "Reader":
+        """A reader from an asset name, folder or hub id; ``dtype`` defaults to
+        :func:`plmkit.device.fast_dtype` (bf16 where this CPU or GPU runs it natively and fast, else fp32)."""
         from ..assets import load_config, load_model
+        from ..device import fast_dtype
 
+        dtype = fast_dtype() if dtype is None else dtype
         task = "seq2seq-lm" if getattr(load_config(name), "is_encoder_decoder", False) else "causal-lm"
         model, tok = load_model(name, task=task, dtype=dtype)
         return cls(model, tok, **kwargs)

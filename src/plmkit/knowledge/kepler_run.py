@@ -62,7 +62,7 @@ def kepler_train(out_dir: str | Path, *, kg: str | DescribedKG = "wordnet", enco
                  entities: int | None = 10_000, inductive: bool = False, config: KEPLERConfig | None = None,
                  steps: int = 1000, batch_size: int = 16, lr: float = 5e-5, relation_lr: float | None = 1e-2,
                  head_steps: int | None = None, warm_start_steps: int = 300,
-                 mixed_precision: str = "bf16", save_every: int | None = None, seed: int = 0,
+                 mixed_precision: str = "auto", save_every: int | None = None, seed: int = 0,
                  progress: bool = True) -> dict[str, Any]:
     """Train KEPLER on a graph and export embeddings for every entity; returns the run summary.
 
@@ -71,8 +71,9 @@ def kepler_train(out_dir: str | Path, *, kg: str | DescribedKG = "wordnet", enco
     fair reference for the loss after it. ``warm_start_steps`` first fits the relation table on the
     start encoder's (fixed) description embeddings of the training entities, so joint training does
     not begin by pulling the encoder towards random relation vectors (0 turns this off; it does
-    not apply with relation descriptions). ``mixed_precision="bf16"`` (default) autocasts the
-    forward pass, about twice as fast as float32 on CPUs with AMX and on GPUs. ``save_every``
+    not apply with relation descriptions). ``mixed_precision="auto"`` (default) autocasts the
+    forward pass in bf16 where this machine runs it natively (``plmkit.device.bf16_is_fast``: GPUs, CPUs
+    with AMX/AVX512-BF16), else trains in float32. ``save_every``
     keeps checkpoints under ``DIR/train/checkpoints``; rerunning the same command resumes from the newest.
     """
     from ..assets import missing_head

@@ -1,12 +1,18 @@
-"""``plmkit reproduce``: the registry of reproduction recipes and the runner."""
-from .registry import RECIPES, Recipe, RecipeContext, recipe, run_recipes
+"""``plmkit reproduce``: the registry of reproduction recipes (discovered, one module each) and the runner."""
+from .registry import (
+    RECIPES,
+    Budgets,
+    Recipe,
+    RecipeContext,
+    environment,
+    get_recipe,
+    load_recipes,
+    recipe,
+    run_recipe,
+    run_recipes,
+)
 
+available = load_recipes  # older name
 
-def available() -> dict[str, Recipe]:
-    from .registry import _load_builtin
-
-    _load_builtin()
-    return RECIPES
-
-
-__all__ = ["RECIPES", "Recipe", "RecipeContext", "available", "recipe", "run_recipes"]
+__all__ = ["RECIPES", "Budgets", "Recipe", "RecipeContext", "available", "environment", "get_recipe",
+           "load_recipes", "recipe", "run_recipe", "run_recipes"]

@@ -9,19 +9,21 @@ from __future__ import annotations
 
 import random
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
 from ..assets import load_model
+from ..device import fast_dtype
 from ..data.edits import EditSet, Probe, build_edit_set, fact_claims
 from ..editing import EREN, ERENConfig, Notebook, Reader
 from ..editing.baselines import fine_tune_on_statements
 from ..editing.benchmark import fill_notebook, one_note_hits, probe_rows, scope_scores, score, tune
 from ..eval import answer_contained
 from ..eval.editing import IN_SCOPE, OUT_OF_SCOPE
-from .registry import RecipeContext, recipe
+from .registry import Budgets, RecipeContext, recipe
 
 METHODS = ("unedited", "one-step reading", "SERAC-like scope", "EREN (paper prompt)", "EREN (reader relevance)",
            "EREN (reader relevance, top note)", "fine-tuning")
@@ -30,16 +32,29 @@ PAPER = {  # flan-t5-xl reader, CounterFact-Hard: ES / BP / EQ
     "one-step MRC": (98.4, 24.5, 39.2), "SERAC": (96.9, 51.4, 67.2), "EREN": (96.9, 96.8, 96.9)}
 
 
-def _settings(quick: bool) -> dict[str, Any]:
-    if quick:
-        return dict(n_eval=30, sizes=(1, 10, 100, 1000), tune_edits=60, tune_probes=150, two_hop=20,
-                    ft_sizes=(10, 100), ft_epochs=3)
-    return dict(n_eval=100, sizes=(1, 10, 100, 1000), tune_edits=150, tune_probes=500, two_hop=50,
-                ft_sizes=(10, 100, 1000), ft_epochs=3)
+@dataclass(frozen=True)
+class ErenSettings:
+    n_eval: int  # test edits evaluated per notebook size
+    sizes: tuple[int, ...]  # notes in the notebook (N)
+    tune_edits: int  # validation edits for the thresholds
+    tune_probes: int
+    two_hop: int  # two-hop test questions (0: skipped)
+    ft_sizes: tuple[int, ...]  # notebook sizes where the fine-tuning baseline runs
+    ft_epochs: int
+    methods: tuple[str, ...] = METHODS
+    fact_check: bool = True
 
 
-def _editors(reader: Reader, nb: Notebook, thresholds: dict[str, float]) -> dict[str, EREN]:
-    return {
+QUICK = ErenSettings(n_eval=12, sizes=(1000,), tune_edits=12, tune_probes=40, two_hop=0, ft_sizes=(), ft_epochs=3,
+                     methods=("unedited", "one-step reading", "SERAC-like scope", "EREN (reader relevance)",
+                              "EREN (reader relevance, top note)"), fact_check=False)
+FULL = ErenSettings(n_eval=100, sizes=(1, 10, 100, 1000), tune_edits=150, tune_probes=500, two_hop=50,
+                    ft_sizes=(10, 100, 1000), ft_epochs=3)
+
+
+def _editors(reader: Reader, nb: Notebook, thresholds: dict[str, float],
+             methods: tuple[str, ...] = METHODS) -> dict[str, EREN]:
+    editors = {
         "unedited": EREN(reader, None),
         "one-step reading": EREN(reader, nb, ERENConfig(relevance="always")),
         "SERAC-like scope": EREN(reader, nb, ERENConfig(relevance="similarity",
@@ -48,6 +63,7 @@ def _editors(reader: Reader, nb: Notebook, thresholds: dict[str, float]) -> dict
         "EREN (reader relevance)": EREN(reader, nb, ERENConfig(threshold=thresholds["reader"])),
         "EREN (reader relevance, top note)": EREN(reader, nb, ERENConfig(threshold=thresholds["reader"], max_notes=1)),
     }
+    return {k: v for k, v in editors.items() if k in methods}
 
 
 def _auc(scores: list[float], probes: list[Probe]) -> float:
@@ -57,11 +73,11 @@ def _auc(scores: list[float], probes: list[Probe]) -> float:
     return float(roc_auc_score([k for _, k in keep], [s for s, _ in keep]))
 
 
-def _tune(reader: Reader, nb: Notebook, es: EditSet, S: dict, rng: random.Random) -> dict[str, Any]:
-    val = rng.sample([e.id for e in es.split("validation")], S["tune_edits"])
+def _tune(reader: Reader, nb: Notebook, es: EditSet, S: ErenSettings, rng: random.Random) -> dict[str, Any]:
+    val = rng.sample([e.id for e in es.split("validation")], S.tune_edits)
     fill_notebook(nb, es, val)
     probes = es.probes_for(val, ONE_HOP)
-    probes = rng.sample(probes, min(S["tune_probes"], len(probes)))
+    probes = rng.sample(probes, min(S.tune_probes, len(probes)))
     eren = EREN(reader, nb)
     serac = EREN(reader, nb, ERENConfig(relevance="similarity"))
     out = {"reader": tune(eren, probes), "similarity": tune(serac, probes, kind="similarity")}
@@ -71,13 +87,13 @@ def _tune(reader: Reader, nb: Notebook, es: EditSet, S: dict, rng: random.Random
     return out
 
 
-def _groups(es: EditSet, size: int, S: dict, rng: random.Random) -> list[tuple[list[int], list[int]]]:
+def _groups(es: EditSet, size: int, S: ErenSettings, rng: random.Random) -> list[tuple[list[int], list[int]]]:
     """(notebook edit ids, evaluated edit ids) per notebook for one regime."""
     in_two_hop = {i for p in es.probes if p.kind == "two-hop" for i in p.edit_ids}
     test = [e.id for e in es.split("test") if e.id not in in_two_hop]
-    chosen = rng.sample(test, S["n_eval"])
-    if size < S["n_eval"]:
-        return [(chosen[i:i + size], chosen[i:i + size]) for i in range(0, S["n_eval"], size)]
+    chosen = rng.sample(test, S.n_eval)
+    if size < S.n_eval:
+        return [(chosen[i:i + size], chosen[i:i + size]) for i in range(0, S.n_eval, size)]
     rest = [e.id for e in es.edits if e.id not in set(chosen)]
     return [(chosen + rng.sample(rest, size - len(chosen)), chosen)]
 
@@ -86,64 +102,75 @@ def _answer(editor: EREN, probes: list[Probe], hits=None):
     return editor.answer_batch([p.question for p in probes], hits=hits)
 
 
-def _fine_tuned(ctx: RecipeContext, es: EditSet, groups, S: dict, unedited: dict) -> dict[str, Any]:
+def _fine_tuned(ctx: RecipeContext, es: EditSet, groups, S: ErenSettings, unedited: dict) -> dict[str, Any]:
     rows, seconds = [], 0.0
     for notebook_ids, eval_ids in groups:
         model, tok = load_model("smollm2", task="causal-lm")
         statements = es.statements(notebook_ids)
-        steps = max(10, S["ft_epochs"] * len(statements) // 8)
+        steps = max(10, S.ft_epochs * len(statements) // 8)
         t = time.perf_counter()
         fine_tune_on_statements(model, tok, statements, ctx.out_dir / "ft", steps=steps, batch_size=8,
                                 progress=ctx.progress, seed=ctx.seed)
         seconds += time.perf_counter() - t
         probes = es.probes_for(eval_ids, ONE_HOP)
-        reader = Reader(model.to(torch.bfloat16), tok, max_new_tokens=16)
+        reader = Reader(model.to(fast_dtype()), tok, max_new_tokens=16)
         rows += probe_rows(probes, _answer(EREN(reader, None), probes), unedited)
     return {"rows": rows, "train_seconds": seconds}
 
 
-def _evaluate(ctx: RecipeContext, reader: Reader, nb: Notebook, es: EditSet, S: dict, thresholds: dict,
+def _evaluate(ctx: RecipeContext, reader: Reader, nb: Notebook, es: EditSet, S: ErenSettings, thresholds: dict,
               rng: random.Random) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     base = EREN(reader, None)
     regimes: dict[int, dict] = {}
-    bar = tqdm(total=len(S["sizes"]) * len(METHODS), desc="eren", disable=not ctx.progress)
-    for size in S["sizes"]:
+    reading = [m for m in S.methods if m != "fine-tuning"]
+    bar = tqdm(total=len(S.sizes) * (len(reading) + 1), desc="eren", disable=not ctx.progress)
+    for size in S.sizes:
         groups = _groups(es, size, S, rng)
         eval_probes = [p for _, ids in groups for p in es.probes_for(ids, ONE_HOP)]
-        unedited = {p.question: a.text for p, a in zip(eval_probes, _answer(base, eval_probes))}
-        by_method: dict[str, list[dict]] = {m: [] for m in METHODS[:-1]}
+        with ctx.phase("answer: unedited"):
+            unedited = {p.question: a.text for p, a in zip(eval_probes, _answer(base, eval_probes))}
+        by_method: dict[str, list[dict]] = {m: [] for m in reading}
         for notebook_ids, eval_ids in groups:
             probes = es.probes_for(eval_ids, ONE_HOP)
             hits = one_note_hits(nb, es, probes) if size == 1 else None
             if size > 1:
                 fill_notebook(nb, es, notebook_ids)
-            for name, editor in _editors(reader, nb, thresholds).items():
-                by_method[name] += probe_rows(probes, _answer(editor, probes, hits), unedited)
-        bar.update(len(METHODS) - 1)
-        if size in S["ft_sizes"]:
-            ft = _fine_tuned(ctx, es, groups, S, unedited)
+            for name, editor in _editors(reader, nb, thresholds, S.methods).items():
+                with ctx.phase(f"answer: {name}"):
+                    by_method[name] += probe_rows(probes, _answer(editor, probes, hits), unedited)
+        bar.update(len(reading))
+        if size in S.ft_sizes and "fine-tuning" in S.methods:
+            with ctx.phase("fine-tuning baseline"):
+                ft = _fine_tuned(ctx, es, groups, S, unedited)
             by_method["fine-tuning"] = ft["rows"]
         bar.update(1)
         regimes[size] = {"scores": {m: score(rows) for m, rows in by_method.items()},
                          "read_rate": {m: _read_rate(rows) for m, rows in by_method.items()},
                          "n_probes": len(eval_probes), "n_notebooks": len(groups),
-                         **({"ft_train_seconds": ft["train_seconds"]} if size in S["ft_sizes"] else {})}
-    # two-hop: both edits in a notebook of every edit
-    hop = [p for p in es.probes if p.kind == "two-hop" and p.split == "test"][:S["two_hop"]]
-    fill_notebook(nb, es, [e.id for e in es.edits])
-    editors = _editors(reader, nb, thresholds)
-    editors["EREN (reader relevance, 2 hops)"] = EREN(reader, nb, ERENConfig(threshold=thresholds["reader"], hops=2))
-    editors["EREN (reader relevance, top note, 2 hops)"] = EREN(
-        reader, nb, ERENConfig(threshold=thresholds["reader"], max_notes=1, hops=2))
-    two_hop = {name: float(np.mean([answer_contained(a.text, p.answers) for p, a in zip(hop, _answer(ed, hop))]))
-               for name, ed in editors.items()}
-    return {"regimes": regimes, "two_hop": two_hop, "n_two_hop": len(hop),
-            "fact_check": _fact_check(reader, nb, es, S, thresholds, rng)}
+                         **({"ft_train_seconds": ft["train_seconds"]} if "fine-tuning" in by_method else {})}
+    out: dict[str, Any] = {"regimes": regimes, "two_hop": {}, "n_two_hop": 0, "fact_check": None}
+    if S.two_hop:  # both edits in a notebook of every edit
+        with ctx.phase("two-hop"):
+            hop = [p for p in es.probes if p.kind == "two-hop" and p.split == "test"][:S.two_hop]
+            fill_notebook(nb, es, [e.id for e in es.edits])
+            editors = _editors(reader, nb, thresholds, S.methods)
+            editors["EREN (reader relevance, 2 hops)"] = EREN(reader, nb, ERENConfig(threshold=thresholds["reader"],
+                                                                                     hops=2))
+            editors["EREN (reader relevance, top note, 2 hops)"] = EREN(
+                reader, nb, ERENConfig(threshold=thresholds["reader"], max_notes=1, hops=2))
+            out["two_hop"] = {name: float(np.mean([answer_contained(a.text, p.answers)
+                                                   for p, a in zip(hop, _answer(ed, hop))]))
+                              for name, ed in editors.items()}
+            out["n_two_hop"] = len(hop)
+    if S.fact_check:
+        with ctx.phase("fact checking"):
+            out["fact_check"] = _fact_check(reader, nb, es, S, thresholds, rng)
+    return out
 
 
-def _fact_check(reader: Reader, nb: Notebook, es: EditSet, S: dict, thresholds: dict,
+def _fact_check(reader: Reader, nb: Notebook, es: EditSet, S: ErenSettings, thresholds: dict,
                 rng: random.Random) -> dict[str, Any]:
     """Verdicts on claims about 100-note notebooks' edits: accuracy in scope, unchanged out of scope."""
     groups = _groups(es, 100, S, rng)
@@ -152,7 +179,7 @@ def _fact_check(reader: Reader, nb: Notebook, es: EditSet, S: dict, thresholds: 
     texts = [c["claim"] for c in claims]
     before = [v.label for v in EREN(reader, None).check_batch(texts)]
     out = {}
-    for name, editor in _editors(reader, nb, thresholds).items():
+    for name, editor in _editors(reader, nb, thresholds, S.methods).items():
         if name == "EREN (paper prompt)":
             continue  # its relevance is a generated answer; fact checking scores options instead
         verdicts = [v.label for v in editor.check_batch(texts)]
@@ -202,20 +229,23 @@ def _plots(ctx: RecipeContext, ev: dict) -> list[str]:
                 "one-step reading 98.4/24.5/39.2; it also answers questions needing several edits.",
     citation="Chen et al., Robust and Scalable Model Editing for Large Language Models (EREN), COLING 2024, "
              "arXiv:2403.17431",
+    budgets=Budgets(quick=QUICK, full=FULL),
 )
 def run(ctx: RecipeContext) -> dict[str, Any]:
-    S = _settings(ctx.quick)
+    S: ErenSettings = ctx.settings
     rng = random.Random(ctx.seed)
     torch.manual_seed(ctx.seed)
-    es = build_edit_set(1000, n_two_hop=50, seed=ctx.seed)
-    es.save(ctx.out_dir / "edit_set.json")
-    reader = Reader.load("smollm2", max_new_tokens=16)
-    db = ctx.out_dir / "notebook.db"
-    for suffix in ("", "-wal", "-shm"):
-        db.with_name(db.name + suffix).unlink(missing_ok=True)
-    nb = Notebook(db)
+    with ctx.phase("edit set, reader, notebook"):
+        es = build_edit_set(1000, n_two_hop=50, seed=ctx.seed)
+        es.save(ctx.out_dir / "edit_set.json")
+        reader = Reader.load("smollm2", max_new_tokens=16)  # dtype: plmkit.device.fast_dtype()
+        db = ctx.out_dir / "notebook.db"
+        for suffix in ("", "-wal", "-shm"):
+            db.with_name(db.name + suffix).unlink(missing_ok=True)
+        nb = Notebook(db)
     t = time.perf_counter()
-    tuned = _tune(reader, nb, es, S, rng)
+    with ctx.phase("tune thresholds (validation edits)"):
+        tuned = _tune(reader, nb, es, S, rng)
     ev = _evaluate(ctx, reader, nb, es, S, tuned, rng)
     seconds = time.perf_counter() - t
     plots = _plots(ctx, ev)
@@ -239,17 +269,19 @@ def run(ctx: RecipeContext) -> dict[str, Any]:
             "columns": ["method", "ES", "BP (unchanged)", "EQ", "BP (real fact)", "BP (known)", "EQ (known)",
                         "EQ exact match", "read notes: in scope", "out of scope"],
             "rows": rows})
-    tables.append({"title": f"Two-hop questions needing two edits (N = {len(es.edits)}, n={ev['n_two_hop']})",
-                   "columns": ["method", "accuracy (answer contained)"],
-                   "rows": [[m, pct(v)] for m, v in ev["two_hop"].items()]})
+    if ev["two_hop"]:
+        tables.append({"title": f"Two-hop questions needing two edits (N = {len(es.edits)}, n={ev['n_two_hop']})",
+                       "columns": ["method", "accuracy (answer contained)"],
+                       "rows": [[m, pct(v)] for m, v in ev["two_hop"].items()]})
     fc = ev["fact_check"]
-    tables.append({"title": f"Fact checking ({fc['n_claims']} claims, notebook of 100 edits): accuracy on edited "
-                            "statements (supports) and old facts (refutes); verdicts on unrelated true claims unchanged "
-                            "from the unedited reader; share of each verdict",
-                   "columns": ["method", "edited", "old fact", "unrelated unchanged", "supports", "refutes",
-                               "not enough info"],
-                   "rows": [[m, pct(r["edited"]), pct(r["old fact"]), pct(r["unrelated_unchanged"]),
-                             *(pct(x) for x in r["labels"].values())] for m, r in fc["methods"].items()]})
+    if fc:
+        tables.append({"title": f"Fact checking ({fc['n_claims']} claims, notebook of 100 edits): accuracy on edited "
+                                "statements (supports) and old facts (refutes); verdicts on unrelated true claims "
+                                "unchanged from the unedited reader; share of each verdict",
+                       "columns": ["method", "edited", "old fact", "unrelated unchanged", "supports", "refutes",
+                                   "not enough info"],
+                       "rows": [[m, pct(r["edited"]), pct(r["old fact"]), pct(r["unrelated_unchanged"]),
+                                 *(pct(x) for x in r["labels"].values())] for m, r in fc["methods"].items()]})
     big = ev["regimes"][sizes[-1]]["scores"]
     measured = {f"N={n}.{m}.{k}": ev["regimes"][n]["scores"][m]["contained"][k]
                 for n in sizes for m in ev["regimes"][n]["scores"]
@@ -257,23 +289,41 @@ def run(ctx: RecipeContext) -> dict[str, Any]:
     measured.update({"threshold.reader": tuned["reader"], "threshold.similarity": tuned["similarity"],
                      "scope_auc.reader": tuned["auc"]["reader"], "scope_auc.similarity": tuned["auc"]["similarity"]})
     eq = {m: big[m]["contained"]["EQ_unchanged"] for m in big}
+    main = big["EREN (reader relevance)"]["contained"]
+    serac = big.get("SERAC-like scope", {}).get("contained")
+    headline = {
+        "metric": f"EQ at N = {sizes[-1]} notes, EREN (reader relevance), ES {pct(main['ES'])} / BP "
+                  f"{pct(main['BP_unchanged'])}",
+        "ours": pct(main["EQ_unchanged"]),
+        "paper": f"{PAPER['EREN'][2]} (flan-t5-xl, CounterFact-Hard)",
+        "peer": f"SERAC-like scope EQ {pct(serac['EQ_unchanged'])}" if serac else None,
+    }
+    notes = [
+        f"Every method answers the same {ev['regimes'][sizes[-1]]['n_probes']} probes of test edits; only "
+        "the thresholds were tuned, on validation edits (disjoint from test).",
+        f"Thresholds tuned on {tuned['n_probes']} validation probes: reader relevance {tuned['reader']:.2f} nats "
+        f"per note token (scope ROC AUC {tuned['auc']['reader']:.3f}), SERAC-like retrieval similarity "
+        f"{tuned['similarity']:.3f} (AUC {tuned['auc']['similarity']:.3f}).",
+        "ES: in-scope probes (direct question and two paraphrases) whose answer contains the edited object. "
+        "BP (unchanged), as in the paper: out-of-scope answers identical to the unedited reader's; EQ is the "
+        "harmonic mean of ES and it. BP (real fact): out-of-scope answers containing the real fact; BP (known): "
+        "the same, only on probes the unedited reader answered right (the 135M reader knows few geographic "
+        "facts, so BP against the real fact is low for every method, the unedited model included).",
+        "Exact match compares the whole generated line with the answer; the 135M reader answers in full "
+        "sentences ('The capital of X is Y.'), so exact-match scores are near zero for every method.",
+        f"At N={sizes[-1]}: EQ " + ", ".join(f"{m} {pct(v)}" for m, v in eq.items()) + ".",
+        "Paper rows: flan-t5-xl (3B) reader on CounterFact-Hard, BP as unchanged answers; ours: a 135M reader.",
+    ]
+    if ctx.quick:
+        notes.insert(0, f"Quick run: {S.n_eval} test edits at N = {', '.join(map(str, S.sizes))}, methods "
+                        f"{', '.join(S.methods)}; thresholds from {S.tune_edits} validation edits; no two-hop, fact "
+                        "checking or fine-tuning baseline (the full run has them, with 100 test edits at N = 1, 10, "
+                        "100 and 1000). With this few probes a difference of one answer moves ES/BP by several points.")
     return {
         "measured": measured,
+        "headline": headline,
         "tables": tables,
         "plots": plots,
-        "details": {"settings": S, "tuning": tuned, "evaluation": ev, "seconds": seconds},
-        "notes": [
-            f"Thresholds tuned on {tuned['n_probes']} validation probes: reader relevance {tuned['reader']:.2f} nats "
-            f"per note token (scope ROC AUC {tuned['auc']['reader']:.3f}), SERAC-like retrieval similarity "
-            f"{tuned['similarity']:.3f} (AUC {tuned['auc']['similarity']:.3f}).",
-            "ES: in-scope probes (direct question and two paraphrases) whose answer contains the edited object. "
-            "BP (unchanged), as in the paper: out-of-scope answers identical to the unedited reader's; EQ is the "
-            "harmonic mean of ES and it. BP (real fact): out-of-scope answers containing the real fact; BP (known): "
-            "the same, only on probes the unedited reader answered right (the 135M reader knows few geographic "
-            "facts, so BP against the real fact is low for every method, the unedited model included).",
-            "Exact match compares the whole generated line with the answer; the 135M reader answers in full "
-            "sentences ('The capital of X is Y.'), so exact-match scores are near zero for every method.",
-            f"At N={sizes[-1]}: EQ " + ", ".join(f"{m} {pct(v)}" for m, v in eq.items()) + ".",
-            "Paper rows: flan-t5-xl (3B) reader on CounterFact-Hard, BP as unchanged answers; ours: a 135M reader.",
-        ],
+        "details": {"tuning": tuned, "evaluation": ev, "seconds": seconds, "reader_dtype": str(reader.model.dtype)},
+        "notes": notes,
     }

@@ -1,216 +1,243 @@
 """Recipe ``moefication``: how much quality MoEfied FFNs keep, on real models and real data.
 
 - MiniLM fine-tuned on fortune topics (real English text, 4 classes): accuracy retained.
-- SmolLM2-135M: perplexity on held-out real text, and zero-shot capital-city cloze accuracy.
+- Full run only: SmolLM2-135M, perplexity on held-out real text and zero-shot capital-city cloze accuracy.
 For each split (balanced k-means, co-activation) x router (MLP, similarity) x activation treatment
 (original GELU/SiLU, ReLU-fied + short fine-tuning), at several active fractions of experts; and
 CATS-style neuron magnitude masks at the same fractions (quality only, no speed path).
+
+Honest selection: the best split x router per active fraction is chosen on a validation split and
+reported on a separate test split (MiniLM: stratified fortune splits; SmolLM2: disjoint halves of the
+held-out passages and of the capital facts). The fine-tuned classifiers and the ReLU-fied SmolLM2 come
+from :mod:`plmkit.cache` (see :mod:`plmkit.reproduce.shared`).
 """
 from __future__ import annotations
 
 import copy
-import time
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from ..assets import load_model
-from ..compress.moefication import MoEficationConfig, moefy, relufy, set_selection
+from ..compress.moefication import (MoEficationConfig, load_moefication, moefy, relufy, save_moefication,
+                                   set_selection)
 from ..compress.moefication.relu import magnitude_mask, remove_magnitude_mask
 from ..data import geonames, text, token_batches
 from ..eval import accuracy, next_token_accuracy, perplexity
-from ..train import TrainConfig, causal_lm_collate, train
-from ..train.classify import fine_tune_classifier, predict_labels
-from .registry import RecipeContext, recipe
+from ..train.classify import predict_labels
+from .registry import Budgets, RecipeContext, recipe
+from .shared import (TOPICS, ClassifierSettings, ReluLMSettings, TopicSplit, fortune_topics, relufied_lm,
+                     topic_classifier)
 
 EXPERTS = 16
-FRACTIONS = (0.125, 0.25, 0.5)
-GRID = [(s, r) for s in ("kmeans", "coactivation") for r in ("mlp", "similarity")]
+GRID = (("kmeans", "mlp"), ("kmeans", "similarity"), ("coactivation", "mlp"), ("coactivation", "similarity"))
+CATS = "magnitude (CATS)"
 
 
-def _settings(quick: bool) -> dict[str, Any]:
-    if quick:
-        return dict(seeds=(0,), lm_chars=200_000, lm_held=24, lm_ft_steps=40, lm_ft_batch=4, zs=80,
-                    cls_steps=150, cls_len=64, router_steps=150, calib_tokens=2048,
-                    lm_grid=[("kmeans", "mlp"), ("coactivation", "mlp")], relu_grid=[("kmeans", "mlp")])
-    return dict(seeds=(0, 1, 2), lm_chars=1_000_000, lm_held=96, lm_ft_steps=400, lm_ft_batch=8, zs=200,
-                cls_steps=400, cls_len=128, router_steps=400, calib_tokens=8192, lm_grid=GRID, relu_grid=GRID)
+@dataclass(frozen=True)
+class MoEficationSettings:
+    seeds: tuple[int, ...]  # MoEfication seeds (split and router initialisation)
+    fractions: tuple[float, ...]  # active fractions of experts evaluated
+    treatments: tuple[str, ...]  # MiniLM: "gelu" (as shipped) and/or "relu" (ReLU-fied before fine-tuning)
+    classifier_steps: int
+    classifier_lr: float
+    max_length: int
+    n_validation: int | None  # MiniLM texts used for selection / for the reported numbers (None: all)
+    n_test: int | None
+    router_steps: int
+    calib_tokens: int
+    grid: tuple[tuple[str, str], ...] = GRID
+    smollm2: bool = False  # the SmolLM2 part (perplexity and capital cloze)
+    lm_chars: int = 1_000_000
+    lm_held: int = 96  # held-out passages, half for validation, half for test
+    zs: int = 200  # capital facts, half for validation, half for test
+    relu_lm: ReluLMSettings = field(default_factory=lambda: ReluLMSettings(steps=400, batch_size=8,
+                                                                          corpus_chars=1_000_000))
+    lm_grid: tuple[tuple[str, str], ...] = GRID
 
 
-def _fine_tune(model, data, collate, steps: int, batch: int, lr: float, out_dir, progress: bool, seed: int):
-    """A short fine-tune with plmkit's loop (no checkpoints); returns (seconds, TrainResult), model in eval mode."""
-    model.train()
-    t = time.perf_counter()
-    res = train(model, data, TrainConfig(out_dir=str(out_dir), max_steps=steps, batch_size=batch, lr=lr,
-                                         warmup_steps=max(1, steps // 10), resume=False, progress=progress,
-                                         seed=seed), collate_fn=collate)
-    model.eval()
-    return time.perf_counter() - t, res
+QUICK = MoEficationSettings(seeds=(0,), fractions=(0.125, 0.25), treatments=("relu",), classifier_steps=60,
+                            classifier_lr=3e-4, max_length=48, n_validation=120, n_test=240, router_steps=60,
+                            calib_tokens=1024, grid=(("kmeans", "mlp"), ("kmeans", "similarity"),
+                                                     ("coactivation", "mlp")))
+FULL = MoEficationSettings(seeds=(0, 1, 2), fractions=(0.125, 0.25, 0.5), treatments=("gelu", "relu"),
+                           classifier_steps=400, classifier_lr=1e-4, max_length=128, n_validation=None, n_test=None,
+                           router_steps=400,
+                           calib_tokens=8192, smollm2=True)
 
 
-def _fine_tune_lm(model, tok, texts, steps: int, batch: int, out_dir, progress: bool, seed: int) -> dict:
-    data = [{"input_ids": e} for e in tok(list(texts), truncation=True, max_length=128)["input_ids"] if len(e) > 16]
-    seconds, res = _fine_tune(model, data, causal_lm_collate(tok), steps, batch, 2e-4, out_dir, progress, seed)
-    return {"steps": steps, "batch": batch, "tokens": steps * batch * 128, "seconds": seconds,
-            "loss_first": res.losses[0] if res.losses else None, "loss_last": res.losses[-1] if res.losses else None}
+def _mean(xs: list[float]) -> float:
+    return float(np.mean(xs))
 
 
-TOPICS = ("computers", "politics", "science", "songs-poems")
+def _ms(xs: list[float]) -> str:
+    return f"{np.mean(xs):.3f} ± {np.std(xs):.3f}" if len(xs) > 1 else f"{xs[0]:.3f}"
 
 
-def _fortune_topics(seed: int, test_share: float = 0.2) -> tuple[list[dict], list[dict]]:
-    """Topic classification of real English fortunes (4 categories), split per category by ``seed``."""
-    rng = np.random.default_rng(seed)
-    train_rows, test_rows = [], []
-    for label, cat in enumerate(TOPICS):
-        rows = [{"text": " ".join(r["text"].split()), "label": label} for r in text.fortunes(cat)]
-        order = rng.permutation(len(rows))
-        n_test = int(round(test_share * len(rows)))
-        test_rows += [rows[i] for i in order[:n_test]]
-        train_rows += [rows[i] for i in order[n_test:]]
-    shuffle = lambda xs: [xs[i] for i in rng.permutation(len(xs))]  # noqa: E731
-    return shuffle(train_rows), shuffle(test_rows)
+def _grid(base, tok, calib_texts: list[str], S: MoEficationSettings, grid, evaluate: dict[str, Callable],
+          treatment: str, pick: Callable[[dict], float], ctx: RecipeContext,
+          save_name: str) -> tuple[list[dict], list[dict]]:
+    """MoEfy copies of ``base`` per split x router x seed and score each on validation at every fraction
+    (each MoEfication is saved under ``ctx.out_dir / save_name``); then re-load only the config chosen on validation
+    (highest mean ``pick``) and score it on test."""
+    val: dict[tuple[str, str], dict[float, list[dict]]] = {}
+    recalls = []
+    save_dir = ctx.out_dir / save_name
+    for split, router in grid:
+        val[(split, router)] = {f: [] for f in S.fractions}
+        for seed in S.seeds:
+            m = copy.deepcopy(base)
+            cfg = MoEficationConfig(experts=EXPERTS, split=split, router=router, active=0.25,
+                                    router_steps=S.router_steps, calibration_tokens=S.calib_tokens)
+            with ctx.phase("moefy"):
+                rep = moefy(m, cfg, calibration=token_batches(tok, calib_texts, 8, 128), seed=seed,
+                            progress=ctx.progress)
+            recalls.append({"treatment": treatment, "split": split, "router": router, "seed": seed,
+                            "layers": [l.__dict__ for l in rep.layers], "router_recall": rep.mean("router_recall"),
+                            "random_recall": rep.mean("random_recall"), "oracle_recall": rep.mean("oracle_recall")})
+            for f in S.fractions:
+                set_selection(m, active=f)
+                with ctx.phase("evaluate validation"):
+                    val[(split, router)][f].append(evaluate["validation"](m))
+            save_moefication(m, save_dir / f"{treatment}-{split}-{router}-seed{seed}")
+            del m
+    rows = []
+    for f in S.fractions:
+        best = max(val, key=lambda c: _mean([pick(s) for s in val[c][f]]))
+        for (split, router), by_f in val.items():
+            test = []
+            if (split, router) == best:
+                for seed in S.seeds:
+                    m = load_moefication(copy.deepcopy(base), save_dir / f"{treatment}-{split}-{router}-seed{seed}")
+                    set_selection(m, active=f)
+                    with ctx.phase("evaluate test"):
+                        test.append(evaluate["test"](m))
+                    del m
+            rows.append({"treatment": treatment, "split": split, "router": router, "active": f,
+                         "validation": by_f[f], "test": test, "selected": (split, router) == best})
+    return rows, recalls
+
+
+def _magnitude_rows(model, tok, calib_texts, S: MoEficationSettings, evaluate, treatment,
+                    ctx: RecipeContext) -> list[dict]:
+    """CATS-style neuron masks (no choice to make, so validation and test are both reported)."""
+    rows = []
+    with ctx.phase("CATS masks"):
+        for f in S.fractions:
+            magnitude_mask(model, f, token_batches(tok, calib_texts, 8, 128), max_tokens=S.calib_tokens)
+            rows.append({"treatment": treatment, "split": "neurons", "router": CATS, "active": f,
+                         "validation": [evaluate["validation"](model)], "test": [evaluate["test"](model)],
+                         "selected": False})
+            remove_magnitude_mask(model)
+    return rows
 
 
 def _cls_accuracy(model, tok, rows: list[dict], max_length: int) -> dict[str, float]:
     """Accuracy, and the share of the most predicted class (near 1 = the model collapsed to one class)."""
     preds = predict_labels(model, tok, [r["text"] for r in rows], max_length=max_length)
     return {"acc": accuracy(preds, [r["label"] for r in rows]),
-            "top_class_share": max(np.bincount(preds)) / len(preds)}
+            "top_class_share": float(max(np.bincount(preds)) / len(preds))}
 
 
-def _fine_tune_cls(model, tok, rows, steps, max_length, out_dir, progress, seed) -> float:
-    t = time.perf_counter()
-    fine_tune_classifier(model, tok, rows, out_dir, steps=steps, batch_size=16, lr=1e-4, max_length=max_length,
-                         seed=seed, progress=progress)
-    return time.perf_counter() - t
-
-
-def _mean_std(xs: list[float]) -> tuple[float, float]:
-    return float(np.mean(xs)), float(np.std(xs))
-
-
-def _grid(base, tok, calib_texts, grid, seeds, S, evaluate, treatment, progress) -> tuple[list[dict], list[dict]]:
-    """MoEfy copies of ``base`` for each split x router x seed; evaluate at each active fraction."""
-    rows, recalls = [], []
-    for split, router in grid:
-        scores: dict[float, list[float]] = {f: [] for f in FRACTIONS}
-        for seed in seeds:
-            m = copy.deepcopy(base)
-            cfg = MoEficationConfig(experts=EXPERTS, split=split, router=router, active=0.25,
-                                    router_steps=S["router_steps"], calibration_tokens=S["calib_tokens"])
-            rep = moefy(m, cfg, calibration=token_batches(tok, calib_texts, 8, 128), seed=seed, progress=progress)
-            recalls.append({"treatment": treatment, "split": split, "router": router, "seed": seed,
-                            "layers": [l.__dict__ for l in rep.layers],
-                            "router_recall": rep.mean("router_recall"), "random_recall": rep.mean("random_recall"),
-                            "oracle_recall": rep.mean("oracle_recall")})
-            for f in FRACTIONS:
-                set_selection(m, active=f)
-                scores[f].append(evaluate(m))
-            del m
-        for f in FRACTIONS:
-            rows.append({"treatment": treatment, "split": split, "router": router, "active": f,
-                         "scores": scores[f]})
-    return rows, recalls
-
-
-def _magnitude_rows(model, tok, calib_texts, evaluate, treatment) -> list[dict]:
-    rows = []
-    for f in FRACTIONS:
-        magnitude_mask(model, f, token_batches(tok, calib_texts, 8, 128))
-        rows.append({"treatment": treatment, "split": "neurons", "router": "magnitude (CATS)", "active": f,
-                     "scores": [evaluate(model)]})
-        remove_magnitude_mask(model)
-    return rows
-
-
-def _minilm(ctx: RecipeContext, S: dict) -> dict[str, Any]:
-    train_rows, test_rows = _fortune_topics(ctx.seed)
-    out: dict[str, Any] = {"rows": [], "recalls": [], "dense": {}, "cost": {}, "n_train": len(train_rows),
-                           "n_test": len(test_rows)}
-    for treatment in ("gelu", "relu"):
-        torch.manual_seed(ctx.seed)
-        model, tok = load_model("minilm", task="sequence-classification", num_labels=len(TOPICS))
-        if treatment == "relu":
-            relufy(model)
-        out["cost"][treatment] = _fine_tune_cls(model, tok, train_rows, S["cls_steps"], S["cls_len"],
-                                                ctx.out_dir / f"minilm-{treatment}", ctx.progress, ctx.seed)
-        evaluate = lambda m: _cls_accuracy(m, tok, test_rows, S["cls_len"])  # noqa: E731
-        out["dense"][treatment] = evaluate(model)
-        calib = [r["text"] for r in train_rows]
-        rows, recalls = _grid(model, tok, calib, GRID, S["seeds"], S, evaluate, treatment, ctx.progress)
-        out["rows"] += rows + _magnitude_rows(model, tok, calib, evaluate, treatment)
+def _minilm(ctx: RecipeContext, S: MoEficationSettings) -> dict[str, Any]:
+    split = TopicSplit(seed=ctx.seed)
+    data = fortune_topics(split)
+    val, test = data["validation"][:S.n_validation], data["test"][:S.n_test]
+    out: dict[str, Any] = {"rows": [], "recalls": [], "dense": {}, "cache": {},
+                           "n": {"train": len(data["train"]), "validation": len(val), "test": len(test)}}
+    calib = [r["text"] for r in data["train"]]
+    for treatment in S.treatments:
+        cs = ClassifierSettings(relu=treatment == "relu", steps=S.classifier_steps, lr=S.classifier_lr,
+                                max_length=S.max_length, split=split)
+        with ctx.phase("classifier (fine-tune or cache)"):
+            model, tok, info = topic_classifier(cs, progress=ctx.progress)
+        out["cache"][f"minilm-{treatment}"] = info
+        evaluate = {"validation": lambda m: _cls_accuracy(m, tok, val, S.max_length),
+                    "test": lambda m: _cls_accuracy(m, tok, test, S.max_length)}
+        with ctx.phase("evaluate dense"):
+            out["dense"][treatment] = {k: f(model) for k, f in evaluate.items()}
+        rows, recalls = _grid(model, tok, calib, S, S.grid, evaluate, treatment, lambda s: s["acc"], ctx,
+                              "moefications")
+        out["rows"] += rows + _magnitude_rows(model, tok, calib, S, evaluate, treatment, ctx)
         out["recalls"] += recalls
     return out
 
 
-def _smollm2(ctx: RecipeContext, S: dict) -> dict[str, Any]:
+def _smollm2(ctx: RecipeContext, S: MoEficationSettings) -> dict[str, Any]:
+    from ..assets import load_model
+
     model, tok = load_model("smollm2")
-    corpus = text.english_corpus(max_chars=S["lm_chars"], seed=ctx.seed)
-    calib, held = corpus[::2], corpus[1::2][: S["lm_held"]]
+    corpus = text.english_corpus(max_chars=S.lm_chars, seed=ctx.seed)
+    calib, held = corpus[::2], corpus[1::2][: S.lm_held]
     facts = [f for f in geonames.country_facts() if f["relation"] == "capital"]
-    facts = [facts[i] for i in np.random.default_rng(ctx.seed).permutation(len(facts))[: S["zs"]]]
-    prompts = [f"The capital of {f['subject']} is" for f in facts]
-    answers = [f["object"] for f in facts]
+    facts = [facts[i] for i in np.random.default_rng(ctx.seed).permutation(len(facts))[: S.zs]]
+    parts = {"validation": (held[0::2], facts[0::2]), "test": (held[1::2], facts[1::2])}
 
-    def evaluate(m) -> dict[str, float]:
-        return {"ppl": perplexity(m, token_batches(tok, held, 8, 128)),
-                "capital_acc": next_token_accuracy(m, tok, prompts, answers)}
+    def scorer(passages, fs):
+        prompts, answers = [f"The capital of {f['subject']} is" for f in fs], [f["object"] for f in fs]
+        return lambda m: {"ppl": perplexity(m, token_batches(tok, passages, 8, 128)),
+                          "capital_acc": next_token_accuracy(m, tok, prompts, answers)}
 
-    out: dict[str, Any] = {"rows": [], "recalls": [], "dense": {"silu": evaluate(model)}}
-    rows, recalls = _grid(model, tok, calib, S["lm_grid"], S["seeds"], S, evaluate, "silu", ctx.progress)
-    out["rows"] += rows + _magnitude_rows(model, tok, calib, evaluate, "silu")
+    evaluate = {k: scorer(*v) for k, v in parts.items()}
+    pick = lambda s: -s["ppl"]  # noqa: E731
+    out: dict[str, Any] = {"rows": [], "recalls": [], "dense": {"silu": {k: f(model) for k, f in evaluate.items()}},
+                           "cache": {}}
+    rows, recalls = _grid(model, tok, calib, S, S.lm_grid, evaluate, "silu", pick, ctx, "moefications-lm")
+    out["rows"] += rows + _magnitude_rows(model, tok, calib, S, evaluate, "silu", ctx)
     out["recalls"] += recalls
-    relu = relufy(copy.deepcopy(model))
-    out["dense"]["relu (no fine-tuning)"] = evaluate(relu)
-    out["relu_cost"] = _fine_tune_lm(relu, tok, calib, S["lm_ft_steps"], S["lm_ft_batch"], ctx.out_dir / "smollm2-relu",
-                                     ctx.progress, ctx.seed)
-    out["dense"]["relu"] = evaluate(relu)
-    rows, recalls = _grid(relu, tok, calib, S["relu_grid"], S["seeds"], S, evaluate, "relu", ctx.progress)
+    swapped = relufy(copy.deepcopy(model))
+    out["dense"]["relu (no fine-tuning)"] = {k: f(swapped) for k, f in evaluate.items()}
+    del swapped
+    with ctx.phase("ReLU-fied SmolLM2 (fine-tune or cache)"):
+        relu, _, info = relufied_lm(S.relu_lm, progress=ctx.progress)
+    out["cache"]["smollm2-relu"] = info
+    out["relu_cost"] = info["built_with"]
+    out["dense"]["relu"] = {k: f(relu) for k, f in evaluate.items()}
+    rows, recalls = _grid(relu, tok, calib, S, S.lm_grid, evaluate, "relu", pick, ctx, "moefications-lm")
     out["rows"] += rows
     out["recalls"] += recalls
     return out
 
 
-def _plots(ctx: RecipeContext, cls: dict, lm: dict) -> list[str]:
+def _plots(ctx: RecipeContext, cls: dict, lm: dict | None) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
-    panels = [(axes[0], cls, lambda s, t: s["acc"] / cls["dense"][t]["acc"],
-               "MiniLM fortune topics: accuracy retained"),
-              (axes[1], lm, lambda s, t: s["ppl"], "SmolLM2: held-out perplexity (log)"),
-              (axes[2], lm, lambda s, t: s["capital_acc"] / max(lm["dense"]["silu"]["capital_acc"], 1e-9),
-               "SmolLM2: capital cloze accuracy retained (vs dense SiLU)")]
-    for ax, res, metric, title in panels:
+    panels = [(cls, lambda s, t: s["acc"] / cls["dense"][t]["validation"]["acc"],
+               "MiniLM fortune topics: validation accuracy retained")]
+    if lm:
+        panels += [(lm, lambda s, t: s["ppl"], "SmolLM2: validation perplexity (log)"),
+                   (lm, lambda s, t: s["capital_acc"] / max(lm["dense"]["silu"]["validation"]["capital_acc"], 1e-9),
+                    "SmolLM2: capital cloze accuracy retained (validation, vs dense SiLU)")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False)
+    for ax, (res, metric, title) in zip(axes[0], panels):
         groups: dict[str, list[dict]] = {}
         for r in res["rows"]:
             groups.setdefault(f"{r['treatment']} {r['split']}/{r['router']}", []).append(r)
         for label, rs in groups.items():
-            vals = [[metric(s, r["treatment"]) for s in r["scores"]] for r in rs]
+            vals = [[metric(s, r["treatment"]) for s in r["validation"]] for r in rs]
             ax.errorbar([r["active"] for r in rs], [np.mean(v) for v in vals], yerr=[np.std(v) for v in vals],
-                        marker="o", capsize=3, ls="--" if label.startswith(("relu", "gelu relu")) else "-",
-                        label=label)
-        ax.set(title=title, xlabel="active fraction of FFN", xticks=FRACTIONS)
+                        marker="o", capsize=3, ls="--" if label.startswith("relu") else "-", label=label)
+        ax.set(title=title, xlabel="active fraction of FFN", xticks=sorted({r["active"] for r in res["rows"]}))
+        ax.title.set_fontsize(9)
         ax.legend(fontsize=6)
-    axes[0].axhline(0.95, color="grey", ls=":", lw=0.8)
-    axes[1].set_yscale("log")
-    for t, d in lm["dense"].items():
-        axes[1].axhline(d["ppl"], color="grey", ls=":", lw=0.8)
+    axes[0][0].axhline(0.95, color="grey", ls=":", lw=0.8)
+    if lm:
+        axes[0][1].set_yscale("log")
     ctx.save_figure(fig, "retained_performance.png")
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, res in (("MiniLM", cls), ("SmolLM2", lm)):
+        if not res:
+            continue
         for rec in res["recalls"]:
-            if rec["seed"] != 0 or rec["split"] != "kmeans":
-                continue
-            ax.plot([l["router_recall"] for l in rec["layers"]], marker=".",
-                    label=f"{name} {rec['treatment']} {rec['router']} router (seed {rec['seed']})")
-        rec = res["recalls"][0]
-        ax.plot([l["oracle_recall"] for l in rec["layers"]], "k:", lw=0.8)
+            if rec["seed"] == 0 and rec["split"] == "kmeans":
+                ax.plot([l["router_recall"] for l in rec["layers"]], marker=".",
+                        label=f"{name} {rec['treatment']} {rec['router']} router (seed 0)")
+        ax.plot([l["oracle_recall"] for l in res["recalls"][0]["layers"]], "k:", lw=0.8)
     ax.axhline(0.25, color="grey", ls="--", lw=0.8, label="random router (k/E = 0.25)")
     ax.set(title="router recall per layer: share of activation mass in the chosen 25% of experts (dotted: oracle)",
            xlabel="layer", ylabel="recall", ylim=(0, 1))
@@ -220,11 +247,8 @@ def _plots(ctx: RecipeContext, cls: dict, lm: dict) -> list[str]:
     return ["retained_performance.png", "router_recall.png"]
 
 
-def _table_rows(res: dict, fmt) -> list[list[Any]]:
-    out = []
-    for r in res["rows"]:
-        out.append([r["treatment"], r["split"], r["router"], f"{r['active']:.1%}", *fmt(r), len(r["scores"])])
-    return out
+def _best_test(res: dict, treatment: str, f: float) -> dict | None:
+    return next((r for r in res["rows"] if r["treatment"] == treatment and r["active"] == f and r["selected"]), None)
 
 
 @recipe(
@@ -234,65 +258,106 @@ def _table_rows(res: dict, fmt) -> list[list[Any]]:
     paper_claim="Using 10-30% of FFN parameters keeps over 95% of the original performance (ReLU T5/BERT); "
                 "about 2x inference speed-up with 25% of FFN parameters (FLOPs).",
     citation="Zhang et al., MoEfication: Transformer Feed-forward Layers are Mixtures of Experts, Findings of ACL 2022",
+    budgets=Budgets(quick=QUICK, full=FULL),
 )
 def run(ctx: RecipeContext) -> dict[str, Any]:
-    S = _settings(ctx.quick)
+    S: MoEficationSettings = ctx.settings
     torch.manual_seed(ctx.seed)
     cls = _minilm(ctx, S)
-    lm = _smollm2(ctx, S)
+    lm = _smollm2(ctx, S) if S.smollm2 else None
     plots = _plots(ctx, cls, lm)
-    ms = lambda xs: ("%.3f ± %.3f" % _mean_std(xs)) if len(xs) > 1 else f"{xs[0]:.3f}"  # noqa: E731
-    cls_fmt = lambda r: [ms([s["acc"] for s in r["scores"]]),  # noqa: E731
-                         ms([s["acc"] / cls["dense"][r["treatment"]]["acc"] for s in r["scores"]]),
-                         ms([s["top_class_share"] for s in r["scores"]])]
-    lm_fmt = lambda r: [ms([s["ppl"] for s in r["scores"]]),  # noqa: E731
-                        ms([s["capital_acc"] for s in r["scores"]])]
-    recall_rows = [[name, r["treatment"], r["split"], r["router"], r["seed"], round(r["router_recall"], 3),
-                    round(r["random_recall"], 3), round(r["oracle_recall"], 3)]
-                   for name, res in (("MiniLM", cls), ("SmolLM2", lm)) for r in res["recalls"]]
 
-    def best(res, treatment, f, key):
-        rs = [r for r in res["rows"] if r["treatment"] == treatment and r["active"] == f and r["router"] != "magnitude (CATS)"]
-        return max(float(np.mean([key(s) for s in r["scores"]])) for r in rs)
+    def cls_cells(r):
+        d = cls["dense"][r["treatment"]]
+        val = [s["acc"] for s in r["validation"]]
+        test = [s["acc"] for s in r["test"]]
+        return [_ms(val), _ms(test) if test else "", _ms([t / d["test"]["acc"] for t in test]) if test else "",
+                _ms([s["top_class_share"] for s in r["test"]]) if test else ""]
 
-    measured = {
-        "minilm.gelu.dense_acc": cls["dense"]["gelu"]["acc"], "minilm.relu.dense_acc": cls["dense"]["relu"]["acc"],
-        **{f"minilm.{t}.best_retained@{f:g}": best(cls, t, f, lambda s: s["acc"]) / cls["dense"][t]["acc"]
-           for t in ("gelu", "relu") for f in FRACTIONS},
-        "smollm2.dense_ppl": lm["dense"]["silu"]["ppl"], "smollm2.relu_ft_ppl": lm["dense"]["relu"]["ppl"],
-        **{f"smollm2.silu.best_ppl@{f:g}": -best(lm, "silu", f, lambda s: -s["ppl"]) for f in FRACTIONS},
-        **{f"smollm2.relu.best_ppl@{f:g}": -best(lm, "relu", f, lambda s: -s["ppl"]) for f in FRACTIONS},
+    def lm_cells(r):
+        return [_ms([s["ppl"] for s in r["validation"]]), _ms([s["ppl"] for s in r["test"]]) if r["test"] else "",
+                _ms([s["capital_acc"] for s in r["test"]]) if r["test"] else ""]
+
+    def table_rows(res, cells):
+        return [[r["treatment"], r["split"], r["router"], f"{r['active']:.1%}",
+                 "yes" if r["selected"] else ("-" if r["router"] == CATS else ""), *cells(r), len(r["validation"])]
+                for r in res["rows"]]
+
+    n = cls["n"]
+    dense = cls["dense"]
+    tables = [{
+        "title": f"MiniLM fine-tuned on fortune topics ({len(TOPICS)} classes: {', '.join(TOPICS)}; "
+                 f"{S.classifier_steps} steps of 16 on {n['train']} train texts); {EXPERTS} experts per FFN; split x "
+                 f"router chosen per fraction on validation (n={n['validation']}), reported on test (n={n['test']}); "
+                 "dense test accuracy " + ", ".join(f"{t} {d['test']['acc']:.3f}" for t, d in dense.items()),
+        "columns": ["activation", "split", "router", "active", "selected on validation", "validation acc",
+                    "test acc", "test retained", "test top class share", "seeds"],
+        "rows": table_rows(cls, cls_cells)}]
+    if lm:
+        d = lm["dense"]
+        tables.append({
+            "title": f"SmolLM2-135M: perplexity ({S.lm_held // 2} validation / {S.lm_held - S.lm_held // 2} test "
+                     f"passages) and capital cloze accuracy (test n={S.zs - S.zs // 2}); dense SiLU test ppl "
+                     f"{d['silu']['test']['ppl']:.1f} / acc {d['silu']['test']['capital_acc']:.3f}; ReLU swap without "
+                     f"training ppl {d['relu (no fine-tuning)']['test']['ppl']:.0f}; after {S.relu_lm.steps} steps "
+                     f"({lm['relu_cost'].get('tokens', 0):,} tokens) ppl {d['relu']['test']['ppl']:.1f} / acc "
+                     f"{d['relu']['test']['capital_acc']:.3f}",
+            "columns": ["activation", "split", "router", "active", "selected on validation", "validation ppl",
+                        "test ppl", "test capital acc", "seeds"],
+            "rows": table_rows(lm, lm_cells)})
+    tables.append({
+        "title": "Router recall (mean over layers, held-out calibration tokens, 25% of experts)",
+        "columns": ["model", "activation", "split", "router", "seed", "router", "random", "oracle"],
+        "rows": [[name, r["treatment"], r["split"], r["router"], r["seed"], round(r["router_recall"], 3),
+                  round(r["random_recall"], 3), round(r["oracle_recall"], 3)]
+                 for name, res in (("MiniLM", cls), ("SmolLM2", lm)) if res for r in res["recalls"]]})
+
+    measured: dict[str, float] = {}
+    for t in S.treatments:
+        measured[f"minilm.{t}.dense_test_acc"] = dense[t]["test"]["acc"]
+        for f in S.fractions:
+            best = _best_test(cls, t, f)
+            measured[f"minilm.{t}.selected_test_retained@{f:g}"] = (
+                _mean([s["acc"] for s in best["test"]]) / dense[t]["test"]["acc"])
+            cats = next(r for r in cls["rows"] if r["treatment"] == t and r["active"] == f and r["router"] == CATS)
+            measured[f"minilm.{t}.cats_test_retained@{f:g}"] = cats["test"][0]["acc"] / dense[t]["test"]["acc"]
+    if lm:
+        measured["smollm2.dense_test_ppl"] = lm["dense"]["silu"]["test"]["ppl"]
+        measured["smollm2.relu_ft_test_ppl"] = lm["dense"]["relu"]["test"]["ppl"]
+        for t in ("silu", "relu"):
+            for f in S.fractions:
+                best = _best_test(lm, t, f)
+                measured[f"smollm2.{t}.selected_test_ppl@{f:g}"] = _mean([s["ppl"] for s in best["test"]])
+    head_t = "relu" if "relu" in S.treatments else S.treatments[0]
+    f_head = 0.25 if 0.25 in S.fractions else S.fractions[0]
+    best = _best_test(cls, head_t, f_head)
+    headline = {
+        "metric": f"MiniLM ({head_t}) test accuracy retained, {f_head:.0%} of experts (config chosen on validation)",
+        "ours": round(measured[f"minilm.{head_t}.selected_test_retained@{f_head:g}"], 3),
+        "paper": "> 0.95 with 10-30% of FFN parameters",
+        "peer": f"CATS-style magnitude mask {measured[f'minilm.{head_t}.cats_test_retained@{f_head:g}']:.3f}",
     }
-    d = lm["dense"]
+    caches = {**cls["cache"], **(lm["cache"] if lm else {})}
+    notes = [
+        "Selection: for each activation and active fraction, the split x router with the best mean validation "
+        "score (accuracy; perplexity for SmolLM2; ties go to the first in grid order) is marked 'yes' and is the "
+        "only one scored on test; validation and test are disjoint, stratified splits, and the classifiers were "
+        "trained on neither.",
+        f"Chosen at {f_head:.0%} ({head_t}): {best['split']}/{best['router']}.",
+        "Active fractions are of experts per token (16 equal experts per FFN, so 12.5% = 2 experts); the "
+        "magnitude (CATS) rows keep that fraction of individual neurons by a calibrated |act(gate)| "
+        "threshold and compute the FFN densely: they measure quality only.",
+        "Speed is measured separately: python benchmarks/moefication_speed.py (wall-clock, MoE vs dense).",
+        "Cache: " + "; ".join(f"{k} {'hit' if v['hit'] else 'built'} (key {v['key'][:12]}, trained in "
+                              f"{v['built_with'].get('train_seconds', '?')} s when built)" for k, v in caches.items()),
+    ]
+    if ctx.quick:
+        notes.insert(0, f"Quick run: {'/'.join(S.treatments)} MiniLM only, {S.classifier_steps} fine-tuning steps, "
+                        f"{len(S.grid)} split x router configs, {len(S.seeds)} seed, fractions "
+                        f"{', '.join(f'{f:.1%}' for f in S.fractions)}, validation n={n['validation']}, test "
+                        f"n={n['test']}; the full run adds GELU, co-activation/similarity, 3 seeds, 50% and SmolLM2.")
     return {
-        "measured": measured,
-        "tables": [
-            {"title": f"MiniLM fine-tuned on fortune topics ({len(TOPICS)} classes: {', '.join(TOPICS)}; "
-                      f"{S['cls_steps']} steps of 16 on {cls['n_train']} texts; test n={cls['n_test']}); {EXPERTS} experts per "
-                      f"FFN; dense accuracy GELU {cls['dense']['gelu']['acc']:.3f}, ReLU-fied (ReLU from the start "
-                      f"of fine-tuning) {cls['dense']['relu']['acc']:.3f}",
-             "columns": ["activation", "split", "router", "active", "accuracy", "retained", "top class share",
-                         "seeds"],
-             "rows": _table_rows(cls, cls_fmt)},
-            {"title": f"SmolLM2-135M: held-out perplexity ({S['lm_held']} passages) and capital cloze accuracy "
-                      f"(n={S['zs']}); dense SiLU ppl {d['silu']['ppl']:.1f} / acc {d['silu']['capital_acc']:.3f}; "
-                      f"ReLU swap without training ppl {d['relu (no fine-tuning)']['ppl']:.0f}; after "
-                      f"{lm['relu_cost']['steps']} steps ({lm['relu_cost']['tokens']:,} tokens, "
-                      f"{lm['relu_cost']['seconds']:.0f} s) ppl {d['relu']['ppl']:.1f} / acc "
-                      f"{d['relu']['capital_acc']:.3f}",
-             "columns": ["activation", "split", "router", "active", "perplexity", "capital acc", "seeds"],
-             "rows": _table_rows(lm, lm_fmt)},
-            {"title": "Router recall (mean over layers, held-out calibration tokens, 25% of experts)",
-             "columns": ["model", "activation", "split", "router", "seed", "router", "random", "oracle"],
-             "rows": recall_rows},
-        ],
-        "plots": plots,
-        "details": {"minilm": cls, "smollm2": lm, "settings": {k: v for k, v in S.items()}},
-        "notes": [
-            "Active fractions are of experts per token (16 equal experts per FFN, so 12.5% = 2 experts); the "
-            "magnitude (CATS) rows keep that fraction of individual neurons by a calibrated |act(gate)| "
-            "threshold and compute the FFN densely: they measure quality only.",
-            "Speed is measured separately: python benchmarks/moefication_speed.py (wall-clock, MoE vs dense).",
-            f"MiniLM fine-tuning took {cls['cost']['gelu']:.0f} s (GELU) and {cls['cost']['relu']:.0f} s (ReLU).",
-        ],
+        "measured": measured, "headline": headline, "tables": tables, "plots": plots, "cache": caches,
+        "details": {"minilm": cls, "smollm2": lm},
+        "notes": notes,
     }

@@ -1,6 +1,7 @@
 """Recipe ``sparsity``: FFN activation sparsity of real models on real text (MoEfication's observation)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -10,9 +11,20 @@ from .. import arch
 from ..analysis.sparsity import LayerSparsity, SparsityConfig, ffn_sparsity
 from ..assets import load_model
 from ..data.text import english_corpus
-from .registry import RecipeContext, recipe
+from .registry import Budgets, RecipeContext, recipe
 
 MODELS = ("minilm", "smollm2")
+
+
+@dataclass(frozen=True)
+class SparsitySettings:
+    corpus_chars: int  # real English text measured (passages of up to ``max_length`` tokens)
+    max_length: int
+    models: tuple[str, ...] = MODELS
+
+
+QUICK = SparsitySettings(corpus_chars=20_000, max_length=128)
+FULL = SparsitySettings(corpus_chars=400_000, max_length=256)
 
 
 def _random_init_like(model: torch.nn.Module, seed: int) -> torch.nn.Module:
@@ -77,19 +89,23 @@ def _plots(ctx: RecipeContext, runs: dict[str, list[LayerSparsity]]) -> list[str
     paper_claim="Most inputs activate only a tiny ratio of FFN neurons (ReLU T5/BERT); 10-30% of FFN parameters "
                 "keep over 95% of performance.",
     citation="Zhang et al., MoEfication: Transformer Feed-forward Layers are Mixtures of Experts, Findings of ACL 2022",
+    budgets=Budgets(quick=QUICK, full=FULL),
 )
 def run(ctx: RecipeContext) -> dict[str, Any]:
-    cfg = SparsityConfig(max_length=128 if ctx.quick else 256)
-    texts = english_corpus(max_chars=40_000 if ctx.quick else 400_000, seed=ctx.seed)
+    S: SparsitySettings = ctx.settings
+    cfg = SparsityConfig(max_length=S.max_length)
+    texts = english_corpus(max_chars=S.corpus_chars, seed=ctx.seed)
     runs: dict[str, list[LayerSparsity]] = {}
     rows, kinds = [], {}
-    for name in MODELS:
-        model, tok = load_model(name, task="base")
-        kinds[name] = arch.ffn_kind(model)
-        runs[name] = ffn_sparsity(model, tok, texts, cfg, progress=ctx.progress)
+    for name in S.models:
+        with ctx.phase(f"{name}: trained"):
+            model, tok = load_model(name, task="base")
+            kinds[name] = arch.ffn_kind(model)
+            runs[name] = ffn_sparsity(model, tok, texts, cfg, progress=ctx.progress)
         rows.append(_summary(name, runs[name], "trained"))
-        control = _random_init_like(model, ctx.seed)
-        runs[f"{name} random-init"] = ffn_sparsity(control, tok, texts, cfg, progress=ctx.progress)
+        with ctx.phase(f"{name}: random-init control"):
+            control = _random_init_like(model, ctx.seed)
+            runs[f"{name} random-init"] = ffn_sparsity(control, tok, texts, cfg, progress=ctx.progress)
         rows.append(_summary(name, runs[f"{name} random-init"], "random init (control)"))
         del model, control
     plots = _plots(ctx, runs)
@@ -98,9 +114,18 @@ def run(ctx: RecipeContext) -> dict[str, Any]:
     contrasts = [
         f"{n}: top-10% mass {best[n][9]:.1%} trained vs {control[n][9]:.1%} random init; share of neurons with "
         f"|a| > 0.1 ranges {best[n][7]:.0%}-{best[n][8]:.0%} over layers trained vs "
-        f"{control[n][7]:.0%}-{control[n][8]:.0%} random init" for n in MODELS
+        f"{control[n][7]:.0%}-{control[n][8]:.0%} random init" for n in S.models
     ]
+    n0 = "smollm2" if "smollm2" in best else next(iter(best))
+    headline = {
+        "metric": f"{n0}: share of |FFN activation| mass in the top 10% of neurons (random init "
+                  f"{control[n0][9]:.1%})",
+        "ours": f"{best[n0][9]:.1%}",
+        "paper": "most inputs activate a tiny ratio of neurons (ReLU T5/BERT)",
+        "peer": None,
+    }
     return {
+        "headline": headline,
         "measured": {
             f"{n}.{k}": v for n, r in best.items()
             for k, v in zip(("active@0", "active@0.1", "top10%", "top20%", "top30%"), (r[5], r[6], r[9], r[10], r[11]))
@@ -122,7 +147,7 @@ def run(ctx: RecipeContext) -> dict[str, Any]:
                     ["peers TEAL / CATS", "SiLU-gated LLMs", "magnitude thresholding instead of exact zeros"],
                     *[[f"plmkit, {n}", kinds[n],
                        f"top 10% of neurons hold {best[n][9]:.0%} of |activation| mass, top 30% hold "
-                       f"{best[n][11]:.0%}; {best[n][6]:.0%} of neurons have |a| > 0.1"] for n in MODELS],
+                       f"{best[n][11]:.0%}; {best[n][6]:.0%} of neurons have |a| > 0.1"] for n in S.models],
                 ],
             },
         ],
@@ -134,5 +159,7 @@ def run(ctx: RecipeContext) -> dict[str, Any]:
             "The random-init rows use the same architecture with untrained weights: the gap between trained and "
             "random rows is what pretraining produced, measured here:",
             *contrasts,
+            *([f"Quick run: {len(texts)} passages ({S.corpus_chars:,} characters) of up to {S.max_length} tokens; the "
+               "full run measures 400,000 characters at up to 256 tokens."] if ctx.quick else []),
         ],
     }

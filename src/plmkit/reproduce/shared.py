@@ -1,0 +1,204 @@
+"""Expensive artifacts several recipes need, built once and kept in :mod:`plmkit.cache`.
+
+- :func:`topic_classifier`: MiniLM fine-tuned on real fortune topics (train split only), GELU or ReLU-fied.
+- :func:`relufied_lm`: SmolLM2 with ReLU FFN activations after a short LM fine-tune.
+- :func:`minilm_mlm`: MiniLM with an MLM head fitted on the frozen encoder (MiniLM ships without one).
+
+Each returns ``(model, tokenizer, cache_info)``; record ``cache_info`` in the recipe's results.
+Saved in Hugging Face layout with safetensors; the key covers the settings, the data split and the
+model's identity, so a change in any of them builds a new entry.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..assets import load_model
+from ..cache import cached, model_identity
+
+TOPICS = ("computers", "politics", "science", "songs-poems")
+
+
+@dataclass(frozen=True)
+class TopicSplit:
+    """Fortune topic classification (4 real categories), split per category into train / validation / test."""
+
+    seed: int = 0
+    validation_share: float = 0.15
+    test_share: float = 0.2
+
+
+def fortune_topics(split: TopicSplit = TopicSplit()) -> dict[str, list[dict]]:
+    """``{"train", "validation", "test"}`` rows of ``{"text", "label"}``, stratified by category; a text
+    filed under several categories is dropped (its label is ambiguous and it would straddle splits)."""
+    from collections import Counter
+
+    from ..data import text
+
+    rng = np.random.default_rng(split.seed)
+    by_cat = {cat: list(dict.fromkeys(" ".join(r["text"].split()) for r in text.fortunes(cat))) for cat in TOPICS}
+    seen = Counter(t for texts in by_cat.values() for t in texts)
+    parts: dict[str, list[dict]] = {"train": [], "validation": [], "test": []}
+    for label, cat in enumerate(TOPICS):
+        rows = [{"text": t, "label": label} for t in by_cat[cat] if seen[t] == 1]
+        order = rng.permutation(len(rows))
+        n_test, n_val = round(split.test_share * len(rows)), round(split.validation_share * len(rows))
+        parts["test"] += [rows[i] for i in order[:n_test]]
+        parts["validation"] += [rows[i] for i in order[n_test:n_test + n_val]]
+        parts["train"] += [rows[i] for i in order[n_test + n_val:]]
+    return {k: [v[i] for i in rng.permutation(len(v))] for k, v in parts.items()}
+
+
+@dataclass(frozen=True)
+class ClassifierSettings:
+    relu: bool = False  # ReLU FFN activations from the start of fine-tuning
+    steps: int = 150
+    batch_size: int = 16
+    lr: float = 1e-4
+    max_length: int = 64
+    split: TopicSplit = TopicSplit()
+    mixed_precision: str = "auto"  # "auto": plmkit.device.mixed_precision(), resolved before the cache key
+
+
+def _resolved(settings):
+    """``settings`` with ``mixed_precision="auto"`` replaced by this machine's choice (it changes the weights)."""
+    from dataclasses import replace
+
+    from ..device import mixed_precision
+
+    return replace(settings, mixed_precision=mixed_precision()) if settings.mixed_precision == "auto" else settings
+
+
+def topic_classifier(settings: ClassifierSettings, progress: bool = False) -> tuple[Any, Any, dict[str, Any]]:
+    """MiniLM fine-tuned on the train split of :func:`fortune_topics` (from the cache when built before)."""
+    from ..compress.moefication import relufy
+    from ..train.classify import fine_tune_classifier
+
+    settings = _resolved(settings)
+
+    def build(tmp: Path) -> None:
+        torch.manual_seed(settings.split.seed)
+        model, tok = load_model("minilm", task="sequence-classification", num_labels=len(TOPICS))
+        if settings.relu:
+            relufy(model)
+        t = time.perf_counter()
+        res = fine_tune_classifier(model, tok, fortune_topics(settings.split)["train"], tmp / "_train",
+                                   steps=settings.steps, batch_size=settings.batch_size, lr=settings.lr,
+                                   max_length=settings.max_length, seed=settings.split.seed,
+                                   mixed_precision=settings.mixed_precision, progress=progress)
+        _discard(tmp / "_train")
+        _save(model, tok, tmp, {"relufied": settings.relu, "train_seconds": round(time.perf_counter() - t, 1),
+                                "loss_first": res.losses[0] if res.losses else None,
+                                "loss_last": res.losses[-1] if res.losses else None})
+
+    entry = cached("minilm-topic-classifier", asdict(settings), {"model": model_identity("minilm"),
+                                                                 "data": "fortunes:" + ",".join(TOPICS)}, build)
+    return (*_load(entry.path, "sequence-classification"), _info(entry))
+
+
+@dataclass(frozen=True)
+class ReluLMSettings:
+    """ReLU-fication of SmolLM2: swap SiLU for ReLU, then a short causal-LM fine-tune on English text."""
+
+    steps: int = 40
+    batch_size: int = 4
+    max_length: int = 128
+    lr: float = 2e-4
+    corpus_chars: int = 200_000
+    seed: int = 0
+    mixed_precision: str = "auto"
+
+
+def relufied_lm(settings: ReluLMSettings, progress: bool = False) -> tuple[Any, Any, dict[str, Any]]:
+    """SmolLM2 ReLU-fied and fine-tuned on the even passages of ``english_corpus`` (odd ones stay held out)."""
+    from ..compress.moefication import relufy
+    from ..data.text import english_corpus
+    from ..train import TrainConfig, causal_lm_collate, train
+
+    settings = _resolved(settings)
+
+    def build(tmp: Path) -> None:
+        model, tok = load_model("smollm2")
+        relufy(model)
+        texts = english_corpus(max_chars=settings.corpus_chars, seed=settings.seed)[::2]
+        ids = tok(list(texts), truncation=True, max_length=settings.max_length)["input_ids"]
+        data = [{"input_ids": e} for e in ids if len(e) > 16]
+        model.train()
+        t = time.perf_counter()
+        res = train(model, data, TrainConfig(out_dir=str(tmp / "_train"), max_steps=settings.steps,
+                                             batch_size=settings.batch_size, lr=settings.lr,
+                                             warmup_steps=max(1, settings.steps // 10), resume=False,
+                                             progress=progress, seed=settings.seed,
+                                             mixed_precision=settings.mixed_precision),
+                    collate_fn=causal_lm_collate(tok))
+        _discard(tmp / "_train")
+        _save(model.eval(), tok, tmp, {"relufied": True, "train_seconds": round(time.perf_counter() - t, 1),
+                                       "tokens": settings.steps * settings.batch_size * settings.max_length,
+                                       "loss_first": res.losses[0] if res.losses else None,
+                                       "loss_last": res.losses[-1] if res.losses else None})
+
+    entry = cached("smollm2-relufied", asdict(settings), {"model": model_identity("smollm2"),
+                                                          "data": "english_corpus"}, build)
+    return (*_load(entry.path, "causal-lm"), _info(entry))
+
+
+@dataclass(frozen=True)
+class MLMHeadSettings:
+    steps: int = 100
+    batch_size: int = 16
+    max_length: int = 128
+    lr: float = 1e-3
+    seed: int = 0
+
+
+def minilm_mlm(settings: MLMHeadSettings, progress: bool = False) -> tuple[Any, Any, dict[str, Any]]:
+    """MiniLM with an MLM head fitted on the frozen encoder over :func:`plmkit.knowledge.kepler_run.lm_texts`."""
+    from ..knowledge.kepler_run import lm_texts
+    from ..train.heads import fit_lm_head
+
+    def build(tmp: Path) -> None:
+        torch.manual_seed(settings.seed)
+        lm, tok = load_model("minilm", task="masked-lm")
+        texts, _ = lm_texts(seed=settings.seed)
+        t = time.perf_counter()
+        fit_lm_head(lm, tok, texts, tmp / "_train", steps=settings.steps, batch_size=settings.batch_size,
+                    lr=settings.lr, max_length=settings.max_length, seed=settings.seed, progress=progress)
+        _discard(tmp / "_train")
+        _save(lm, tok, tmp, {"head_seconds": round(time.perf_counter() - t, 1)})
+
+    entry = cached("minilm-mlm-head", asdict(settings), {"model": model_identity("minilm"), "data": "lm_texts"},
+                   build)
+    return (*_load(entry.path, "masked-lm"), _info(entry))
+
+
+def _discard(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _save(model, tok, folder: Path, meta: dict[str, Any]) -> None:
+    model.save_pretrained(folder, safe_serialization=True)
+    tok.save_pretrained(folder)
+    (folder / "plmkit_artifact.json").write_text(json.dumps(meta, indent=2))
+
+
+def _load(folder: Path, task: str):
+    from ..compress.moefication import relufy
+
+    meta = json.loads((folder / "plmkit_artifact.json").read_text())
+    model, tok = load_model(str(folder), task=task)
+    if meta.get("relufied"):
+        relufy(model)  # the activation swap holds no weights, so it is re-applied on load
+    return model.eval(), tok
+
+
+def _info(entry) -> dict[str, Any]:
+    meta = json.loads((entry.path / "plmkit_artifact.json").read_text())
+    return {**entry.info(), "built_with": meta}
