@@ -93,13 +93,18 @@ def topic_classifier(settings: ClassifierSettings, progress: bool = False) -> tu
                                    max_length=settings.max_length, seed=settings.split.seed,
                                    mixed_precision=settings.mixed_precision, progress=progress)
         _discard(tmp / "_train")
-        _save(model, tok, tmp, {"relufied": settings.relu, "train_seconds": round(time.perf_counter() - t, 1),
-                                "loss_first": res.losses[0] if res.losses else None,
-                                "loss_last": res.losses[-1] if res.losses else None})
+        _save(model, tok, tmp, {"relufied": settings.relu, **_fit_summary(res, t)})
 
     entry = cached("minilm-topic-classifier", asdict(settings), {"model": model_identity("minilm"),
                                                                  "data": "fortunes:" + ",".join(TOPICS)}, build)
     return (*_load(entry.path, "sequence-classification"), _info(entry))
+
+
+def _fit_summary(res: Any, started: float) -> dict[str, Any]:
+    """Training time and first/last logged loss of a cached fine-tune, kept in its metadata."""
+    return {"train_seconds": round(time.perf_counter() - started, 1),
+            "loss_first": res.losses[0] if res.losses else None,
+            "loss_last": res.losses[-1] if res.losses else None}
 
 
 @dataclass(frozen=True)
@@ -138,10 +143,8 @@ def relufied_lm(settings: ReluLMSettings, progress: bool = False) -> tuple[Any, 
                                              mixed_precision=settings.mixed_precision),
                     collate_fn=causal_lm_collate(tok))
         _discard(tmp / "_train")
-        _save(model.eval(), tok, tmp, {"relufied": True, "train_seconds": round(time.perf_counter() - t, 1),
-                                       "tokens": settings.steps * settings.batch_size * settings.max_length,
-                                       "loss_first": res.losses[0] if res.losses else None,
-                                       "loss_last": res.losses[-1] if res.losses else None})
+        _save(model.eval(), tok, tmp, {"relufied": True, **_fit_summary(res, t),
+                                       "tokens": settings.steps * settings.batch_size * settings.max_length})
 
     entry = cached("smollm2-relufied", asdict(settings), {"model": model_identity("smollm2"),
                                                           "data": "english_corpus"}, build)
