@@ -149,12 +149,12 @@ class Captured(Mapping):
     each value concatenates every forward call along dim 0."""
 
     def __init__(self, pool: str, mask: torch.Tensor | None, dtype: torch.dtype | None, virtual_tokens: int = 0,
-                 device: torch.device | str | None = None):
+                 device: torch.device | str | None = None, order: Sequence[str] = ()):
         self._parts: dict[str, list[torch.Tensor]] = {}
         self._joined: dict[str, torch.Tensor] = {}
         self.pool, self.mask, self.dtype, self.virtual_tokens = pool, mask, dtype, virtual_tokens
         self.device = device
-        self._order: dict[str, int] = {}
+        self._order = {name: i for i, name in enumerate(order)}
 
     def set_mask(self, mask: torch.Tensor | None) -> None:
         """Set the padding mask of the next forward pass."""
@@ -233,8 +233,7 @@ def capture(
     names = [sites] if isinstance(sites, str) else list(sites)
     resolved = [resolve_site(model, name, override) for name in names]  # every lookup before any hook
     store = Captured(pool, None if attention_mask is _UNSET else attention_mask, dtype, arch.virtual_tokens(model),
-                     device)
-    store._order = {site.name: i for i, site in enumerate(resolved)}
+                     device, order=[site.name for site in resolved])
     handles: list[Any] = []
     with _hooked(handles):
         for site in resolved:
@@ -243,10 +242,10 @@ def capture(
 
             if site.point == "input":
                 handles.append(site.module.register_forward_pre_hook(
-                    lambda m, args, kwargs, r=record: r(_first_input(args, kwargs)) and None, with_kwargs=True))
+                    lambda m, args, kwargs, r=record: r(_first_input(args, kwargs)), with_kwargs=True))
             else:
                 handles.append(site.module.register_forward_hook(
-                    lambda m, args, out, r=record, site=site: r(_output(out, site)) and None))
+                    lambda m, args, out, r=record, site=site: r(_output(out, site))))
         yield store
 
 

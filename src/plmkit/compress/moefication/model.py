@@ -181,10 +181,10 @@ def unmoefy(model: nn.Module, override: arch.layers.Override = None) -> nn.Modul
     for layer in arch.layers(model, override):
         ffn = arch.ffn_module(layer)
         if isinstance(ffn, MoEFFN):
-            path = ffn_container = layer.ffn_in_path.rpartition(".")[0]
-            layer.block.set_submodule(ffn_container, ffn.unwrap())
+            container = layer.ffn_in_path.rpartition(".")[0]
+            layer.block.set_submodule(container, ffn.unwrap())
             out = arch.get_module(layer.block, layer.ffn_out_path, originals=False)
-            if isinstance(out, Bypass) and not layer.ffn_out_path.startswith(path + "."):
+            if isinstance(out, Bypass) and not layer.ffn_out_path.startswith(container + "."):
                 layer.block.set_submodule(layer.ffn_out_path, out.unwrap())
     if hasattr(model, "_plmkit_moefication"):
         del model._plmkit_moefication
