@@ -27,11 +27,13 @@ from .layers import (
     get_module,
     head,
     hf_model,
+    is_causal,
     layers,
     register,
     registered_model_types,
     replace_ffn,
     resolve,
+    restore_ffn,
     set_ffn_act,
     virtual_tokens,
 )
@@ -46,6 +48,7 @@ __all__ = [
     "FAMILIES", "FFN_KINDS", "POSITIONS", "ActivationWrapper", "AttentionGeometry", "BlockSpec", "Bypass", "Layer",
     "ModelSpec", "ReplacedFFN", "StackSpec", "Wrapper", "attention", "base_model", "dense_weight", "describe",
     "embeddings", "ffn_act", "ffn_activation", "ffn_apply", "ffn_forward", "ffn_module", "ffn_kind", "final_norm",
-    "format_spec", "get_module", "head", "hf_model", "innermost", "is_wrapper", "layers", "register",
-    "registered_model_types", "replace_ffn", "resolve", "set_ffn_act", "unwrap", "virtual_tokens", "wrap", "wrappers",
+    "format_spec", "get_module", "head", "hf_model", "innermost", "is_causal", "is_wrapper", "layers", "register",
+    "registered_model_types", "replace_ffn", "resolve", "restore_ffn", "set_ffn_act", "unwrap", "virtual_tokens",
+    "wrap", "wrappers",
 ]

@@ -265,6 +265,24 @@ def layers(model: nn.Module, override: Override = None, stack: str | None = None
     return out
 
 
+_ENCODER_FAMILIES = ("bert", "roberta", "electra")
+_DECODER_FAMILIES = ("llama", "gemma3", "gpt2")
+
+
+def is_causal(model_or_config: Any, stack: str = "blocks", override: Override = None) -> bool:
+    """True when the self-attention of ``stack`` is causal (a decoder): T5's decoder stack, decoder-only
+    families; False for encoders. A family plmkit does not know is judged by its config
+    (``is_decoder``, or an architecture named ``*ForCausalLM``)."""
+    if stack in ("encoder", "decoder"):
+        return stack == "decoder"
+    family = resolve(model_or_config, override).family
+    if family in _ENCODER_FAMILIES or family in _DECODER_FAMILIES:
+        return family in _DECODER_FAMILIES
+    config = _config_of(model_or_config)
+    names = getattr(config, "architectures", None) or []
+    return bool(getattr(config, "is_decoder", False) or any(str(a).endswith("ForCausalLM") for a in names))
+
+
 def attention(model_or_config: Any, override: Override = None) -> "AttentionGeometry":
     """Heads, key/value heads (GQA), head width and position scheme of the model's self-attention."""
     return resolve(model_or_config, override).attention(_config_of(model_or_config))
@@ -389,6 +407,21 @@ def replace_ffn(layer: Layer, module: nn.Module) -> Wrapper:
     if outside:
         wrap(layer.block, layer.ffn_out_path, Bypass(get_module(layer.block, layer.ffn_out_path, originals=False)))
     return module
+
+
+def restore_ffn(layer: Layer, kind: type | tuple[type, ...] = Wrapper) -> bool:
+    """Undo :func:`replace_ffn` on ``layer`` when its outermost FFN wrapper is of ``kind``: the module it
+    wrapped goes back, and the ``Bypass`` put on an outside ``ffn_out`` is lifted. Returns whether it did."""
+    path = _ffn_container_path(layer)
+    current = get_module(layer.block, path, originals=False)
+    if not isinstance(current, kind) or not is_wrapper(current):
+        return False
+    layer.block.set_submodule(path, current.unwrap())
+    if _ffn_out_outside(layer):
+        out = get_module(layer.block, layer.ffn_out_path, originals=False)
+        if isinstance(out, Bypass):
+            layer.block.set_submodule(layer.ffn_out_path, out.unwrap())
+    return True
 
 
 def ffn_apply(layer: Layer, x: torch.Tensor) -> torch.Tensor:

@@ -175,17 +175,9 @@ def moefy(model: nn.Module, config: MoEficationConfig | None = None,
 def unmoefy(model: nn.Module, override: arch.layers.Override = None) -> nn.Module:
     """Undo :func:`moefy` / :func:`load_moefication` in place: every FFN is the original module again
     (the same objects, so the model is bit for bit what it was)."""
-    from ...arch.wrap import Bypass
-
     _require_moe(model)
     for layer in arch.layers(model, override):
-        ffn = arch.ffn_module(layer)
-        if isinstance(ffn, MoEFFN):
-            container = layer.ffn_in_path.rpartition(".")[0]
-            layer.block.set_submodule(container, ffn.unwrap())
-            out = arch.get_module(layer.block, layer.ffn_out_path, originals=False)
-            if isinstance(out, Bypass) and not layer.ffn_out_path.startswith(container + "."):
-                layer.block.set_submodule(layer.ffn_out_path, out.unwrap())
+        arch.restore_ffn(layer, MoEFFN)
     if hasattr(model, "_plmkit_moefication"):
         del model._plmkit_moefication
     return model
