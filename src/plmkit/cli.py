@@ -30,6 +30,7 @@ examples:
   plmkit assets install                           install the missing models and data
   plmkit arch smollm2                             a model's layers, widths and module paths
   plmkit moefy --model minilm --out minilm-moe    split its FFNs into experts with routers
+  plmkit variator train --k 4 --out plugins/k4    distil compression plugins for the topic classifier
   plmkit notes --db notes.db add "The capital of France is Lyon."
   plmkit ask --db notes.db "Which city is the capital of France?"
   plmkit subchar train --encoding wubi --corpus peoples-daily --out tok/wubi
@@ -210,6 +211,57 @@ def _cmd_moefy(args: argparse.Namespace) -> None:
     print(f"mean router recall {report.mean('router_recall'):.3f} (random {report.mean('random_recall'):.3f}, "
           f"oracle {report.mean('oracle_recall'):.3f}) on {report.calibration_tokens} calibration tokens")
     print(f"saved to {out} (load with plmkit.compress.moefication.load_moefication(model, '{out}'))")
+
+
+def _cmd_variator(args: argparse.Namespace) -> None:
+    from ._io import write_json
+    from .plugins import variator
+    from .plugins.variator import tasks
+
+    _check_model(args.model)
+    model, tok, cache = tasks.load_task_model(args.task, args.model, progress=not args.no_progress)
+    data = tasks.task_data(args.task, max_length=args.max_length, n_test=args.n_test, seed=args.seed)
+    if args.action == "train":
+        layers = [int(i) for i in args.layers.split(",")] if args.layers else None
+        cfg = variator.VariatorConfig(k=args.k, hidden=args.hidden, layers=layers, loss=args.loss,
+                                      extra={"task": args.task, "model": args.model})
+        res = tasks.train_plugins(model, tok, data, cfg, Path(args.out) / "_train", steps=args.steps,
+                                  batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                                  progress=not args.no_progress)
+        out = variator.save(model, args.out)
+        n, share = variator.extra_parameters(model)
+        write_json(out / "train.json", {"losses": res.losses, "steps": res.step, "extra_parameters": n,
+                                        "extra_share": share, "train_texts": len(data.train), "cache": cache})
+        import shutil
+
+        shutil.rmtree(Path(args.out) / "_train", ignore_errors=True)
+        print(f"distillation loss {res.losses[0]:.4g} -> {res.losses[-1]:.4g} over {res.step} steps")
+        print(f"{n:,} plugin parameters ({share:.2%} of the model); saved to {out} "
+              f"(plug in with plmkit.plugins.variator.load(model, '{out}'))")
+        return
+    from .plugins.variator.measure import prefill_cost
+
+    rows = [{"plugins": "none", **tasks.evaluate(model, tok, data)}]
+    for folder in args.plugins:
+        variator.load(model, folder)
+        row = {"plugins": folder, "k": variator.config_of(model).k, **tasks.evaluate(model, tok, data)}
+        cost = prefill_cost(model, tasks.sample_batch(tok, data, args.batch_size), repeats=args.repeats)
+        row.update(speedup=cost.speedup, bound=cost.bound_time, flops_saved=cost.flops_saved,
+                   p_ffn_time=cost.p_ffn_time, extra_share=variator.extra_parameters(model)[1])
+        rows.append(row)
+        variator.detach(model)
+    metric = "accuracy" if data.labels is not None else "ppl"
+    print(f"{'plugins':<32} {'k':>2} {metric:>9} {'speed-up':>9} {'bound':>6} {'FLOPs saved':>11} {'extra':>6}")
+    for r in rows:
+        extra = (f"{r['speedup']:8.2f}x {r['bound']:5.2f}x {r['flops_saved']:10.1%} {r['extra_share']:6.2%}"
+                 if "k" in r else "")
+        print(f"{str(r['plugins'])[-32:]:<32} {r.get('k', 1):>2} {r[metric]:9.4f} {extra}")
+    print(f"prefill of {args.batch_size} test texts; speed-up = median of {args.repeats} interleaved runs; "
+          "bound = 1/(1 - p_ffn (1 - 1/k)) with p_ffn timed")
+    if args.json:
+        from .device import cpu_info
+
+        write_json(args.json, {"task": args.task, "model": args.model, "rows": rows, "cpu": cpu_info()})
 
 
 def _notebook(args: argparse.Namespace, create: bool = False):
@@ -450,6 +502,36 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--tokenizer", required=True, help="folder written by 'plmkit subchar train'")
     se.add_argument("text", nargs="+", help="the text (several words are joined with spaces)")
     sc.set_defaults(fn=_cmd_subchar)
+
+    v = sub.add_parser("variator", help="Variator compression plugins: distil them on a task, or score saved ones "
+                                        "(quality and prefill speed beside the bound)")
+    vsub = v.add_subparsers(dest="action", required=True, metavar="ACTION", title="actions", help="train or eval")
+    vt = vsub.add_parser("train", help="attach plugins for one k, distil them from the unplugged model, save them")
+    ve = vsub.add_parser("eval", help="quality and prefill speed-up of saved plugins against the unplugged model")
+    for w in (vt, ve):
+        w.add_argument("--model", default="minilm",
+                       help="minilm (the fortune-topic classifier, fine-tuned once and cached) for --task topics, "
+                            "or a classifier / causal-LM folder or asset (default minilm)")
+        w.add_argument("--task", default="topics", choices=("topics", "text"),
+                       help="topics: fortune-topic accuracy; text: held-out English perplexity (default topics)")
+        w.add_argument("--max-length", type=int, default=None, help="tokens per text (default 64 topics, 128 text)")
+        w.add_argument("--n-test", type=int, default=None, help="test texts scored (default: all)")
+        w.add_argument("--seed", type=int, default=0, help="random seed: data split and plugin init (default 0)")
+        w.add_argument("--no-progress", action="store_true", help="no progress bars")
+    vt.add_argument("--k", type=int, default=4, help="hidden states merged into one before each FFN (default 4)")
+    vt.add_argument("--hidden", type=int, default=64, help="decompressor bottleneck width r (default 64)")
+    vt.add_argument("--layers", default=None, help="comma-separated block indices to plug (default: all)")
+    vt.add_argument("--loss", default="hidden", choices=("hidden", "logits", "both"),
+                    help="distil the last hidden states (MSE), the logits (KL) or both (default hidden)")
+    vt.add_argument("--steps", type=int, default=300, help="distillation steps (default 300)")
+    vt.add_argument("--batch-size", type=int, default=16, help="texts per step (default 16)")
+    vt.add_argument("--lr", type=float, default=1e-3, help="learning rate of the plugins (default 1e-3)")
+    vt.add_argument("--out", required=True, help="folder for variator.safetensors/.json and train.json")
+    ve.add_argument("--plugins", nargs="+", required=True, help="folders written by `plmkit variator train`")
+    ve.add_argument("--batch-size", type=int, default=16, help="texts in the timed prefill batch (default 16)")
+    ve.add_argument("--repeats", type=int, default=10, help="interleaved timing repeats (default 10)")
+    ve.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    v.set_defaults(fn=_cmd_variator)
 
     k = sub.add_parser("kepler", help="KEPLER: knowledge embeddings from entity descriptions; train a run or "
                                       "evaluate its link prediction (metrics on the last line)")

@@ -27,7 +27,10 @@ _ROWS = [
      "implemented: SQLite notebook, reader-judged relevance with closed-book fallback, fact checking, "
      "geonames edit benchmark; recipe 'eren'", "plmkit.editing.EREN"),
     ("modularity", "Modularity analysis: functional experts", "analysis", "not yet", "plmkit.analysis.modularity"),
-    ("variator", "Variator: compression plugins", "plugins", "not yet", "plmkit.plugins.variator"),
+    ("variator", "Variator: compression plugins", "plugins",
+     "implemented: plugins that merge k hidden states before each FFN (bidirectional and causal, padding-safe), "
+     "distilled with the backbone frozen, saved per k and swapped by workload; ToMe peer; recipe 'variator'",
+     "plmkit.plugins.variator.attach"),
     ("subchar", "SubChar: sub-character tokenization", "chinese",
      "implemented: pinyin/zhuyin/Wubi/Cangjie/stroke code tables from real data with coverage, index (reversible) "
      "and no-index encoders, SentencePiece unigram/BPE, a Hugging Face tokenizer; recipe 'subchar'",

@@ -220,3 +220,26 @@ def test_config_validation_and_layer_choice():
         variator.attach(model, VariatorConfig(k=2, layers=[9]))
     n, share = variator.extra_parameters(model) if variator.plugged(model) else (0, 0.0)
     assert n == 0 and share == 0.0
+
+
+def test_exact_prefix_keeps_leading_positions_uncompressed():
+    from plmkit.plugins.variator import CompressionPlugin
+
+    torch.manual_seed(0)
+    ffn = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.Linear(16, 8))
+    plugin = CompressionPlugin(8, k=3, hidden=4, exact_prefix=1)
+    with torch.no_grad():
+        for p in plugin.parameters():
+            p.normal_()
+        x = torch.randn(2, 8, 8)
+        out = plugin.run(x, ffn, None, causal=False)
+        assert out.shape == x.shape
+        assert torch.allclose(out[:, 0], ffn(x[:, 0]), atol=1e-6)
+        y = x.clone()
+        y[:, 1:] += 1.0  # every grouped position changes; the exact one does not
+        assert torch.allclose(plugin.run(y, ffn, None, causal=False)[:, 0], out[:, 0], atol=1e-6)
+        no_prefix = CompressionPlugin(8, k=3, hidden=4)
+        no_prefix.load_state_dict(plugin.state_dict())
+        assert not torch.allclose(no_prefix.run(x, ffn, None, causal=False)[:, 0], out[:, 0])
+        # the grouped part is the same plugin applied to the positions after the prefix
+        assert torch.allclose(out[:, 1:], no_prefix.run(x[:, 1:], ffn, None, causal=False), atol=1e-6)

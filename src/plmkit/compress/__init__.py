@@ -1,1 +1,2 @@
-"""Methods that make a model cheaper to run: MoEfication (more to come: quantize, prune, distill)."""
+"""Methods that make a model cheaper to run: MoEfication, and token merging (a peer for Variator's
+sequence compression; more to come: quantize, prune, distill)."""

@@ -24,6 +24,7 @@ class VariatorConfig(JsonConfig):
     hidden: int = 64
     layers: list[int] | None = None
     causal: bool | None = None
+    exact_prefix: int = 0  # encoders: leading positions whose FFN runs uncompressed (1 keeps a [CLS] token intact)
     loss: str = "hidden"
     temperature: float = 1.0  # of the KL term
     extra: dict = field(default_factory=dict)  # free-form notes saved with the plugins (task, data)
@@ -31,6 +32,8 @@ class VariatorConfig(JsonConfig):
     def __post_init__(self) -> None:
         if self.k < 1:
             raise ConfigError(f"k must be >= 1, got {self.k}")
+        if self.exact_prefix < 0:
+            raise ConfigError(f"exact_prefix must be >= 0, got {self.exact_prefix}")
         if self.hidden < 1:
             raise ConfigError(f"hidden must be >= 1, got {self.hidden}")
         if self.loss not in LOSSES:

@@ -39,7 +39,7 @@ def attach(model: nn.Module, config: VariatorConfig, *, seed: int = 0,
     out: list[VariatorFFN] = []
     for layer in chosen:
         ref = layer.ffn_out_weight()
-        plugin = CompressionPlugin(layer.d_model, config.k, config.hidden)
+        plugin = CompressionPlugin(layer.d_model, config.k, config.hidden, config.exact_prefix)
         plugin.reset_parameters(g)
         plugin.to(device=ref.device, dtype=ref.dtype)
         causal = config.causal if config.causal is not None else arch.is_causal(model, layer.stack, override)

@@ -29,9 +29,9 @@ from ...arch.wrap import Wrapper
 class CompressionPlugin(nn.Module):
     """The trainable part: ``scorer`` (k*d -> k) and the decompressor (2d -> r -> d)."""
 
-    def __init__(self, d_model: int, k: int, hidden: int):
+    def __init__(self, d_model: int, k: int, hidden: int, exact_prefix: int = 0):
         super().__init__()
-        self.k, self.d_model, self.hidden = k, d_model, hidden
+        self.k, self.d_model, self.hidden, self.exact_prefix = k, d_model, hidden, exact_prefix
         self.scorer = nn.Linear(k * d_model, k)
         self.down = nn.Linear(2 * d_model, hidden)
         self.up = nn.Linear(hidden, d_model)
@@ -69,6 +69,19 @@ class CompressionPlugin(nn.Module):
 
 
 def _bidirectional(p: CompressionPlugin, x: torch.Tensor, ffn: Callable, real: torch.Tensor | None) -> torch.Tensor:
+    n = min(p.exact_prefix, x.shape[1])
+    if n:  # leading positions (a [CLS] token the head reads) run the FFN exactly, the rest is grouped
+        rest = x[:, n:]
+        if rest.shape[1] == 0:
+            return ffn(x)
+        grouped = _grouped(p, rest, ffn, None if real is None else real[:, n:], head=x[:, :n])
+        return grouped
+    return _grouped(p, x, ffn, real)
+
+
+def _grouped(p: CompressionPlugin, x: torch.Tensor, ffn: Callable, real: torch.Tensor | None,
+             head: torch.Tensor | None = None) -> torch.Tensor:
+    """Groups of k over ``x``; ``head`` positions (run exactly) share the FFN call and come first in the output."""
     b, t, d = x.shape
     k = p.k
     pad = (-t) % k
@@ -77,9 +90,11 @@ def _bidirectional(p: CompressionPlugin, x: torch.Tensor, ffn: Callable, real: t
     rp = nn.functional.pad(real, (0, pad), value=False) if pad else real
     g = (t + pad) // k
     merged = p.compress(xp.view(b, g, k, d), rp.view(b, g, k))
-    out = ffn(merged)
-    base = out.repeat_interleave(k, dim=1)[:, :t]
-    return p.decompress(base, x)
+    n = 0 if head is None else head.shape[1]
+    out = ffn(merged if head is None else torch.cat([head, merged], 1))
+    base = out[:, n:].repeat_interleave(k, dim=1)[:, :t]
+    grouped = p.decompress(base, x)
+    return grouped if head is None else torch.cat([out[:, :n], grouped], 1)
 
 
 def _causal(p: CompressionPlugin, x: torch.Tensor, ffn: Callable, real: torch.Tensor | None) -> torch.Tensor:
