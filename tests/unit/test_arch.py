@@ -141,3 +141,13 @@ def test_ffn_apply_is_the_whole_ffn(name):
         h = arch.ffn_forward(layer, x, arch.ffn_act(layer))
         ref = layer.ffn_out(h)
         torch.testing.assert_close(arch.ffn_apply(layer, x), ref)
+
+
+def test_is_causal_per_family_and_stack():
+    from plmkit.testing import tiny_config
+
+    for name, causal in (("bert", False), ("roberta", False), ("electra", False), ("llama", True), ("gpt2", True),
+                         ("gemma3", True)):
+        assert arch.is_causal(tiny_config(name)) is causal, name
+    t5 = tiny_config("t5")
+    assert arch.is_causal(t5, "encoder") is False and arch.is_causal(t5, "decoder") is True
