@@ -148,8 +148,9 @@ class PluginBank:
     """Plugin sets for several k held in memory (a few MB each), swapped on one loaded model by workload.
 
     ``thresholds`` maps k to the smallest workload (batch size, queue length: any count the caller
-    measures) at which it is used; k = 1 means no plugins. ``bank.use_for(workload)`` plugs the largest k
-    whose threshold the workload reaches and returns it.
+    measures) at which it is used; k = 1 means no plugins. Default: 4, 16, 64, ... for the bank's k in
+    increasing order. ``bank.use_for(workload)`` plugs the largest k whose threshold the workload reaches
+    and returns it.
     """
 
     def __init__(self, model: nn.Module, paths: Mapping[int, str | Path], thresholds: Mapping[int, int] | None = None,
