@@ -1,6 +1,6 @@
 """Variator: prefill wall-clock and FLOPs of compression plugins beside their bound, in one process.
 
-    python benchmarks/variator_speed.py [--quick] [--threads 2] [--steps 300] [--plugins DIR] [--out DIR]
+    python benchmarks/variator_speed.py [--quick] [--threads 2] [--steps 600] [--plugins DIR] [--out DIR]
 
 On MiniLM fine-tuned on fortune topics (the cached classifier of plmkit.reproduce.shared), it distils
 k=4 plugins (or loads ``--plugins``), then measures side by side, runs interleaved:
@@ -29,6 +29,7 @@ from plmkit.plugins.variator import VariatorConfig, tasks
 from plmkit.plugins.variator.measure import prefill_cost, token_merging_peer
 
 SETTINGS = {"k": 4, "hidden": 24, "loss": "both", "exact_prefix": 1}  # the recipe's choice on validation
+UNLABELED = 6000  # fortunes of other categories added to the distillation text (the recipe's choice)
 
 
 def measure(model, batch, repeats: int, rounds: int, tolerance: float) -> dict:
@@ -52,7 +53,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer distillation steps, test texts and repeats")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
-    ap.add_argument("--steps", type=int, default=None, help="distillation steps (default 300; quick 60)")
+    ap.add_argument("--steps", type=int, default=None, help="distillation steps (default 600; quick 60)")
     ap.add_argument("--plugins", default=None, help="a folder from `plmkit variator train` instead of distilling")
     ap.add_argument("--repeats", type=int, default=None, help="interleaved repeats per round (default 10; quick 5)")
     ap.add_argument("--rounds", type=int, default=3, help="rounds whose median is reported (default 3)")
@@ -60,11 +61,11 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/out", help="folder for variator_speed.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    steps = args.steps or (60 if args.quick else 300)
+    steps = args.steps or (60 if args.quick else 600)
     repeats = args.repeats or (5 if args.quick else 10)
 
     model, tok, cache = tasks.load_task_model("topics", "minilm")
-    data = tasks.task_data("topics", n_test=240 if args.quick else None)
+    data = tasks.task_data("topics", n_test=240 if args.quick else None, unlabeled=UNLABELED)
     plain = tasks.evaluate(model, tok, data)["accuracy"]
     if args.plugins:
         variator.load(model, args.plugins)

@@ -220,7 +220,8 @@ def _cmd_variator(args: argparse.Namespace) -> None:
 
     _check_model(args.model)
     model, tok, cache = tasks.load_task_model(args.task, args.model, progress=not args.no_progress)
-    data = tasks.task_data(args.task, max_length=args.max_length, n_test=args.n_test, seed=args.seed)
+    data = tasks.task_data(args.task, max_length=args.max_length, n_test=args.n_test, seed=args.seed,
+                           unlabeled=getattr(args, "unlabeled", 0))
     if args.action == "train":
         layers = [int(i) for i in args.layers.split(",")] if args.layers else None
         cfg = variator.VariatorConfig(k=args.k, hidden=args.hidden, layers=layers, loss=args.loss,
@@ -523,6 +524,9 @@ def build_parser() -> argparse.ArgumentParser:
     vt.add_argument("--layers", default=None, help="comma-separated block indices to plug (default: all)")
     vt.add_argument("--loss", default="hidden", choices=("hidden", "logits", "both"),
                     help="distil the last hidden states (MSE), the logits (KL) or both (default hidden)")
+    vt.add_argument("--unlabeled", type=int, default=0,
+                    help="topics: add up to N fortunes of other categories to the distillation text (default 0; "
+                         "the recipe chose 6000 on validation)")
     vt.add_argument("--steps", type=int, default=300, help="distillation steps (default 300)")
     vt.add_argument("--batch-size", type=int, default=16, help="texts per step (default 16)")
     vt.add_argument("--lr", type=float, default=1e-3, help="learning rate of the plugins (default 1e-3)")

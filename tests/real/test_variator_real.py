@@ -46,3 +46,14 @@ def test_cli_train_then_eval_on_a_real_classifier(tmp_path, capsys):
     rows = json.loads((tmp_path / "eval.json").read_text())["rows"]
     assert [r.get("k", 1) for r in rows] == [1, 4]
     assert 0 < rows[1]["flops_saved"] < 1 and rows[1]["speedup"] > 0 and 0 <= rows[1]["accuracy"] <= 1
+
+
+def test_unlabeled_distillation_text_never_holds_a_split_text():
+    from plmkit.plugins.variator.tasks import task_data
+
+    data = task_data("topics", unlabeled=3000, seed=0)
+    norm = lambda t: " ".join(t.split())  # noqa: E731
+    held = {norm(t) for t in data.train + data.validation + data.test}
+    assert len(data.unlabeled) == 3000 and not {norm(t) for t in data.unlabeled} & held
+    assert task_data("topics", unlabeled=3000, seed=0).unlabeled == data.unlabeled
+    assert task_data("topics", unlabeled=3000, seed=1).unlabeled != data.unlabeled

@@ -43,7 +43,8 @@ class VariatorSettings:
     classifier: ClassifierSettings
     n_test: int | None  # texts of each of validation and test (None: all)
     repeats: int  # interleaved timing repeats
-    grid: tuple[tuple[str, int], ...] = (("both", 1),)  # (loss, exact_prefix) candidates, chosen on validation
+    # (loss, exact_prefix, unlabeled fortunes added to the distillation text) candidates, chosen on validation
+    grid: tuple[tuple[str, int, int], ...] = (("both", 1, 6000),)
     hidden: int = 24  # MiniLM (d=384): keeps the plugins under 1% of its parameters at k = 4
     batch_size: int = 16
     lr: float = 1e-3
@@ -54,8 +55,8 @@ class VariatorSettings:
 
 QUICK = VariatorSettings(ks=(4,), seeds=(0,), steps=60, n_test=240, repeats=5,
                          classifier=ClassifierSettings(steps=60, lr=3e-4, max_length=48))
-FULL = VariatorSettings(ks=(2, 4, 8), seeds=(0, 1, 2), steps=300, n_test=None, repeats=15,
-                        grid=(("hidden", 0), ("hidden", 1), ("logits", 1), ("both", 1)),
+FULL = VariatorSettings(ks=(2, 4, 8), seeds=(0, 1, 2), steps=600, n_test=None, repeats=15,
+                        grid=(("hidden", 0, 0), ("both", 1, 0), ("both", 1, 6000)),
                         classifier=ClassifierSettings(steps=150), lm=LMSettings())
 
 
@@ -65,15 +66,16 @@ def _ms(xs: list[float], scale: float = 1.0, digits: int = 2) -> str:
 
 
 class _Plugins:
-    """Distils plugin sets for the classifier, once per (k, loss, exact_prefix, seed), saved under the run."""
+    """Distils plugin sets for the classifier, once per (k, loss, exact_prefix, unlabeled, seed), saved under
+    the run."""
 
     def __init__(self, ctx: RecipeContext, S: VariatorSettings, model, tok, data: tasks.TaskData):
         self.ctx, self.S, self.model, self.tok, self.data = ctx, S, model, tok, data
         self.done: dict[tuple, dict[str, Any]] = {}
 
-    def get(self, k: int, loss: str, prefix: int, seed: int) -> dict[str, Any]:
+    def get(self, k: int, loss: str, prefix: int, unlabeled: int, seed: int) -> dict[str, Any]:
         """Plugs the set (training it the first time); returns its training record."""
-        key = (k, loss, prefix, seed)
+        key = (k, loss, prefix, unlabeled, seed)
         if key in self.done:
             variator.load(self.model, self.done[key]["path"])
             return self.done[key]
@@ -82,10 +84,11 @@ class _Plugins:
                              extra={"task": "topics", "model": "minilm-topic-classifier"})
         with ctx.phase(f"distil k={k}"):
             t0 = time.perf_counter()
-            res = tasks.train_plugins(self.model, self.tok, self.data, cfg, ctx.out_dir / "_train", steps=S.steps,
+            data = replace(self.data, unlabeled=self.data.unlabeled[:unlabeled])
+            res = tasks.train_plugins(self.model, self.tok, data, cfg, ctx.out_dir / "_train", steps=S.steps,
                                       batch_size=S.batch_size, lr=S.lr, seed=seed, progress=ctx.progress)
             seconds = time.perf_counter() - t0
-        path = variator.save(self.model, ctx.out_dir / "plugins" / f"k{k}-{loss}-prefix{prefix}-seed{seed}")
+        path = variator.save(self.model, ctx.out_dir / "plugins" / f"k{k}-{loss}-prefix{prefix}-u{unlabeled}-seed{seed}")
         n, share = variator.extra_parameters(self.model)
         self.done[key] = {"path": path, "loss_first": res.losses[0], "loss_last": res.losses[-1],
                           "train_s": seconds, "extra_params": n, "extra_share": share}
@@ -97,7 +100,8 @@ def _classifier(ctx: RecipeContext, S: VariatorSettings) -> dict[str, Any]:
     cs = replace(S.classifier, split=split)
     with ctx.phase("classifier (fine-tune or cache)"):
         model, tok, info = topic_classifier(cs, progress=ctx.progress)
-    data = tasks.task_data("topics", max_length=cs.max_length, n_test=S.n_test, seed=split.seed)
+    data = tasks.task_data("topics", max_length=cs.max_length, n_test=S.n_test, seed=split.seed,
+                           unlabeled=max(g[2] for g in S.grid))
     with ctx.phase("evaluate plain"):
         plain = {s: tasks.evaluate(model, tok, data, s)["accuracy"] for s in ("validation", "test")}
     out: dict[str, Any] = {"plain": plain["test"], "plain_validation": plain["validation"], "rows": [], "speed": [],
@@ -105,22 +109,23 @@ def _classifier(ctx: RecipeContext, S: VariatorSettings) -> dict[str, Any]:
                            "n": {"train": len(data.train), "validation": len(data.validation), "test": len(data.test)}}
     plugins = _Plugins(ctx, S, model, tok, data)
     k_select = 4 if 4 in S.ks else S.ks[0]
-    for loss, prefix in S.grid:
-        rec = plugins.get(k_select, loss, prefix, S.seeds[0])
+    for loss, prefix, unlabeled in S.grid:
+        rec = plugins.get(k_select, loss, prefix, unlabeled, S.seeds[0])
         with ctx.phase("evaluate plugged"):
             acc = tasks.evaluate(model, tok, data, "validation")["accuracy"]
-        out["grid"].append({"k": k_select, "loss": loss, "exact_prefix": prefix, "validation_acc": acc,
-                            "loss_last": rec["loss_last"]})
+        out["grid"].append({"k": k_select, "loss": loss, "exact_prefix": prefix, "unlabeled": unlabeled,
+                            "validation_acc": acc, "loss_last": rec["loss_last"]})
         variator.detach(model)
     best = max(out["grid"], key=lambda g: g["validation_acc"])  # the first of equals, in grid order
-    loss, prefix = best["loss"], best["exact_prefix"]
-    out["chosen"] = {"loss": loss, "exact_prefix": prefix}
+    loss, prefix, unlabeled = best["loss"], best["exact_prefix"], best["unlabeled"]
+    out["chosen"] = {"loss": loss, "exact_prefix": prefix, "unlabeled": unlabeled}
+    out["n"]["unlabeled"] = len(data.unlabeled[:unlabeled])
     batches = {b: tasks.sample_batch(tok, data, b) for b in S.speed_batches}
     for k in S.ks:
         row: dict[str, Any] = {"k": k, "accuracy": [], "validation": [], "reloaded": [], "loss_first": [],
                                "loss_last": [], "train_s": []}
         for seed in S.seeds:
-            rec = plugins.get(k, loss, prefix, seed)
+            rec = plugins.get(k, loss, prefix, unlabeled, seed)
             for name in ("loss_first", "loss_last", "train_s"):
                 row[name].append(rec[name])
             row["extra_params"], row["extra_share"] = rec["extra_params"], rec["extra_share"]
@@ -211,15 +216,16 @@ def run(ctx: RecipeContext) -> dict[str, Any]:
     chosen = cls["chosen"]
     tables = [{
         "title": f"Settings chosen on validation (n={cls['n']['validation']}; no plugins: "
-                 f"{cls['plain_validation']:.3f}): distillation loss x exact prefix, k={cls['grid'][0]['k']}, "
+                 f"{cls['plain_validation']:.3f}): distillation loss x exact prefix x unlabeled text, k={cls['grid'][0]['k']}, "
                  f"seed {S.seeds[0]}",
-        "columns": ["loss", "exact prefix", "validation acc", "final distil loss", "chosen"],
-        "rows": [[g["loss"], g["exact_prefix"], f"{g['validation_acc']:.3f}", f"{g['loss_last']:.4f}",
-                  "yes" if (g["loss"], g["exact_prefix"]) == (chosen["loss"], chosen["exact_prefix"]) else ""]
+        "columns": ["loss", "exact prefix", "unlabeled fortunes", "validation acc", "final distil loss", "chosen"],
+        "rows": [[g["loss"], g["exact_prefix"], g["unlabeled"], f"{g['validation_acc']:.3f}", f"{g['loss_last']:.4f}",
+                  "yes" if all(g[c] == chosen[c] for c in chosen) else ""]
                  for g in cls["grid"]]}, {
         "title": f"MiniLM fine-tuned on fortune topics (test n={cls['n']['test']}); plugins distilled for {S.steps} "
-                 f"steps of {S.batch_size} on {cls['n']['train']} train texts, r={S.hidden}, loss {chosen['loss']}, "
-                 f"exact prefix {chosen['exact_prefix']} (chosen on validation); no plugins: test accuracy {plain:.3f}",
+                 f"steps of {S.batch_size} on {cls['n']['train']} train texts + {cls['n']['unlabeled']} unlabeled fortunes of "
+                 f"other categories, r={S.hidden}, loss {chosen['loss']}, exact prefix {chosen['exact_prefix']} (chosen "
+                 f"on validation); no plugins: test accuracy {plain:.3f}",
         "columns": ["k", "test accuracy", "drop (points)", "validation accuracy", "reloaded from disk", "extra params",
                     "distil loss first -> last", "distil s", "seeds"],
         "rows": [[r["k"], _ms(r["accuracy"], digits=3), _ms([plain - a for a in r["accuracy"]], 100, 1),
@@ -275,9 +281,12 @@ def run(ctx: RecipeContext) -> dict[str, Any]:
         "Plugins wrap every FFN of MiniLM (6 blocks); the backbone is frozen and the distillation teacher is the "
         "same model with the plugins bypassed (loss 'hidden': MSE on the last hidden states, padding excluded; "
         "'logits': KL of the class distributions; 'both': their sum). 'exact prefix 1' runs the [CLS] position's "
-        "FFN uncompressed (the classifier reads that token) and groups the rest.",
+        "FFN uncompressed (the classifier reads that token) and groups the rest. Distillation needs no labels, so "
+        "fortunes of the other (non-topic) categories can be added to the distillation text; none equals a "
+        "validation or test text.",
         "Accuracy is on the stratified test split; the classifier and the plugins were trained on the train split "
-        "only, and the loss / exact-prefix setting was chosen on the validation split, never on test.",
+        "only, and the loss / exact-prefix / unlabeled-text setting was chosen on the validation split, never on "
+        "test.",
         "The bound is 1/(1 - p_ffn (1 - 1/k)) with p_ffn timed in the same run (the model against itself with its "
         "FFNs replaced by zeros); the plugins' own work (scoring, decompression) is what keeps measured below it.",
         "Cache: topic classifier " + ("hit" if cls["cache"].get("hit") else "built") + ".",
@@ -285,7 +294,7 @@ def run(ctx: RecipeContext) -> dict[str, Any]:
     if ctx.quick:
         notes.insert(0, f"Quick run: k={'/'.join(map(str, S.ks))}, {len(S.seeds)} seed, {S.steps} distillation steps, "
                         f"test n={cls['n']['test']}, no SmolLM2; the full run adds k=2/8, 3 seeds, {FULL.steps} steps, a "
-                        "loss x exact-prefix grid chosen on validation and SmolLM2 perplexity.")
+                        "settings grid chosen on validation and SmolLM2 perplexity.")
     return {"measured": measured, "headline": headline, "tables": tables, "plots": _plots(ctx, cls),
             "cache": {"minilm-topic-classifier": cls["cache"]}, "details": {"minilm": cls, "smollm2": lm},
             "notes": notes}

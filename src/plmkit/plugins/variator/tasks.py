@@ -32,6 +32,7 @@ class TaskData:
     max_length: int
     validation: list[str] = field(default_factory=list)  # for choosing settings; never the test split
     validation_labels: list[int] | None = None
+    unlabeled: list[str] = field(default_factory=list)  # extra in-domain text for distillation (no labels needed)
 
     def split(self, name: str) -> tuple[list[str], list[int] | None]:
         """(texts, labels) of ``test`` or ``validation``."""
@@ -43,16 +44,23 @@ class TaskData:
 
 
 def task_data(task: str, *, max_length: int | None = None, n_test: int | None = None, corpus_chars: int = 400_000,
-              seed: int = 0) -> TaskData:
-    """Train texts (for distillation) and the scored test split of ``task``."""
+              unlabeled: int = 0, seed: int = 0) -> TaskData:
+    """Train texts (for distillation), validation and the scored test split of ``task``.
+
+    ``unlabeled`` (``topics`` only): up to that many fortunes of the other categories, drawn with ``seed``,
+    as extra distillation text; none of them equals a text of any topic split.
+    """
     if task == "topics":
         from ...reproduce.shared import TopicSplit, fortune_topics
 
         parts = fortune_topics(TopicSplit(seed=seed))
         test, val = parts["test"][:n_test], parts["validation"][:n_test]
+        extra = _other_fortunes(parts, unlabeled, seed) if unlabeled else []
         return TaskData(task, [r["text"] for r in parts["train"]], [r["text"] for r in test],
                         [r["label"] for r in test], max_length or 64, [r["text"] for r in val],
-                        [r["label"] for r in val])
+                        [r["label"] for r in val], extra)
+    if unlabeled:
+        raise ConfigError("unlabeled text is an option of the 'topics' task (the 'text' task is unlabeled already)")
     if task == "text":
         from ...data.text import english_corpus
 
@@ -61,6 +69,20 @@ def task_data(task: str, *, max_length: int | None = None, n_test: int | None = 
         n = n_test or len(held) // 2
         return TaskData(task, corpus[::2], held[1::2][:n], None, max_length or 128, held[::2][:n], None)
     raise ConfigError(f"unknown task '{task}'; choose from {', '.join(TASKS)}")
+
+
+def _other_fortunes(parts: dict[str, list[dict]], n: int, seed: int) -> list[str]:
+    import numpy as np
+
+    from ...data.text import fortunes
+    from ...reproduce.shared import TOPICS
+
+    norm = lambda t: " ".join(t.split())  # noqa: E731
+    taken = {norm(r["text"]) for rows in parts.values() for r in rows}
+    pool = list(dict.fromkeys(norm(r["text"]) for r in fortunes() if r["category"] not in TOPICS))
+    pool = [t for t in pool if t not in taken]
+    order = np.random.default_rng(seed).permutation(len(pool))[:n]
+    return [pool[i] for i in order]
 
 
 def load_task_model(task: str, model: str, *, progress: bool = False) -> tuple[nn.Module, Any, dict]:
@@ -81,11 +103,11 @@ def load_task_model(task: str, model: str, *, progress: bool = False) -> tuple[n
 def train_plugins(model: nn.Module, tokenizer, data: TaskData, config: VariatorConfig, out_dir: str | Path, *,
                   steps: int, batch_size: int = 16, lr: float = 1e-3, seed: int = 0, mixed_precision: str = "auto",
                   progress: bool = True) -> TrainResult:
-    """Attach fresh plugins (seeded) and distil them on the task's train texts."""
+    """Attach fresh plugins (seeded) and distil them on the task's train texts (and its unlabeled ones)."""
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     attach(model, config, seed=seed)
-    ids = tokenizer(data.train, truncation=True, max_length=data.max_length)["input_ids"]
+    ids = tokenizer(data.train + data.unlabeled, truncation=True, max_length=data.max_length)["input_ids"]
     records = [{"input_ids": e} for e in ids if len(e) >= 2]
     return distill(model, records, TrainConfig(out_dir=str(out_dir), max_steps=steps, batch_size=batch_size, lr=lr,
                                                warmup_steps=max(1, steps // 10), resume=False, progress=progress,
