@@ -225,6 +225,7 @@ def _cmd_variator(args: argparse.Namespace) -> None:
     if args.action == "train":
         layers = [int(i) for i in args.layers.split(",")] if args.layers else None
         cfg = variator.VariatorConfig(k=args.k, hidden=args.hidden, layers=layers, loss=args.loss,
+                                      exact_prefix=args.exact_prefix,
                                       extra={"task": args.task, "model": args.model})
         res = tasks.train_plugins(model, tok, data, cfg, Path(args.out) / "_train", steps=args.steps,
                                   batch_size=args.batch_size, lr=args.lr, seed=args.seed,
@@ -524,6 +525,8 @@ def build_parser() -> argparse.ArgumentParser:
     vt.add_argument("--layers", default=None, help="comma-separated block indices to plug (default: all)")
     vt.add_argument("--loss", default="hidden", choices=("hidden", "logits", "both"),
                     help="distil the last hidden states (MSE), the logits (KL) or both (default hidden)")
+    vt.add_argument("--exact-prefix", type=int, default=0,
+                    help="leading positions whose FFN runs uncompressed (1 keeps a [CLS] token intact; default 0)")
     vt.add_argument("--unlabeled", type=int, default=0,
                     help="topics: add up to N fortunes of other categories to the distillation text (default 0; "
                          "the recipe chose 6000 on validation)")
