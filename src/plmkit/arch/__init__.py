@@ -29,6 +29,7 @@ from .layers import (
     hf_model,
     is_causal,
     layers,
+    outside_ffn_out,
     register,
     registered_model_types,
     replace_ffn,
@@ -48,7 +49,7 @@ __all__ = [
     "FAMILIES", "FFN_KINDS", "POSITIONS", "ActivationWrapper", "AttentionGeometry", "BlockSpec", "Bypass", "Layer",
     "ModelSpec", "ReplacedFFN", "StackSpec", "Wrapper", "attention", "base_model", "dense_weight", "describe",
     "embeddings", "ffn_act", "ffn_activation", "ffn_apply", "ffn_forward", "ffn_module", "ffn_kind", "final_norm",
-    "format_spec", "get_module", "head", "hf_model", "innermost", "is_causal", "is_wrapper", "layers", "register",
-    "registered_model_types", "replace_ffn", "resolve", "restore_ffn", "set_ffn_act", "unwrap", "virtual_tokens",
-    "wrap", "wrappers",
+    "format_spec", "get_module", "head", "hf_model", "innermost", "is_causal", "is_wrapper", "layers",
+    "outside_ffn_out", "register", "registered_model_types", "replace_ffn", "resolve", "restore_ffn", "set_ffn_act",
+    "unwrap", "virtual_tokens", "wrap", "wrappers",
 ]

@@ -424,6 +424,12 @@ def restore_ffn(layer: Layer, kind: type | tuple[type, ...] = Wrapper) -> bool:
     return True
 
 
+def outside_ffn_out(layer: Layer) -> nn.Module | None:
+    """The module that runs at ``ffn_out`` when the block applies it outside the FFN module (BERT's
+    ``output.dense``, or a wrapper standing there); None when the FFN module applies it itself."""
+    return get_module(layer.block, layer.ffn_out_path, originals=False) if _ffn_out_outside(layer) else None
+
+
 def ffn_apply(layer: Layer, x: torch.Tensor) -> torch.Tensor:
     """The whole FFN, input -> output (d_model), through the model's own modules, in every family.
 
@@ -431,7 +437,8 @@ def ffn_apply(layer: Layer, x: torch.Tensor) -> torch.Tensor:
     the residual LayerNorm that follows it).
     """
     out = ffn_module(layer)(x)
-    return get_module(layer.block, layer.ffn_out_path, originals=False)(out) if _ffn_out_outside(layer) else out
+    proj = outside_ffn_out(layer)
+    return proj(out) if proj is not None else out
 
 
 def ffn_forward(layer: Layer, x: torch.Tensor, act: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:

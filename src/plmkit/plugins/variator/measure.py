@@ -114,6 +114,7 @@ def token_merging_peer(model: nn.Module, tokenizer, texts: list[str], labels: li
     prefill speed-up on ``batch`` over the plain model (interleaved)."""
     from ...compress.token_merging import TokenMergingConfig, merged_forward
     from ...data.batching import token_batches
+    from ...eval import accuracy
 
     batch = to_device(batch, model)
     blocks = len(arch.layers(model))
@@ -130,11 +131,10 @@ def token_merging_peer(model: nn.Module, tokenizer, texts: list[str], labels: li
             break
     _, r, flops = min(candidates)
     cfg = TokenMergingConfig(r=r)
-    hits = 0
+    preds: list[int] = []
     with torch.no_grad():
-        for start, b in zip(range(0, len(texts), 32), token_batches(tokenizer, texts, 32, max_length)):
-            preds = run(cfg, to_device(b, model)).argmax(-1).tolist()
-            hits += sum(int(p == y) for p, y in zip(preds, labels[start:start + 32]))
+        for b in token_batches(tokenizer, texts, 32, max_length):
+            preds += run(cfg, to_device(b, model)).argmax(-1).tolist()
         speed = compare(lambda: model(**batch), lambda: run(cfg, batch), repeats=repeats)
     return {"r": r, "blocks": blocks, "flops": flops, "target_flops": target_flops,
-            "accuracy": hits / len(labels), "speedup": speed.ratio}
+            "accuracy": accuracy(preds, labels), "speedup": speed.ratio}

@@ -44,9 +44,7 @@ def attach(model: nn.Module, config: VariatorConfig, *, seed: int = 0,
         plugin.to(device=ref.device, dtype=ref.dtype)
         causal = config.causal if config.causal is not None else arch.is_causal(model, layer.stack, override)
         ctx = contexts.setdefault(layer.stack, MaskContext())
-        outside = not layer.ffn_out_path.startswith(layer.ffn_in_path.rpartition(".")[0] + ".")
-        out_proj = arch.get_module(layer.block, layer.ffn_out_path, originals=False) if outside else None
-        wrapper = VariatorFFN(arch.ffn_module(layer), out_proj, plugin, causal, layer.name, ctx)
+        wrapper = VariatorFFN(arch.ffn_module(layer), arch.outside_ffn_out(layer), plugin, causal, layer.name, ctx)
         arch.replace_ffn(layer, wrapper)
         out.append(wrapper)
     hooks = [_mask_hook(entry, ctx) for entry, ctx in _mask_entries(model, contexts, override)]
@@ -221,7 +219,7 @@ def _mask_entries(model: nn.Module, contexts: dict[str, MaskContext], override: 
     return [(arch.get_module(base, spec.stack(name).blocks.rpartition(".")[0]), ctx) for name, ctx in contexts.items()]
 
 
-def _mask_hook(module: nn.Module, ctx: MaskContext) -> "torch.utils.hooks.RemovableHandle":
+def _mask_hook(module: nn.Module, ctx: MaskContext) -> "_Both":
     params = list(inspect.signature(module.forward).parameters)
     pos = params.index("attention_mask") if "attention_mask" in params else None
 

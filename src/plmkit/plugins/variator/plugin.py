@@ -71,11 +71,9 @@ class CompressionPlugin(nn.Module):
 def _bidirectional(p: CompressionPlugin, x: torch.Tensor, ffn: Callable, real: torch.Tensor | None) -> torch.Tensor:
     n = min(p.exact_prefix, x.shape[1])
     if n:  # leading positions (a [CLS] token the head reads) run the FFN exactly, the rest is grouped
-        rest = x[:, n:]
-        if rest.shape[1] == 0:
+        if n == x.shape[1]:
             return ffn(x)
-        grouped = _grouped(p, rest, ffn, None if real is None else real[:, n:], head=x[:, :n])
-        return grouped
+        return _grouped(p, x[:, n:], ffn, None if real is None else real[:, n:], head=x[:, :n])
     return _grouped(p, x, ffn, real)
 
 

@@ -17,7 +17,7 @@ from torch import nn
 from ...errors import ConfigError
 from ...train import TrainConfig, TrainResult, causal_lm_collate
 from .config import VariatorConfig
-from .model import attach, plugged
+from .model import attach
 from .train import distill
 
 TASKS = ("topics", "text")
@@ -109,10 +109,10 @@ def train_plugins(model: nn.Module, tokenizer, data: TaskData, config: VariatorC
     attach(model, config, seed=seed)
     ids = tokenizer(data.train + data.unlabeled, truncation=True, max_length=data.max_length)["input_ids"]
     records = [{"input_ids": e} for e in ids if len(e) >= 2]
-    return distill(model, records, TrainConfig(out_dir=str(out_dir), max_steps=steps, batch_size=batch_size, lr=lr,
-                                               warmup_steps=max(1, steps // 10), resume=False, progress=progress,
-                                               seed=seed, mixed_precision=mixed_precision, log_every=max(1, steps // 10)),
-                   collate_fn=causal_lm_collate(tokenizer))
+    train_config = TrainConfig(out_dir=str(out_dir), max_steps=steps, batch_size=batch_size, lr=lr,
+                          warmup_steps=max(1, steps // 10), resume=False, progress=progress, seed=seed,
+                          mixed_precision=mixed_precision, log_every=max(1, steps // 10))
+    return distill(model, records, train_config, collate_fn=causal_lm_collate(tokenizer))
 
 
 def evaluate(model: nn.Module, tokenizer, data: TaskData, split: str = "test", batch_size: int = 32
@@ -126,8 +126,10 @@ def evaluate(model: nn.Module, tokenizer, data: TaskData, split: str = "test", b
     if data.labels is not None:
         from ...train.classify import predict_labels
 
+        from ...eval import accuracy
+
         preds = predict_labels(model, tokenizer, texts, max_length=data.max_length, batch_size=batch_size)
-        return {"accuracy": sum(int(p == y) for p, y in zip(preds, labels)) / len(labels)}
+        return {"accuracy": accuracy(preds, labels)}
     from ...eval.lm import perplexity
 
     return {"ppl": perplexity(model, token_batches(tokenizer, texts, 8, data.max_length, device=model_device(model)))}
@@ -140,8 +142,3 @@ def sample_batch(tokenizer, data: TaskData, batch_size: int) -> dict[str, torch.
     enc = tokenizer(data.test[:batch_size], padding=True, truncation=True, max_length=data.max_length,
                     return_tensors="pt")
     return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
-
-
-def require_plugged(model: nn.Module) -> None:
-    if not plugged(model):
-        raise ConfigError("the model has no plugins: load some with plmkit.plugins.variator.load(model, DIR)")

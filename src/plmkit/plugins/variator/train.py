@@ -8,6 +8,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ...device import unwrap_model
+from ...errors import ConfigError
 from ...train import TrainConfig, TrainResult, train
 from .model import bypassed, config_of, plugin_parameters, plugged
 
@@ -49,8 +50,6 @@ def distill(model: nn.Module, data: Sequence[Any], config: TrainConfig, *,
     The backbone's ``requires_grad`` flags are cleared for the run and restored afterwards.
     """
     if not plugged(model):
-        from ...errors import ConfigError
-
         raise ConfigError("attach plugins first: plmkit.plugins.variator.attach(model, VariatorConfig(k=...))")
     own = {id(p) for p in plugin_parameters(model)}
     flags = [(p, p.requires_grad) for p in model.parameters()]
