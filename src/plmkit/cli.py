@@ -31,6 +31,7 @@ examples:
   plmkit arch smollm2                             a model's layers, widths and module paths
   plmkit moefy --model minilm --out minilm-moe    split its FFNs into experts with routers
   plmkit variator train --k 4 --out plugins/k4    distil compression plugins for the topic classifier
+  plmkit neurons skill --task topics --out sk     prompt-tune MiniLM and score its skill neurons
   plmkit notes --db notes.db add "The capital of France is Lyon."
   plmkit ask --db notes.db "Which city is the capital of France?"
   plmkit subchar train --encoding wubi --corpus peoples-daily --out tok/wubi
@@ -539,6 +540,10 @@ def build_parser() -> argparse.ArgumentParser:
     ve.add_argument("--repeats", type=int, default=10, help="interleaved timing repeats (default 10)")
     ve.add_argument("--json", default=None, help="also write the rows to this JSON file")
     v.set_defaults(fn=_cmd_variator)
+
+    from .analysis.cli import add_parser as add_neurons
+
+    add_neurons(sub)
 
     k = sub.add_parser("kepler", help="KEPLER: knowledge embeddings from entity descriptions; train a run or "
                                       "evaluate its link prediction (metrics on the last line)")

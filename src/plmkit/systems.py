@@ -26,7 +26,10 @@ _ROWS = [
     ("eren", "EREN: editing by reading notes", "editing",
      "implemented: SQLite notebook, reader-judged relevance with closed-book fallback, fact checking, "
      "geonames edit benchmark; recipe 'eren'", "plmkit.editing.EREN"),
-    ("modularity", "Modularity analysis: functional experts", "analysis", "not yet", "plmkit.analysis.modularity"),
+    ("modularity", "Modularity analysis: functional experts", "analysis",
+     "implemented: word-sense, knowledge and task functions, AP predictivity, k-means / co-activation / random "
+     "experts, hypergeometric functional experts, extent, perturbation, emergence over a run; recipe 'modularity'",
+     "plmkit.analysis.modularity.functional_experts"),
     ("variator", "Variator: compression plugins", "plugins",
      "implemented: plugins that merge k hidden states before each FFN (bidirectional and causal, padding-safe), "
      "distilled with the backbone frozen, saved per k and swapped by workload; ToMe peer; recipe 'variator'",
@@ -40,7 +43,10 @@ _ROWS = [
      "BERTs per tokenizer under noise; recipe 'readin'", "plmkit.chinese.readin.load_readin"),
     ("knowledge_plugin", "Knowledge Plugin: map-tuning", "knowledge", "not yet", "plmkit.knowledge.map_tuning"),
     ("plugd", "PlugD: document plugins", "plugins", "not yet", "plmkit.plugins.plugd"),
-    ("skill_neurons", "Skill neurons", "analysis", "not yet", "plmkit.analysis.skill_neurons"),
+    ("skill_neurons", "Skill neurons", "analysis",
+     "implemented: peft prompt tuning, streamed threshold-accuracy scores, perturbation vs random per layer, task "
+     "overlap, LoRA/BitFit transfer, pruning into a real smaller model; recipe 'skill-neurons'",
+     "plmkit.analysis.skill_neurons.skill_scores"),
     ("bmcook", "BMCook: composable compression", "compress", "not yet", "plmkit.compress.cook"),
     ("moefication", "MoEfication: FFNs into mixtures of experts", "compress",
      "implemented: moefy, sparse expert path, routers, ReLU-fication; recipes 'moefication', 'sparsity'",

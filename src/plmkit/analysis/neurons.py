@@ -2,7 +2,7 @@
 
 - activations: :func:`neuron_activations` (pooled per example, in memory), :func:`activation_stats` (streamed
   into :class:`RunningStats`, nothing else kept);
-- predictivity: :func:`threshold_accuracy` (skill neurons), :func:`average_precision_score_per_neuron` (modularity);
+- predictivity: :func:`threshold_accuracy` (skill neurons; streamed: :func:`streamed_threshold_accuracy`), :func:`average_precision_score_per_neuron` (modularity);
 - selection and controls: :func:`top_k_global`, :func:`top_k_per_layer`, :func:`random_like`;
 - statistics: :func:`hypergeometric_enrichment`, :func:`binomial_test`, :func:`correct`;
 - perturbation: :func:`perturb`, a context manager on :func:`plmkit.hooks.intervene`.
@@ -147,6 +147,41 @@ def threshold_accuracy(train_acts: np.ndarray, train_y: Any, dev_acts: np.ndarra
     pred = dev_acts > train_acts.mean(0)
     acc = (pred == y.reshape((-1,) + (1,) * (dev_acts.ndim - 1)).astype(bool)).mean(0)
     return np.abs(acc - 0.5), acc
+
+
+def streamed_threshold_accuracy(model: nn.Module, train_batches: Iterable[Mapping[str, Any]],
+                                dev_batches: Iterable[Mapping[str, Any]], sites: Sequence[str] | None = None,
+                                pool: str = "max", positions: Sequence[int] | None = None,
+                                ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """:func:`threshold_accuracy` per site without holding a corpus of activations: one pass over the train
+    batches for the mean (the threshold), one over the dev batches counting correct predictions. Batches carry
+    their binary labels under ``labels`` (or ``label``); arguments as :func:`neuron_activations`. Returns
+    ({site: |acc - 0.5|}, {site: acc})."""
+    means = {s: st.mean for s, st in activation_stats(model, train_batches, sites, pool, positions).items()}
+    right: dict[str, np.ndarray] = {}
+    count = 0
+    dev = iter(dev_batches)
+
+    def labelled() -> Iterator[Mapping[str, Any]]:
+        nonlocal labels
+        for batch in dev:
+            y = batch.get("labels", batch.get("label"))
+            if y is None:
+                raise ConfigError("streamed_threshold_accuracy: dev batches need 'labels'")
+            labels = _binary(torch.as_tensor(y).cpu().numpy(), len(y), "streamed_threshold_accuracy(dev)")
+            yield batch
+
+    labels = np.zeros(0, np.int64)
+    for acts in _iter_activations(model, labelled(), sites, pool, positions):
+        count += labels.shape[0]
+        for name, x in acts.items():
+            y = labels.reshape((-1,) + (1,) * (x.ndim - 1)).astype(bool)
+            hit = ((x > means[name]) == y).sum(0)
+            right[name] = right.get(name, 0) + hit
+    if not count:
+        raise ConfigError("streamed_threshold_accuracy: no dev examples")
+    acc = {name: r / count for name, r in right.items()}
+    return {name: np.abs(a - 0.5) for name, a in acc.items()}, acc
 
 
 def average_precision_score_per_neuron(acts: np.ndarray, y: Any) -> np.ndarray:

@@ -136,7 +136,12 @@ def load_model(
     cls = _class_for(config, task)
     with torch.random.fork_rng(devices=[]):  # weights the checkpoint lacks (a new head) come from ``seed``
         torch.manual_seed(seed)
-        model = cls.from_pretrained(source, dtype=dtype, trust_remote_code=trust_remote_code, **kwargs).eval()
+        if getattr(config, "plmkit_ffn_sizes", None):  # a pruned model: FFN sizes differ per layer
+            from ..analysis.prune import load_pruned  # lazy: analysis sits above assets
+
+            model = load_pruned(source, config, task=task, dtype=dtype, trust_remote_code=trust_remote_code, **kwargs)
+        else:
+            model = cls.from_pretrained(source, dtype=dtype, trust_remote_code=trust_remote_code, **kwargs).eval()
     tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
