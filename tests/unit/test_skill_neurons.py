@@ -166,3 +166,52 @@ def test_cli_modularity_writes_partition_and_extent(folders, tmp_path, capsys):
     rows = json.loads((out / "modularity.json").read_text())["extent"]
     assert [r["kind"] for r in rows][-1] == "all" and all(r["extent"] > 0 for r in rows)
     assert "extent" in capsys.readouterr().out
+
+
+def test_causal_classifier_reads_the_last_real_token_whatever_the_padding(folders):
+    task = _task()
+    model, tok = sn.prompt_tune(folders["llama"], task, CFG, seed=0)
+    assert tok.padding_side == "left"
+    texts = ["good fun film 1", "bad 2"]
+    from plmkit.train.classify import predict_labels
+
+    def gap() -> float:  # the short text alone vs in a padded batch
+        with torch.no_grad():
+            alone = model(**tok(texts[1:], return_tensors="pt")).logits
+            padded = model(**tok(texts, return_tensors="pt", padding=True)).logits
+        return float((alone[0] - padded[1]).abs().max())
+
+    left = gap()  # only the positions shift (rotary positions count the pads)
+    tok.padding_side = "right"
+    right = gap()  # the head would read a pad token
+    tok.padding_side = "left"
+    assert left < 1e-2 and right > 10 * left
+    with torch.no_grad():
+        padded = model(**tok(texts, return_tensors="pt", padding=True)).logits
+    assert predict_labels(model, tok, texts) == padded.argmax(-1).tolist()
+
+
+def test_bitfit_trains_biases_and_the_head_and_lora_models_save_merged(folders, tmp_path):
+    task = _task()
+    fresh, _ = sn.tune(folders["bert"], task, sn.SkillConfig(steps=1, delta_lr=0.0, mixed_precision="no"),
+                       tuning="bitfit")
+    model, tok = sn.tune(folders["bert"], task, CFG, tuning="bitfit")
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert "classifier.weight" in trainable and all(n.endswith(".bias") or n.startswith("classifier") for n in trainable)
+    assert not torch.equal(model.classifier.weight, fresh.classifier.weight)
+    lora, tok = sn.tune(folders["bert"], task, CFG, tuning="lora")
+    again, _ = sn.load_task_model(sn.save_task_model(lora, tok, tmp_path / "lora"))
+    batch = tok(["good fun film 3", "awful"], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        torch.testing.assert_close(again(**batch).logits, lora(**batch).logits, atol=1e-5, rtol=1e-4)
+
+
+def test_function_predictivity_reads_the_encoder_of_t5():
+    import plmkit.analysis.modularity as mod
+    from plmkit.data.functions import BinaryFunction
+
+    model, tok = tiny_model("t5", head="base"), tiny_tokenizer(chat=False)
+    fn = BinaryFunction("toy", "task", [f"{WORDS[i % 6]} {i}" for i in range(12)], np.arange(12) % 2)
+    scores = mod.function_predictivity(model, tok, fn, max_length=16)
+    assert list(scores) == ["encoder.blocks.0.ffn.neurons", "encoder.blocks.1.ffn.neurons"]
+    assert list(mod.functions_predictivity(model, tok, [fn], max_length=16)["toy"]) == list(scores)

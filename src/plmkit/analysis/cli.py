@@ -94,9 +94,17 @@ def _cmd_perturb(args: argparse.Namespace) -> None:
     meta, task = _task_of(args.skill)
     model, tok = sn.load_task_model(Path(args.model or Path(args.skill) / "model"))
     scores = read_scores(args.skill)
+    max_length = meta["config"]["max_length"]
+    means = None
+    if args.kind == "mean":  # each neuron's mean over the train tokens
+        from ..device import model_device
+        from .neurons import activation_stats
+
+        means = activation_stats(model, sn.labelled_batches(tok, task.train, 32, max_length, model_device(model)),
+                                 sites=list(scores), pool="tokens")
     rows = sn.perturbation_curve(model, tok, task.test, scores, args.fractions,
-                                 perturbation=sn.Perturbation(args.kind, args.scale), seeds=args.seeds,
-                                 max_length=meta["config"]["max_length"])
+                                 perturbation=sn.Perturbation(args.kind, args.scale), seeds=args.seeds, means=means,
+                                 max_length=max_length)
     summary = sn.summarise_curve(rows)
     print(f"{'fraction':>8} {'selection':>9} {'accuracy':>16}")
     for r in summary:

@@ -139,8 +139,14 @@ def neuron_predictivity(acts_by_site: Mapping[str, Any], labels: Any) -> dict[st
 def function_predictivity(model: nn.Module, tokenizer, fn: Any, batch_size: int = 32,
                           max_length: int = 64) -> dict[str, np.ndarray]:
     """Neuron predictivity for a :class:`~plmkit.data.functions.BinaryFunction` (max-pooled FFN activations)."""
-    acts = neurons.neuron_activations(model, token_batches(tokenizer, fn.texts, batch_size, max_length), pool="max")
+    acts = neurons.neuron_activations(model, token_batches(tokenizer, fn.texts, batch_size, max_length),
+                                      sites=text_sites(model), pool="max")
     return neuron_predictivity(acts, fn.labels)
+
+
+def text_sites(model: nn.Module) -> list[str]:
+    """The FFN neuron sites that read the input text: every block's, or an encoder-decoder's encoder blocks."""
+    return [s for s in hooks.site_names(model, "ffn.neurons") if not s.startswith("decoder.")]
 
 
 def functions_predictivity(model: nn.Module, tokenizer, fns: Sequence[Any], batch_size: int = 32,
@@ -148,7 +154,8 @@ def functions_predictivity(model: nn.Module, tokenizer, fns: Sequence[Any], batc
     """{function name: neuron predictivity} for many functions, each distinct text run through the model once."""
     texts = list(dict.fromkeys(t for f in fns for t in f.texts))
     where = {t: i for i, t in enumerate(texts)}
-    acts = neurons.neuron_activations(model, token_batches(tokenizer, texts, batch_size, max_length), pool="max")
+    acts = neurons.neuron_activations(model, token_batches(tokenizer, texts, batch_size, max_length),
+                                      sites=text_sites(model), pool="max")
     return {f.name: neuron_predictivity({s: a[[where[t] for t in f.texts]] for s, a in acts.items()}, f.labels)
             for f in fns}
 

@@ -46,7 +46,10 @@ def _iter_activations(model: nn.Module, batches: Iterable[Mapping[str, Any]], si
                 if names:
                     groups.append(stack.enter_context(
                         hooks.capture(model, names, pool=cap_pool, attention_mask=inputs.get(key))))
-            model(**inputs)
+            if not dec and getattr(model.config, "is_encoder_decoder", False) and "decoder_input_ids" not in inputs:
+                model.get_encoder()(**inputs)  # encoder sites only: the decoder needs no inputs
+            else:
+                model(**inputs)
         out = {}
         for acts in groups:
             for name, x in acts.items():
@@ -158,6 +161,8 @@ def streamed_threshold_accuracy(model: nn.Module, train_batches: Iterable[Mappin
     their binary labels under ``labels`` (or ``label``); arguments as :func:`neuron_activations`. Returns
     ({site: |acc - 0.5|}, {site: acc})."""
     means = {s: st.mean for s, st in activation_stats(model, train_batches, sites, pool, positions).items()}
+    if not means:
+        raise ConfigError("streamed_threshold_accuracy: no train examples")
     right: dict[str, np.ndarray] = {}
     count = 0
     dev = iter(dev_batches)

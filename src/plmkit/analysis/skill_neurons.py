@@ -74,6 +74,8 @@ def tune(model_name: str, task: BinaryTask, config: SkillConfig = SkillConfig(),
     model, tok = load_model(model_name, task="sequence-classification", num_labels=2, seed=seed)
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tok.pad_token_id
+    if arch.is_causal(model):  # the head reads the last position: padding goes on the left
+        tok.padding_side = "left"
     if tuning == "prompt":
         peft_config = PromptTuningConfig(task_type=TaskType.SEQ_CLS, num_virtual_tokens=config.virtual_tokens,
                                          prompt_tuning_init=config.prompt_init)
@@ -84,8 +86,8 @@ def tune(model_name: str, task: BinaryTask, config: SkillConfig = SkillConfig(),
             torch.manual_seed(seed)
             model = get_peft_model(model, peft_config)
     else:
-        head = arch.head(model)
-        head_params = {id(p) for p in head.parameters()} if head is not None else set()
+        head = classification_head(model)
+        head_params = {id(p) for p in head.parameters()}
         for name, p in model.named_parameters():
             p.requires_grad_(name.endswith(".bias") or id(p) in head_params)
     lr = config.lr if tuning == "prompt" else config.delta_lr
@@ -98,6 +100,16 @@ def tune(model_name: str, task: BinaryTask, config: SkillConfig = SkillConfig(),
                           seed=seed, mixed_precision=config.mixed_precision, log_every=max(1, config.steps // 10)),
               collate_fn=classification_collate(tok))
     return model.eval(), tok
+
+
+def classification_head(model: nn.Module) -> nn.Module:
+    """The sequence-classification head (``classifier`` or ``score``, the names peft saves with a task model)."""
+    for name in ("classifier", "score"):
+        head = getattr(model, name, None)
+        if isinstance(head, nn.Module):
+            return head
+    raise ConfigError(f"{type(model).__name__} has no 'classifier' or 'score' head; load it with "
+                      "task='sequence-classification'")
 
 
 def prompt_tune(model_name: str, task: BinaryTask, config: SkillConfig = SkillConfig(), *, seed: int = 0,
@@ -118,15 +130,15 @@ def labelled_batches(tokenizer, rows: Sequence[Row], batch_size: int = 32, max_l
         yield {k: v.to(device) if device is not None else v for k, v in batch.items()}
 
 
-@torch.no_grad()
 def accuracy(model: nn.Module, tokenizer, rows: Sequence[Row], max_length: int = 64, batch_size: int = 32) -> float:
     """Accuracy of the model's arg-max class on ``rows``."""
-    model.eval()
-    right = 0
-    for batch in labelled_batches(tokenizer, rows, batch_size, max_length, model_device(model)):
-        labels = batch.pop("labels")
-        right += int((model(**batch).logits.argmax(-1) == labels).sum())
-    return right / max(1, len(rows))
+    from ..eval import accuracy as score
+    from ..train.classify import predict_labels
+
+    if not rows:
+        raise ConfigError("accuracy: no rows to score (is the split empty?)")
+    preds = predict_labels(model, tokenizer, [r["text"] for r in rows], max_length=max_length, batch_size=batch_size)
+    return score(preds, [int(r["label"]) for r in rows])
 
 
 # --- scores ------------------------------------------------------------------------------
@@ -254,6 +266,8 @@ def save_task_model(model: nn.Module, tokenizer, out_dir: str | Path) -> Path:
 
     out = Path(out_dir)
     peft_model = model if hasattr(model, "peft_config") else None
+    if peft_model is not None and not peft_model.active_peft_config.is_prompt_learning:
+        model, peft_model = copy.deepcopy(model).merge_and_unload(), None  # LoRA: merged into the weights
     base = model.get_base_model() if peft_model is not None else model
     restore = _plain_heads(base)
     try:
@@ -292,6 +306,8 @@ def load_task_model(folder: str | Path) -> tuple[nn.Module, Any]:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, str(Path(folder) / "prompt"))
+    if arch.is_causal(model):
+        tok.padding_side = "left"
     return model.eval(), tok
 
 
@@ -310,7 +326,8 @@ def prefill_speed(original: nn.Module, pruned: nn.Module, tokenizer, texts: Sequ
         return lambda: m(**batch)
 
     with torch.no_grad():
-        cmp = compare(run(original), run(pruned), repeats=repeats)
+        sync = torch.cuda.synchronize if model_device(original).type == "cuda" else None
+        cmp = compare(run(original), run(pruned), repeats=repeats, sync=sync)
         f0, f1 = count_flops(run(original)), count_flops(run(pruned))
     return {"batch": batch_size, "speedup": cmp.ratio, "bound": f0 / f1, "original_ms": cmp.baseline_s * 1e3,
             "pruned_ms": cmp.candidate_s * 1e3}
@@ -328,6 +345,6 @@ def site_scores_table(scores: Mapping[str, np.ndarray], fraction: float) -> list
 
 
 __all__ = ["Perturbation", "SkillConfig", "TUNINGS", "accuracy", "labelled_batches", "load_task_model",
-           "mean_scores", "overlap", "perturbation_curve", "prefill_speed", "prompt_tune", "prune_to_skill",
+           "classification_head", "mean_scores", "overlap", "perturbation_curve", "prefill_speed", "prompt_tune", "prune_to_skill",
            "pruning_plan", "read_at", "save_task_model", "site_scores_table", "sizes", "skill_scores",
            "summarise_curve", "tune", "upper_layers"]

@@ -109,6 +109,8 @@ def _perturbation(model, tok, fns, scores, part, S, seed: int) -> list[dict[str,
         mine = sorted((f for f in fns if f.kind == kind and counts[f.name]), key=lambda f: -counts[f.name])
         chosen += mine[:S.perturb_functions]
     splits = {f.name: f.split(seed=seed) for f in chosen}
+    # the perturbed selections come from each function's train part only; its held-out part scores the probe
+    train_scores = {n: mod.function_predictivity(model, tok, tr, max_length=S.max_length) for n, (tr, _) in splits.items()}
     probes = {n: mod.fit_probe(model, tok, tr, max_length=S.max_length) for n, (tr, _) in splits.items()}
 
     def accs(selection, s: int) -> dict[str, float]:
@@ -118,12 +120,14 @@ def _perturbation(model, tok, fns, scores, part, S, seed: int) -> list[dict[str,
     clean = accs(None, 0)
     rows = []
     for f in chosen:
-        experts = experts_of[f.name]
+        experts = mod.functional_experts(train_scores[f.name], part, S.top, S.alpha)
+        if not any(len(v) for v in experts.values()):
+            continue  # no functional expert on the train part alone: nothing to perturb
         functional = mod.expert_selection(part, experts)
         for s in S.perturb_seeds:
             selections = {"functional experts": functional,
                           "random experts": mod.expert_selection(part, mod.random_experts_like(experts, part, seed=s)),
-                          "top neurons": mod.top_neurons_like(scores[f.name], functional)}
+                          "top neurons": mod.top_neurons_like(train_scores[f.name], functional)}
             for name, sel in selections.items():
                 for target, acc in accs(sel, s).items():
                     rows.append({"perturbed": f.name, "kind": f.kind, "selection": name, "seed": s, "target": target,
@@ -173,7 +177,8 @@ def _pretrain_emergence(ctx: RecipeContext, S: ModularitySettings, fns: list[Bin
         snapshots.append(mod.functions_predictivity(m, tok, fn_set, max_length=S.max_length))
         return {}
 
-    score(model)  # step 0: the random initialisation
+    model.eval()
+    score(model)  # step 0: the random initialisation (eval mode, as the loop's later scorings)
     with tempfile.TemporaryDirectory() as tmp, ctx.phase("pretraining"):
         res = train(model, data, TrainConfig(out_dir=tmp, max_steps=P.steps, batch_size=P.batch_size, lr=P.lr,
                                              warmup_steps=max(1, P.steps // 20), eval_every=P.every, resume=False,
@@ -343,8 +348,9 @@ def _report(ctx, S, fns, studies, emergence) -> dict[str, Any]:
              "Emergence: the functions are scored on the live model at every scoring step of the run (the same "
              "weights the checkpoints hold); expert scores are the mean predictivity of each expert's neurons."]
     if ctx.quick:
-        notes.insert(0, "Quick run: MiniLM only, few functions, one perturbation seed, a 60-step pretraining; the full "
-                        f"run adds SmolLM2, more functions, 3 seeds and {FULL.pretrain.steps} pretraining steps.")
+        notes.insert(0, f"Quick run: MiniLM only, few functions, one perturbation seed, a {S.pretrain.steps}-step "
+                        f"pretraining; the full run adds SmolLM2, more functions, 3 seeds and {FULL.pretrain.steps} "
+                        "pretraining steps.")
     return {"measured": measured, "headline": headline, "tables": tables, "plots": _plots(ctx, studies, emergence),
             "details": {"studies": [{k: v for k, v in st.items() if k != "perturbation_rows"} for st in studies],
                         "emergence": emergence, "functions": counts}, "notes": notes}

@@ -16,7 +16,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..analysis import neurons
 from ..analysis import skill_neurons as sn
+from ..device import model_device
 from ..data.tasks import BinaryTask, binary_task
 from .registry import Budgets, RecipeContext, recipe
 
@@ -73,6 +75,11 @@ def _study(ctx: RecipeContext, S: SkillSettings, model_name: str, task: BinaryTa
             tune_s = time.perf_counter() - t0
         with ctx.phase("scores"):
             scores = sn.skill_scores(model, tok, task, max_length=cfg.max_length)
+        if not runs:
+            with ctx.phase("scores"):
+                stats = neurons.activation_stats(model, sn.labelled_batches(tok, task.train, 32, cfg.max_length,
+                                                                            model_device(model)), pool="tokens")
+            act_std = float(np.mean([st.std.mean() for st in stats.values()]))
         runs.append({"seed": seed, "tune_s": tune_s, "validation": sn.accuracy(model, tok, task.validation, cfg.max_length),
                      "test": sn.accuracy(model, tok, task.test, cfg.max_length), "scores": scores})
         models.append((model, tok))
@@ -86,7 +93,7 @@ def _study(ctx: RecipeContext, S: SkillSettings, model_name: str, task: BinaryTa
                                              seeds=(r["seed"],), max_length=cfg.max_length)
                 rows += [{**x, "run": r["seed"]} for x in part]
         curves[f"{p.kind}:{p.scale:g}"] = sn.summarise_curve(rows)
-    return {"model": model_name, "task": task.name, "runs": runs, "scores": mean, "curves": curves,
+    return {"model": model_name, "task": task.name, "runs": runs, "scores": mean, "curves": curves, "act_std": act_std,
             "n": {s: len(task.split(s)) for s in ("train", "validation", "test")}, "models": models,
             "layers": sn.site_scores_table(mean, S.top)}
 
@@ -265,9 +272,10 @@ def _report(ctx: RecipeContext, S: SkillSettings, studies: list[dict], overlaps:
         "split, max over the 16 prompt positions; top neurons are chosen per layer. MiniLM has no MLM head, so the "
         "prompt feeds a sequence-classification head (trained with the prompt; the backbone stays frozen).",
         "A causal LM's prompt positions precede the text and cannot see it; SmolLM2 is read at its last real token.",
-        "Perturbations act on every token position; 'noise:0.5' adds Gaussian noise of std 0.5 (MiniLM's FFN "
-        "activations have a std of about 0.2), 'zero' sets the neurons to 0. Random controls draw the same number "
-        "of neurons in every layer.",
+        "Perturbations act on every token position; 'noise:0.5' adds Gaussian noise of std 0.5, 'zero' sets the "
+        "neurons to 0. Mean per-neuron std of the FFN activations over the train tokens (first seed's model): "
+        + ", ".join(f"{st['model']}/{st['task']} {st['act_std']:.3f}" for st in studies) + ". Random controls draw "
+        "the same number of neurons in every layer.",
     ]
     if ctx.quick:
         notes.insert(0, "Quick run: one task, one seed, 40 prompt-tuning steps, capped splits; the full run has 3 "
