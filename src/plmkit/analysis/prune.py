@@ -10,7 +10,6 @@ what the original computes with those neurons mean-ablated (``hooks.mean_ablate`
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -24,8 +23,10 @@ from .._io import atomic_dir
 from ..errors import ConfigError
 from .neurons import RunningStats
 
-SIZES_KEY = "plmkit_ffn_sizes"  # config.json: {stack: [d_ff per layer]}
-BIAS_KEY = "plmkit_ffn_out_bias"  # config.json: {stack: [ffn_out has a bias, per layer]}
+from ..arch.resize import FFN_OUT_BIAS_KEY as BIAS_KEY  # noqa: F401  (config keys, re-exported)
+from ..arch.resize import FFN_SIZES_KEY as SIZES_KEY  # noqa: F401
+from ..arch.resize import ffn_sizes, record_ffn_sizes, shrink_ffn
+from ..assets.pruned import load_pruned  # noqa: F401  (load_model reads pruned folders through it)
 
 
 @dataclass
@@ -64,14 +65,6 @@ def _ffn_projections(layer: arch.Layer) -> list[nn.Module]:
 def ffn_params(model: nn.Module) -> int:
     """Parameters in the FFN projections (ffn_in, ffn_gate, ffn_out weights and biases) of every layer."""
     return sum(p.numel() for layer in arch.layers(model) for m in _ffn_projections(layer) for p in m.parameters())
-
-
-def ffn_sizes(model: nn.Module) -> dict[str, list[int]]:
-    """d_ff of every layer, per stack: ``{"blocks": [48, 24]}`` or ``{"encoder": [...], "decoder": [...]}``."""
-    out: dict[str, list[int]] = {}
-    for layer in arch.layers(model):
-        out.setdefault(layer.stack, []).append(layer.d_ff)
-    return out
 
 
 def _indices(value: Any, d_ff: int, site: str) -> torch.Tensor:
@@ -114,36 +107,6 @@ def _check_plain(layer: arch.Layer) -> None:
     layer.ffn_in_weight(), layer.ffn_gate_weight()  # a quantized projection raises here, before anything changes
 
 
-def _set_weight(module: nn.Module, w: torch.Tensor, conv1d: bool) -> None:
-    """Put ``w`` (torch's Linear orientation, (out, in)) into ``module`` and update its feature attributes."""
-    old = module.weight
-    module.weight = nn.Parameter((w.t() if conv1d else w).contiguous(), requires_grad=old.requires_grad)
-    n_out, n_in = w.shape
-    for attr, value in (("out_features", n_out), ("in_features", n_in), ("nf", n_out), ("nx", n_in)):
-        if hasattr(module, attr):  # nn.Linear: in/out_features; GPT-2's Conv1D: nx/nf
-            setattr(module, attr, value)
-
-
-def _shrink(layer: arch.Layer, keep: torch.Tensor, fold: torch.Tensor | None) -> None:
-    """Keep neurons ``keep`` of ``layer`` in place; add ``fold`` (d_model) to ffn_out's bias, creating it if needed."""
-    for module, w in ((layer.ffn_in, layer.ffn_in_weight()), (layer.ffn_gate, layer.ffn_gate_weight())):
-        if module is None:
-            continue
-        _set_weight(module, w[keep.to(w.device)], layer.conv1d)
-        if module.bias is not None:
-            module.bias = nn.Parameter(module.bias.detach()[keep.to(module.bias.device)].clone(),
-                                       requires_grad=module.bias.requires_grad)
-    out = layer.ffn_out
-    w = layer.ffn_out_weight()
-    _set_weight(out, w[:, keep.to(w.device)], layer.conv1d)
-    if fold is not None:
-        if out.bias is None:
-            out.bias = nn.Parameter(torch.zeros(w.shape[0], dtype=w.dtype, device=w.device),
-                                    requires_grad=out.weight.requires_grad)
-        with torch.no_grad():
-            out.bias += fold.to(device=out.bias.device, dtype=out.bias.dtype)
-
-
 def _removed_params(layer: arch.Layer, n_removed: int, adds_bias: bool) -> int:
     """Parameters that removing ``n_removed`` neurons of ``layer`` takes away, from the module shapes."""
     n = 0
@@ -151,16 +114,6 @@ def _removed_params(layer: arch.Layer, n_removed: int, adds_bias: bool) -> int:
         if module is not None:
             n += n_removed * (layer.d_model + (module.bias is not None))
     return n + n_removed * layer.d_model - (layer.d_model if adds_bias else 0)
-
-
-def _record(model: nn.Module) -> None:
-    """Note the per-layer FFN sizes (and which ffn_out have a bias) in the config, for save and load."""
-    config = arch.hf_model(model)[0].config
-    sizes, bias = ffn_sizes(model), {}
-    for layer in arch.layers(model):
-        bias.setdefault(layer.stack, []).append(layer.ffn_out.bias is not None)
-    setattr(config, SIZES_KEY, sizes)
-    setattr(config, BIAS_KEY, bias)
 
 
 def prune_ffn_neurons(model: nn.Module, keep: Mapping[str, Any],
@@ -202,9 +155,9 @@ def prune_ffn_neurons(model: nn.Module, keep: Mapping[str, Any],
             fold = w_out[:, rm.to(w_out.device)].double() @ mean[rm].to(w_out.device)
         expected += _removed_params(layer, int(removed.sum()), fold is not None and layer.ffn_out.bias is None)
         with torch.no_grad():
-            _shrink(layer, idx, fold)
+            shrink_ffn(layer, idx, fold)
         report_layers.append(LayerPrune(site, d_ff, layer.d_ff))
-    _record(model)
+    record_ffn_sizes(model)
     return PruneReport(params_before=before, params_after=_n_params(model), expected_removed=expected,
                        ffn_params_before=ffn_before, ffn_params_after=ffn_params(model), layers=report_layers,
                        ffn_sizes=ffn_sizes(model))
@@ -215,83 +168,12 @@ def save_pruned(model: nn.Module, tokenizer: Any, out_dir: str | Path) -> Path:
     FFN sizes as ``plmkit_ffn_sizes``, model.safetensors, tokenizer files), atomically: the folder appears whole
     or not at all. :func:`plmkit.assets.load_model` loads it back at the pruned shapes."""
     out = Path(out_dir)
-    _record(model)
+    record_ffn_sizes(model)
     with atomic_dir(out) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
     return out
-
-
-def _state_dict_files(folder: Path) -> list[Path]:
-    index = folder / "model.safetensors.index.json"
-    if index.exists():
-        return [folder / f for f in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
-    single = folder / "model.safetensors"
-    if not single.exists():
-        raise ConfigError(f"{folder}: a pruned model folder needs model.safetensors; none found")
-    return [single]
-
-
-def _torch_dtype(dtype: Any, state: Mapping[str, torch.Tensor]) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype in (None, "auto"):  # the checkpoint's own
-        return next((t.dtype for t in state.values() if t.is_floating_point()), torch.float32)
-    return getattr(torch, str(dtype).removeprefix("torch."))
-
-
-def load_pruned(folder: str | Path, config: Any, *, task: str = "auto", dtype: Any = torch.float32,
-                trust_remote_code: bool = False, **kwargs: Any) -> nn.Module:
-    """The model saved by :func:`save_pruned` in ``folder`` (whose config carries ``plmkit_ffn_sizes``): built
-    from ``config``, each layer's FFN shrunk to its recorded size, then the safetensors loaded strictly
-    (tied weights apart). ``kwargs`` may only set config attributes (e.g. ``num_labels``)."""
-    from safetensors.torch import load_file
-
-    from ..assets.models import build_from_config
-
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ConfigError(f"{folder}: pruned models (config with {SIZES_KEY}) load from a local folder only")
-    for key, value in kwargs.items():
-        if not hasattr(config, key):
-            raise ConfigError(f"load_model: '{key}' is not supported when loading a pruned folder ({folder})")
-        setattr(config, key, value)
-    model = build_from_config(config, task, trust_remote_code)
-    sizes, biases = getattr(config, SIZES_KEY), getattr(config, BIAS_KEY, None) or {}
-    stacks: dict[str, list[arch.Layer]] = {}
-    for layer in arch.layers(model):
-        stacks.setdefault(layer.stack, []).append(layer)
-    if {k: len(v) for k, v in stacks.items()} != {k: len(v) for k, v in sizes.items()}:
-        raise ConfigError(f"{folder}: {SIZES_KEY} {sizes} does not match the model's layers "
-                          f"{ {k: len(v) for k, v in stacks.items()} }")
-    with torch.no_grad():
-        for stack, stack_layers in stacks.items():
-            flags = biases.get(stack, [False] * len(stack_layers))
-            for layer, size, bias in zip(stack_layers, sizes[stack], flags):
-                if not 0 < size <= layer.d_ff:
-                    raise ConfigError(f"{folder}: {SIZES_KEY} gives {layer.name} {size} neurons (of {layer.d_ff})")
-                needs_bias = bool(bias) and layer.ffn_out.bias is None
-                _shrink(layer, torch.arange(size), torch.zeros(layer.d_model) if needs_bias else None)
-    state: dict[str, torch.Tensor] = {}
-    for f in _state_dict_files(folder):
-        state.update(load_file(str(f)))
-    model.to(_torch_dtype(dtype, state))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    tied = _tied_to_loaded(model, set(state))
-    missing = [k for k in missing if k not in tied]
-    if missing or unexpected:
-        raise ConfigError(f"{folder}: the checkpoint does not match the pruned model (missing: {missing[:3]}, "
-                          f"unexpected: {unexpected[:3]}); load it with the task it was saved with")
-    return model.eval()
-
-
-def _tied_to_loaded(model: nn.Module, loaded: set[str]) -> set[str]:
-    """Names of tensors that share storage with a loaded one (tied embeddings, which the checkpoint stores once)."""
-    groups: dict[int, list[str]] = {}
-    for name, t in [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]:
-        groups.setdefault(id(t), []).append(name)
-    return {n for names in groups.values() if any(x in loaded for x in names) for n in names}
 
 
 __all__ = ["LayerPrune", "PruneReport", "ffn_params", "ffn_sizes", "load_pruned", "prune_ffn_neurons", "save_pruned"]

@@ -137,7 +137,7 @@ def load_model(
     with torch.random.fork_rng(devices=[]):  # weights the checkpoint lacks (a new head) come from ``seed``
         torch.manual_seed(seed)
         if getattr(config, "plmkit_ffn_sizes", None):  # a pruned model: FFN sizes differ per layer
-            from ..analysis.prune import load_pruned  # lazy: analysis sits above assets
+            from .pruned import load_pruned
 
             model = load_pruned(source, config, task=task, dtype=dtype, trust_remote_code=trust_remote_code, **kwargs)
         else:
