@@ -315,8 +315,7 @@ def prefill_speed(original: nn.Module, pruned: nn.Module, tokenizer, texts: Sequ
                   max_length: int = 64, repeats: int = 10) -> dict[str, float]:
     """Interleaved wall-clock of one prefill batch (the first ``batch_size`` texts), original vs pruned, and
     the FLOPs bound (original FLOPs / pruned FLOPs, as torch's FLOP counter counts them)."""
-    from ..eval.timing import compare
-    from ..plugins.variator.measure import count_flops
+    from ..eval.timing import compare, count_flops
 
     from ..data.batching import token_batches
 

@@ -6,6 +6,8 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Callable
 
+import torch
+
 
 @dataclass
 class Comparison:
@@ -55,3 +57,12 @@ def compare(baseline: Callable[[], object], candidate: Callable[[], object], rep
         b.append(run(candidate))
     ma, mb = statistics.median(a), statistics.median(b)
     return Comparison(ma, mb, ma / mb, repeats, a, b)
+
+
+def count_flops(fn: Callable[[], object]) -> int:
+    """FLOPs of one call of ``fn`` (matmuls and convolutions, as ``torch.utils.flop_counter`` counts them)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())

@@ -16,17 +16,8 @@ from torch import nn
 
 from ... import arch
 from ...device import to_device
-from ...eval.timing import compare
+from ...eval.timing import compare, count_flops
 from .model import bypassed, plugged
-
-
-def count_flops(fn: Callable[[], object]) -> int:
-    """FLOPs of one call of ``fn`` (matmuls and convolutions, as ``torch.utils.flop_counter`` counts them)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        fn()
-    return int(counter.get_total_flops())
 
 
 class _Zeros(nn.Module):
