@@ -63,9 +63,9 @@ QUICK = ModularitySettings(models=("minilm",), experts=32, max_words=12, max_per
                            perturb_functions=1, perturb_seeds=(0,), coactivation_texts=100,
                            pretrain=PretrainSettings(steps=30, every=10, batch_size=16, corpus_chars=100_000, corpus="fortunes",
                                                     functions=12))
-FULL = ModularitySettings(models=("minilm", "smollm2"), experts=32, max_words=120, max_per_relation=200,
-                          max_per_task=400, perturb_functions=2, perturb_seeds=(0, 1, 2), coactivation_texts=600,
-                          pretrain=PretrainSettings(steps=800, every=80))
+FULL = ModularitySettings(models=("minilm", "smollm2"), experts=32, max_words=80, max_per_relation=150,
+                          max_per_task=300, perturb_functions=2, perturb_seeds=(0, 1, 2), coactivation_texts=400,
+                          pretrain=PretrainSettings(steps=480, every=40, functions=40))
 
 
 def _scores(model, tok, fns: list[BinaryFunction], max_length: int) -> dict[str, dict[str, np.ndarray]]:
