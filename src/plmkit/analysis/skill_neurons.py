@@ -51,11 +51,6 @@ class SkillConfig:
 
 # --- tuning ------------------------------------------------------------------------------
 
-def _encode(tokenizer, rows: Sequence[Row], max_length: int) -> list[dict]:
-    ids = tokenizer([r["text"] for r in rows], truncation=True, max_length=max_length)["input_ids"]
-    return [{"input_ids": e, "labels": int(r["label"])} for e, r in zip(ids, rows)]
-
-
 def tune(model_name: str, task: BinaryTask, config: SkillConfig = SkillConfig(), *, seed: int = 0,
          tuning: str = "prompt", out_dir: str | Path | None = None) -> tuple[nn.Module, Any]:
     """A frozen backbone tuned on ``task.train`` with a classification head (seeded): ``prompt`` (peft prompt
@@ -66,8 +61,7 @@ def tune(model_name: str, task: BinaryTask, config: SkillConfig = SkillConfig(),
     from peft import LoraConfig, PromptTuningConfig, TaskType, get_peft_model
 
     from ..assets import load_model
-    from ..train import TrainConfig, train
-    from ..train.classify import classification_collate
+    from ..train.classify import fine_tune_classifier
 
     if tuning not in TUNINGS:
         raise ConfigError(f"unknown tuning '{tuning}'; choose from {', '.join(TUNINGS)}")
@@ -93,12 +87,9 @@ def tune(model_name: str, task: BinaryTask, config: SkillConfig = SkillConfig(),
     lr = config.lr if tuning == "prompt" else config.delta_lr
     with contextlib.ExitStack() as stack:
         out = Path(out_dir) if out_dir else Path(stack.enter_context(tempfile.TemporaryDirectory()))
-        model.train()
-        train(model, _encode(tok, task.train, config.max_length),
-              TrainConfig(out_dir=str(out), max_steps=config.steps, batch_size=config.batch_size, lr=lr,
-                          warmup_steps=max(1, config.steps // 10), resume=False, progress=config.progress,
-                          seed=seed, mixed_precision=config.mixed_precision, log_every=max(1, config.steps // 10)),
-              collate_fn=classification_collate(tok))
+        fine_tune_classifier(model, tok, task.train, out, steps=config.steps, batch_size=config.batch_size, lr=lr,
+                             max_length=config.max_length, seed=seed, mixed_precision=config.mixed_precision,
+                             progress=config.progress)
     return model.eval(), tok
 
 
