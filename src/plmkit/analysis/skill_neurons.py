@@ -111,14 +111,15 @@ def prompt_tune(model_name: str, task: BinaryTask, config: SkillConfig = SkillCo
 
 def labelled_batches(tokenizer, rows: Sequence[Row], batch_size: int = 32, max_length: int = 64,
                      device: torch.device | str | None = None) -> Iterator[dict[str, torch.Tensor]]:
-    """Padded ``{"input_ids", "attention_mask", "labels"}`` batches of ``rows``."""
-    for i in range(0, len(rows), batch_size):
-        part = rows[i:i + batch_size]
-        enc = tokenizer([r["text"] for r in part], return_tensors="pt", padding=True, truncation=True,
-                        max_length=max_length)
-        batch = {k: enc[k] for k in ("input_ids", "attention_mask")}
-        batch["labels"] = torch.tensor([int(r["label"]) for r in part])
-        yield {k: v.to(device) if device is not None else v for k, v in batch.items()}
+    """Padded ``{"input_ids", "attention_mask", "labels"}`` batches of ``rows``
+    (:func:`plmkit.data.batching.token_batches` with the labels added)."""
+    from ..data.batching import token_batches
+
+    texts = [r["text"] for r in rows]
+    for i, batch in enumerate(token_batches(tokenizer, texts, batch_size, max_length, device)):
+        labels = torch.tensor([int(r["label"]) for r in rows[i * batch_size:(i + 1) * batch_size]])
+        batch["labels"] = labels.to(device) if device is not None else labels
+        yield batch
 
 
 def accuracy(model: nn.Module, tokenizer, rows: Sequence[Row], max_length: int = 64, batch_size: int = 32) -> float:
