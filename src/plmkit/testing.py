@@ -30,7 +30,7 @@ def tiny_config(name: str, **overrides: Any) -> Any:
     from transformers import AutoConfig
 
     model_type, kwargs = TINY_CONFIGS[name]
-    return AutoConfig.for_model(model_type, vocab_size=TINY_VOCAB, **{**kwargs, **overrides})
+    return AutoConfig.for_model(model_type, **{"vocab_size": TINY_VOCAB, **kwargs, **overrides})
 
 
 def tiny_model(name: str, head: str = "lm", seed: int = 0, **overrides: Any) -> nn.Module:

@@ -140,6 +140,11 @@ def load_model(
             from .pruned import load_pruned
 
             model = load_pruned(source, config, task=task, dtype=dtype, trust_remote_code=trust_remote_code, **kwargs)
+        elif getattr(config, "plmkit_quantization", None):  # int8 weights (plmkit.compress.quant)
+            from ..compress.quant import load_quantized
+
+            model = load_quantized(source, config, task=task, dtype=dtype, trust_remote_code=trust_remote_code,
+                                   **kwargs)
         else:
             model = cls.from_pretrained(source, dtype=dtype, trust_remote_code=trust_remote_code, **kwargs).eval()
     tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
