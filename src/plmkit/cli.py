@@ -542,8 +542,10 @@ def build_parser() -> argparse.ArgumentParser:
     v.set_defaults(fn=_cmd_variator)
 
     from .analysis.cli import add_parser as add_neurons
+    from .infer.cli import add_parser as add_generate
 
     add_neurons(sub)
+    add_generate(sub)
 
     k = sub.add_parser("kepler", help="KEPLER: knowledge embeddings from entity descriptions; train a run or "
                                       "evaluate its link prediction (metrics on the last line)")

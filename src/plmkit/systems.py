@@ -52,7 +52,10 @@ _ROWS = [
      "implemented: moefy, sparse expert path, routers, ReLU-fication; recipes 'moefication', 'sparsity'",
      "plmkit.compress.moefication.moefy"),
     ("dpt", "DPT: prompt tuning for discriminative PLMs", "prompting", "not yet", "plmkit.prompting.dpt"),
-    ("bminf", "BMInf: inference under a memory budget", "infer", "not yet", "plmkit.infer.offload"),
+    ("bminf", "BMInf: inference under a memory budget", "infer",
+     "implemented: a scheduler that keeps as many blocks resident as a byte budget allows and streams the rest "
+     "(zero-copy from mapped safetensors, or copied into buffers), loading ahead; int8 weights; generate and LoRA "
+     "through it; recipe 'bminf'", "plmkit.infer.offload"),
     ("autoseq", "AutoSeq: automatic label sequences", "prompting", "not yet", "plmkit.prompting.autoseq"),
     ("knowledge_inheritance", "Knowledge Inheritance", "pretrain", "not yet",
      "plmkit.pretrain.knowledge_inheritance"),

@@ -66,3 +66,20 @@ def count_flops(fn: Callable[[], object]) -> int:
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         fn()
     return int(counter.get_total_flops())
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident set size in bytes (Linux ``VmHWM``).
+
+    Unlike ``getrusage``'s ``ru_maxrss``, which Linux carries over from the parent across ``exec``, ``VmHWM``
+    belongs to this process's own address space, so a child started from a large parent reads its own peak."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource  # not Linux: the best the platform gives (kB on Linux, bytes on macOS)
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
