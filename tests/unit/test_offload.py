@@ -273,3 +273,21 @@ def test_int8_streams_int8_bytes_and_matches_the_quantized_model(tmp_path, size)
     blocks = [u for u in sched.units if u.name.startswith("block")]
     assert sum(r.nbytes for u in blocks for r in u.refs) < 0.3 * fp32_pass * len(blocks) / 5
     restore(streamed)
+
+
+def test_generate_cli_prints_text_speed_and_budget(tmp_path, capsys):
+    from plmkit.cli import main
+    from plmkit.testing import tiny_tokenizer
+
+    model = _model("llama")
+    model.save_pretrained(tmp_path)
+    tiny_tokenizer().save_pretrained(tmp_path)
+    main(["generate", "the capital of", "--model", str(tmp_path), "--budget", "40%", "--max-new-tokens", "5"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    stats = lines[-1]
+    assert stats.startswith("# 5 tokens") and "tokens/s" in stats and "peak RSS" in stats
+    resident, budget = (float(stats.split(s)[1].split()[0]) for s in ("resident weights ", "budget "))
+    assert 0 < resident <= budget
+    with pytest.raises(SystemExit):  # a budget below one block: one line, no traceback
+        main(["generate", "x", "--model", str(tmp_path), "--budget", "1kB"])
+    assert "give at least" in capsys.readouterr().err
