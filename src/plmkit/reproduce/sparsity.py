@@ -23,7 +23,7 @@ class SparsitySettings:
     models: tuple[str, ...] = MODELS
 
 
-QUICK = SparsitySettings(corpus_chars=20_000, max_length=128)
+QUICK = SparsitySettings(corpus_chars=10_000, max_length=128)
 FULL = SparsitySettings(corpus_chars=400_000, max_length=256)
 
 

@@ -53,8 +53,9 @@ class VariatorSettings:
     lm: LMSettings | None = None
 
 
-QUICK = VariatorSettings(ks=(4,), seeds=(0,), steps=60, n_test=240, repeats=5,
-                         classifier=ClassifierSettings(steps=60, lr=3e-4, max_length=48))
+# quick: the ReLU-FFN classifier the moefication recipe's quick run fine-tunes, shared through plmkit.cache
+QUICK = VariatorSettings(ks=(4,), seeds=(0,), steps=40, n_test=240, repeats=5,
+                         classifier=ClassifierSettings(relu=True, steps=60, lr=3e-4, max_length=48))
 FULL = VariatorSettings(ks=(2, 4, 8), seeds=(0, 1, 2), steps=600, n_test=None, repeats=15,
                         grid=(("hidden", 0, 0), ("both", 1, 0), ("both", 1, 6000)),
                         classifier=ClassifierSettings(steps=150), lm=LMSettings())
@@ -293,7 +294,8 @@ def run(ctx: RecipeContext) -> dict[str, Any]:
     ]
     if ctx.quick:
         notes.insert(0, f"Quick run: k={'/'.join(map(str, S.ks))}, {len(S.seeds)} seed, {S.steps} distillation steps, "
-                        f"test n={cls['n']['test']}, no SmolLM2; the full run adds k=2/8, 3 seeds, {FULL.steps} steps, a "
+                        f"test n={cls['n']['test']}, the ReLU-FFN MiniLM classifier of the moefication recipe (fine-tuned once, "
+                        "shared through the cache), no SmolLM2; the full run (GELU classifier) adds k=2/8, 3 seeds, {FULL.steps} steps, a "
                         "settings grid chosen on validation and SmolLM2 perplexity.")
     return {"measured": measured, "headline": headline, "tables": tables, "plots": _plots(ctx, cls),
             "cache": {"minilm-topic-classifier": cls["cache"]}, "details": {"minilm": cls, "smollm2": lm},
