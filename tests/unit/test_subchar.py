@@ -4,8 +4,8 @@ import json
 import pytest
 
 from plmkit.chinese import codes
-from plmkit.chinese.subchar import (ALL_ENCODINGS, SubCharEncoder, SubCharTokenizer, load_tokenizer, normalize,
-                                    train_tokenizer)
+from plmkit.chinese.subchar import (ALL_ENCODINGS, SubCharEncoder, SubCharTokenizer, SubCharVersionWarning,
+                                    load_tokenizer, normalize, train_tokenizer)
 from plmkit.cli import main
 from plmkit.data.chinese import peoples_daily
 from plmkit.errors import ConfigError
@@ -104,6 +104,28 @@ def test_tokenizer_trains_saves_loads_and_decodes(tmp_path, corpus):
     assert tok.decode(tok("我[MASK]们")["input_ids"]) == "[CLS]我[MASK]们[SEP]"  # special tokens kept
     n_tokens = len(tok(corpus[0], add_special_tokens=False)["input_ids"])
     assert n_tokens < len(corpus[0])  # subword pieces span several characters
+
+
+def test_saved_tokenizer_records_versions_and_flags_a_change(tmp_path, corpus):
+    import warnings
+    from importlib.metadata import version
+
+    train_tokenizer(corpus, "pinyin", tmp_path / "tok", vocab_size=1200, progress=False)
+    code_file = tmp_path / "tok" / "subchar_codes.json"
+    saved = json.loads(code_file.read_text(encoding="utf-8"))
+    assert saved["versions"]["pypinyin"] == version("pypinyin") and "unicode" in saved["versions"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SubCharVersionWarning)  # the same versions: silent
+        load_tokenizer(tmp_path / "tok")
+    saved["versions"]["pypinyin"] = "0.0.1"
+    code_file.write_text(json.dumps(saved, ensure_ascii=False), encoding="utf-8")
+    with pytest.warns(SubCharVersionWarning, match=r"pypinyin 0\.0\.1 .*Install pypinyin==0\.0\.1"):
+        tok = load_tokenizer(tmp_path / "tok")
+    assert tok.encoder.version_changes() == {"pypinyin": ("0.0.1", version("pypinyin"))}
+    with pytest.raises(ConfigError, match="plmkit subchar train"):
+        SubCharTokenizer.from_pretrained(str(tmp_path / "tok"), strict_versions=True)
+    char = SubCharEncoder.build("char")
+    assert set(char.versions) == {"unicode"}  # raw characters depend on no pinyin data
 
 
 def test_no_index_tokenizer_tokenizes_a_homophone_typo_identically(tmp_path, corpus):

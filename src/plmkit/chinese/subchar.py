@@ -21,8 +21,9 @@ import json
 import os
 import re
 import unicodedata
+import warnings
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -73,14 +74,33 @@ def _fragment(code: list[str], digits: list[str]) -> str:
     return "".join(code) + "".join(INDEX_DIGITS[int(d)] for d in digits)
 
 
+class SubCharVersionWarning(UserWarning):
+    """A saved SubChar tokenizer is used with other versions of what its encoding depends on."""
+
+
+def encode_time_versions(encoding: str) -> dict[str, str]:
+    """Versions of what turns text into codes at encode time: Python's Unicode data (``normalize``) and, for
+    the contextual encodings, pypinyin (its phrase data picks a heteronym's reading). The code tables
+    themselves are saved in the tokenizer's code file and cannot drift."""
+    out = {"unicode": unicodedata.unidata_version}
+    if encoding in CONTEXTUAL:
+        from importlib.metadata import version
+
+        out["pypinyin"] = version("pypinyin")
+    return out
+
+
 @dataclass
 class SubCharEncoder:
-    """Text <-> spelled text for one encoding. ``groups`` lists, per code, its characters in index order."""
+    """Text <-> spelled text for one encoding. ``groups`` lists, per code, its characters in index order.
+    ``versions``: :func:`encode_time_versions` when the encoder was built (empty for files saved before
+    plmkit recorded them)."""
 
     encoding: str
     index: bool
     codes: dict[str, list[str]]  # char -> codes, the first used when context does not choose
     groups: dict[str, str]  # code -> characters sharing it, commonest first
+    versions: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._code_set = set(self.groups)
@@ -92,7 +112,7 @@ class SubCharEncoder:
     def build(cls, encoding: str, index: bool = True) -> "SubCharEncoder":
         """The encoder of ``encoding`` ('char' for raw characters) from the real code tables."""
         if encoding == "char":
-            return cls("char", True, {}, {})
+            return cls("char", True, {}, {}, encode_time_versions("char"))
         table = code_table(encoding).codes
         freq = char_frequencies()
         members: dict[str, list[str]] = {}
@@ -100,11 +120,32 @@ class SubCharEncoder:
             for c in cs:
                 members.setdefault(c, []).append(ch)
         groups = {c: "".join(sorted(chs, key=lambda ch: (-freq.get(ch, 0), ch))) for c, chs in members.items()}
-        return cls(encoding, index, {ch: list(cs) for ch, cs in table.items()}, groups)
+        return cls(encoding, index, {ch: list(cs) for ch, cs in table.items()}, groups,
+                   encode_time_versions(encoding))
 
     def to_dict(self) -> dict:
         return {"format": CODE_FORMAT, "encoding": self.encoding, "index": self.index, "separator": SEPARATOR,
-                "codes": self.codes, "groups": self.groups}
+                "versions": self.versions, "codes": self.codes, "groups": self.groups}
+
+    def version_changes(self) -> dict[str, tuple[str, str]]:
+        """``{name: (saved, installed)}`` for each recorded dependency whose installed version differs."""
+        now = encode_time_versions(self.encoding)
+        return {k: (v, now.get(k, "not installed")) for k, v in self.versions.items() if now.get(k) != v}
+
+    def check_versions(self, strict: bool = False, name: str = "this SubChar tokenizer") -> None:
+        """Warn (``strict``: refuse) when the installed versions differ from those the encoder was saved with:
+        the same text could then be spelled differently from the training data."""
+        changes = self.version_changes()
+        if not changes:
+            return
+        said = ", ".join(f"{k} {a} (installed: {b})" for k, (a, b) in changes.items())
+        pins = " ".join(f"{k}=={a}" for k, (a, _) in changes.items() if k != "unicode")
+        msg = (f"{name} was saved with {said}: text may be spelled differently from its training data. "
+               + (f"Install {pins}" if pins else "Use the Python it was built with") + ", or train it again with "
+               "`plmkit subchar train`.")
+        if strict:
+            raise ConfigError(msg)
+        warnings.warn(msg, SubCharVersionWarning, stacklevel=3)
 
     @classmethod
     def from_dict(cls, d: dict) -> "SubCharEncoder":
@@ -114,7 +155,7 @@ class SubCharEncoder:
         if d.get("format") != CODE_FORMAT:
             raise ConfigError(f"this SubChar tokenizer was saved in code format {d.get('format', 1)}, this plmkit "
                               f"reads format {CODE_FORMAT}: train it again with `plmkit subchar train`")
-        return cls(d["encoding"], bool(d["index"]), d["codes"], d["groups"])
+        return cls(d["encoding"], bool(d["index"]), d["codes"], d["groups"], dict(d.get("versions") or {}))
 
     # ------------------------------------------------------------ encoding
     def _readings(self, text: str) -> list[str | None]:
@@ -252,18 +293,22 @@ class SubCharTokenizer(_backend()):
     ``AutoTokenizer.from_pretrained(dir)`` all work as for any HF tokenizer; a pair is wrapped
     ``[CLS] a [SEP] b [SEP]`` as BERT does. Decoding is exact in index mode (up to :func:`normalize`);
     as in every HF tokenizer, a literal ``[CLS]``, ``[SEP]``, ``[MASK]``... in the input is read as that
-    special token. Contextual encodings read heteronyms with the installed pypinyin at encode time."""
+    special token. Contextual encodings read heteronyms with the installed pypinyin at encode time; the
+    pypinyin and Unicode versions a tokenizer was saved with are recorded in its code file, and loading it
+    under others warns (:class:`SubCharVersionWarning`; ``strict_versions=True``: refuses)."""
 
     vocab_files_names = {"vocab_file": "spiece.model", "code_file": CODE_FILE}
     model_input_names = ["input_ids", "token_type_ids", "attention_mask"]
     is_fast = False
 
-    def __init__(self, vocab_file: str | None = None, code_file: str | None = None, **kwargs) -> None:
+    def __init__(self, vocab_file: str | None = None, code_file: str | None = None, strict_versions: bool = False,
+                 **kwargs) -> None:
         if not vocab_file or not code_file or not Path(code_file).exists():
             raise ConfigError(f"a SubChar tokenizer needs spiece.model and {CODE_FILE} (got {vocab_file}, {code_file}); "
                               "make one with `plmkit subchar train`")
         self.code_file = code_file
         self.encoder = SubCharEncoder.from_dict(json.loads(Path(code_file).read_text(encoding="utf-8")))
+        self.encoder.check_versions(strict_versions, f"the SubChar tokenizer in {Path(code_file).parent}")
         for k, v in SPECIAL_TOKENS.items():
             kwargs.setdefault(k, v)
         kwargs.setdefault("special_tokens_pattern", "cls_sep")
