@@ -376,8 +376,12 @@ def _cmd_readin(args: argparse.Namespace) -> None:
     s = make_noisy_set(args.input, args.out, kind=args.kind, versions=args.versions, rate=args.rate,
                        seed=args.seed, fields=fields, task=args.task)
     for v in s["versions"]:
-        print(f"{s['kind']} version {v['version']}: {100 * v['noise_rate']:.1f}% of characters changed, "
-              f"{v['changed_examples']}/{s['examples']} examples differ -> {Path(args.out) / v['split']}")
+        per_field = ", ".join(f"{f} {100 * r:.1f}%" for f, r in v["field_noise_rates"].items())
+        print(f"{s['kind']} version {v['version']}: {100 * v['noise_rate']:.1f}% of characters changed "
+              f"({per_field}), {v['changed_examples']}/{s['examples']} examples differ -> {Path(args.out) / v['split']}")
+    if s["removed_stale"]:
+        print(f"removed {', '.join(s['removed_stale'])}: noisy versions of an earlier run beyond the {len(s['versions'])} "
+              "written now")
     print(f"wrote the READIN layout ({s['task']}, fields {', '.join(s['fields'])}) and noise_rates.json to "
           f"{Path(args.out).resolve()}")
 
@@ -592,7 +596,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                              "characters change)")
     rn.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     rn.add_argument("--fields", default=None, help="comma-separated JSON fields to noise (default: every string "
-                                                   "field but id/label-like ones; SQuAD: question)")
+                                                   "field holding Chinese text but id/label-like ones; SQuAD: "
+                                                   "question)")
     rn.add_argument("--task", choices=("afqmc", "cmrc2018", "nmt"), default=None,
                     help="output layout (default: from the input: SQuAD -> cmrc2018, zh/en rows -> nmt, else afqmc)")
     rd.set_defaults(fn=_cmd_readin)

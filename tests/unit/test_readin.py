@@ -380,3 +380,30 @@ def test_cli_writes_a_layout_the_loader_reads(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["readin", "noise", "--input", str(src), "--fields", "sentence9", "--out", str(tmp_path / "bad")])
     assert e.value.code == 2 and "no string field 'sentence9'" in capsys.readouterr().err
+
+
+def test_cli_noises_chinese_fields_only_reports_each_and_clears_stale_versions(tmp_path, capsys):
+    from plmkit.cli import main
+
+    src = tmp_path / "nmt.jsonl"
+    _jsonl(src, [{"id": 0, "zh": "我们明天去银行办理业务", "en": "We go to the bank tomorrow"},
+                 {"id": 1, "zh": "今天天气很好适合散步", "en": "The weather is fine for a walk"}])
+    out = tmp_path / "out"
+    main(["readin", "noise", "--input", str(src), "--versions", "3", "--rate", "1.0", "--out", str(out)])
+    rates = json.loads((out / "noise_rates.json").read_text())
+    assert rates["task"] == "nmt" and rates["fields"] == ["zh"]  # the English side is not Chinese text
+    assert all(set(v["field_noise_rates"]) == {"zh"} and v["field_noise_rates"]["zh"] > 0 for v in rates["versions"])
+    assert "zh " in capsys.readouterr().out
+    assert (out / "test_noisy_keyboard_3.json").exists()
+    main(["readin", "noise", "--input", str(src), "--versions", "1", "--rate", "1.0", "--out", str(out)])
+    assert "removed test_noisy_keyboard_2.json, test_noisy_keyboard_3.json" in capsys.readouterr().out
+    assert sorted(p.name for p in out.glob("test_noisy_*")) == ["test_noisy_keyboard_1.json"]
+    s = load_readin(out, "nmt", kinds=("keyboard",), versions=None)
+    assert len(s.noisy["keyboard"]) == 1 and all(n["en"] == c["en"] for n, c in zip(s.noisy["keyboard"][0], s.clean))
+
+    bad = tmp_path / "gbk.txt"
+    bad.write_bytes("今天天气很好\n".encode("gbk"))
+    with pytest.raises(SystemExit) as e:
+        main(["readin", "noise", "--input", str(bad), "--out", str(tmp_path / "gbk")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "is not UTF-8" in err and "iconv" in err and "Traceback" not in err

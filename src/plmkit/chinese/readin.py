@@ -385,11 +385,29 @@ def _is_json_object(line: str) -> bool:
 
 
 def default_fields(rows: Sequence[dict]) -> list[str]:
-    """String fields of the examples, except id- and label-like ones (for SQuAD rows: the question)."""
+    """String fields of the examples that hold Chinese text, except id- and label-like ones (for SQuAD rows:
+    the question). An NMT row's English side is left alone."""
+    from .codes import is_han
+
     if rows and {"question", "context"} <= set(rows[0]):
         return ["question"]
     names = dict.fromkeys(k for r in rows for k, v in r.items() if isinstance(v, str) and not _ID_LIKE.search(k))
-    return list(names)
+    return [k for k in names if any(isinstance(r.get(k), str) and any(is_han(c) for c in r[k]) for r in rows)]
+
+
+def _remove_stale_versions(out: Path, task: str, kind: str, versions: int) -> list[str]:
+    """Delete ``kind``'s noisy splits numbered above ``versions`` in ``out`` (left by an earlier run with more
+    versions, they would be read as versions of this set); returns their names."""
+    import shutil
+
+    pattern = re.compile(rf"^{re.escape(split_name(kind, 1))[:-1]}(\d+)(\.json)?$")  # test_noisy_<kind>_<k>
+    removed = []
+    for p in sorted(out.iterdir()) if out.is_dir() else []:
+        m = pattern.match(p.name)
+        if m and int(m.group(1)) > versions and (p.is_dir() == (task == "afqmc")):
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+            removed.append(p.name)
+    return removed
 
 
 def make_noisy_set(input_path: str | Path, out_dir: str | Path, kind: str = "keyboard", versions: int = 3,
@@ -411,8 +429,9 @@ def make_noisy_set(input_path: str | Path, out_dir: str | Path, kind: str = "key
     rate = DEFAULT_RATE if rate is None else rate
     noisy, stats = noisy_rows(rows, fields, kind, versions, rate, seed)
     write_readin(out_dir, rows, {normalize_kind(kind): noisy}, task=task)
-    summary = {"kind": "speech" if normalize_kind(kind) == "asr" else "keyboard", "rate": rate, "seed": seed, "task": task, "fields": fields,
-               "examples": len(rows), "versions": stats}
+    removed = _remove_stale_versions(Path(out_dir), task, normalize_kind(kind), versions)
+    summary = {"kind": "speech" if normalize_kind(kind) == "asr" else "keyboard", "rate": rate, "seed": seed,
+               "task": task, "fields": fields, "examples": len(rows), "versions": stats, "removed_stale": removed}
     write_json(Path(out_dir) / "noise_rates.json", summary)
     return summary
 
@@ -432,6 +451,8 @@ def noisy_rows(rows: Sequence[dict], fields: Sequence[str], kind: str, versions:
         noisy.append(version)
         stats.append({"version": k, "split": split_name(folder, k),
                       "noise_rate": noise_rate(clean_texts, [r[f] for r in version for f in fields]),
+                      "field_noise_rates": {f: noise_rate([r[f] for r in rows], [r[f] for r in version])
+                                            for f in fields},
                       "changed_examples": sum(any(a[f] != b[f] for f in fields) for a, b in zip(rows, version))})
     return noisy, stats
 
