@@ -566,8 +566,9 @@ def build_parser() -> argparse.ArgumentParser:
     kt.add_argument("--relation-lr", type=float, default=1e-2, help="learning rate of the relation table")
     kt.add_argument("--gamma", type=float, default=4.0, help="TransE margin (default 4.0)")
     kt.add_argument("--negatives", type=int, default=1, help="corrupted heads (and tails) per triple")
-    kt.add_argument("--pooling", choices=("cls", "mean"), default="cls",
-                    help="entity embedding: first token or mean over tokens (default cls)")
+    kt.add_argument("--pooling", choices=("auto", "cls", "mean", "last"), default="auto",
+                    help="entity embedding: first token, mean over tokens, or last real token (default auto: what "
+                         "a sentence-transformers encoder declares, mean for a causal LM, else the first token)")
     kt.add_argument("--lm-weight", type=float, default=1.0, help="weight of the LM loss (0: KE only)")
     kt.add_argument("--relation-descriptions", action="store_true", help="encode relation descriptions")
     kt.add_argument("--head-steps", type=int, default=None,

@@ -374,3 +374,41 @@ def test_inductive_evaluation_ranks_only_the_test_graph(tmp_path):
     test_ids = {vocab.entity_id[e] for e in graph.split.entities("test")}
     assert set(ev["candidates"]) == test_ids
     assert {x for tr in ev["filter"] for x in (tr[0], tr[2])} <= test_ids
+
+
+# --- pooling ---------------------------------------------------------------------------------------------
+
+
+def test_pooling_defaults_fit_the_encoder_and_last_token_reads_real_tokens(tmp_path):
+    from plmkit.knowledge.kepler import default_pooling
+
+    assert _tiny_kepler().config.pooling == "cls"  # a masked-LM encoder: the paper's first token
+    causal = tiny_model("llama")
+    assert KEPLER(causal, 3).config.pooling == "mean"
+    with pytest.raises(ConfigError, match="same vector"):
+        KEPLER(causal, 3, KEPLERConfig(pooling="cls"))
+    st = tmp_path / "st"  # a sentence-transformers folder declares its pooling
+    (st / "1_Pooling").mkdir(parents=True)
+    (st / "1_Pooling" / "config.json").write_text('{"pooling_mode_cls_token": false, "pooling_mode_mean_tokens": true}')
+    enc = tiny_model("bert")
+    enc.config._name_or_path = str(st)
+    assert default_pooling(enc) == "mean"
+
+    model = KEPLER(tiny_model("llama"), 3, KEPLERConfig(pooling="last")).eval()
+    ids = torch.tensor([[5, 6, 7, 0, 0], [0, 0, 5, 6, 7]])  # the same text padded right and left
+    mask = torch.tensor([[1, 1, 1, 0, 0], [0, 0, 1, 1, 1]])
+    with torch.no_grad():
+        hidden = model.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        out = model.encode(ids, mask)
+    torch.testing.assert_close(out, torch.stack([hidden[0, 2], hidden[1, 4]]))
+
+
+def test_training_refuses_a_pooling_that_collapses_descriptions(tmp_path):
+    tok = tiny_tokenizer()
+    model = _tiny_kepler(KEPLERConfig(pooling="cls"))
+    model.lm.base_model.embeddings.word_embeddings.weight.data.zero_()  # every token the same: one vector for all
+    model.lm.base_model.embeddings.position_embeddings.weight.data.zero_()
+    model.lm.base_model.embeddings.token_type_embeddings.weight.data.zero_()
+    with pytest.raises(ConfigError, match="same embedding"):
+        train_kepler(model, tok, ["a cat", "a dog", "the sea"], torch.tensor([[0, 0, 1], [1, 1, 2]]),
+                     TrainConfig(out_dir=str(tmp_path), max_steps=1, batch_size=2))

@@ -28,7 +28,24 @@ from ..train import TrainConfig, TrainResult, train
 from ..eval.lm import is_causal_lm, lm_loss
 from ..train.heads import lm_collate
 
-POOLING = ("cls", "mean")
+POOLING = ("auto", "cls", "mean", "last")
+_ST_POOLING = {"pooling_mode_cls_token": "cls", "pooling_mode_mean_tokens": "mean", "pooling_mode_lasttoken": "last"}
+
+
+def default_pooling(lm: nn.Module) -> str:
+    """The pooling that fits ``lm``: what a sentence-transformers folder declares (``1_Pooling/config.json``:
+    MiniLM's is ``mean``); ``mean`` for a causal LM (its first token sees nothing after itself); otherwise the
+    first token, as KEPLER pools RoBERTa."""
+    folder = Path(str(getattr(lm.config, "_name_or_path", "") or ""))
+    st = folder / "1_Pooling" / "config.json"
+    if st.is_file():
+        import json
+
+        modes = json.loads(st.read_text(encoding="utf-8"))
+        for key, mode in _ST_POOLING.items():
+            if modes.get(key):
+                return mode
+    return "mean" if is_causal_lm(lm) else "cls"
 
 
 @dataclass
@@ -39,7 +56,7 @@ class KEPLERConfig(JsonConfig):
     p_norm: float = 2.0  # norm of h + r - t
     negatives: int = 1  # corrupted heads, and as many corrupted tails, per triple
     filter_negatives: bool = True  # never use a known true triple as a negative
-    pooling: str = "cls"  # entity embedding: first token ("cls") or mean over tokens
+    pooling: str = "auto"  # entity embedding: "cls" (first token), "mean", "last" (last real token), "auto"
     relation_descriptions: bool = False  # relation embedding = encoding of a relation description
     lm_weight: float = 1.0
     mlm_probability: float = 0.15
@@ -126,7 +143,13 @@ class KEPLER(nn.Module):
     def __init__(self, lm: nn.Module, num_relations: int, config: KEPLERConfig | None = None, seed: int = 0):
         super().__init__()
         self.lm = lm
-        self.config = config or KEPLERConfig()
+        config = config or KEPLERConfig()
+        if config.pooling == "auto":  # resolved here, so a saved run records what it used
+            config = KEPLERConfig.from_dict({**config.to_dict(), "pooling": default_pooling(lm)})
+        if config.pooling == "cls" and is_causal_lm(lm):
+            raise ConfigError("pooling='cls' on a causal LM gives every description the same vector (its first "
+                              "token sees no later token): use pooling='mean', 'last' or 'auto'")
+        self.config = config
         self.relation_embeddings = _relation_table(num_relations, lm.config.hidden_size, self.config.gamma, seed)
 
     @classmethod
@@ -145,10 +168,14 @@ class KEPLER(nn.Module):
         return getattr(self.lm, "base_model", self.lm)
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Pooled description embeddings ``[N, hidden]`` (first token, or mean over real tokens)."""
+        """Pooled description embeddings ``[N, hidden]``: first token, mean over real tokens, or the last real
+        token (left or right padding)."""
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         if self.config.pooling == "cls":
             return hidden[:, 0]
+        if self.config.pooling == "last":
+            positions = torch.arange(hidden.shape[1], device=hidden.device) * attention_mask.to(torch.long)
+            return hidden[torch.arange(hidden.shape[0], device=hidden.device), positions.argmax(-1)]
         m = attention_mask.unsqueeze(-1).to(hidden.dtype)
         return (hidden * m).sum(1) / m.sum(1).clamp(min=1)
 
@@ -334,6 +361,19 @@ def load_embeddings(directory: str | Path):
             KEPLERConfig.from_json(d / "kepler_config.json"))
 
 
+def check_distinct_embeddings(model: KEPLER, tokenizer, descriptions: Sequence[str], n: int = 32) -> None:
+    """Refuse to train when distinct descriptions all get the same vector (a pooling that reads a position
+    no description changes): TransE could then learn nothing about entities."""
+    texts = list(dict.fromkeys(descriptions))[:n]
+    if len(texts) < 2:
+        return
+    e = model.embed_texts(tokenizer, texts)
+    spread = (e - e.mean(0)).norm(dim=-1).max()
+    if spread <= 1e-6 * e.norm(dim=-1).mean().clamp(min=1e-12):
+        raise ConfigError(f"pooling='{model.config.pooling}' gives {len(texts)} different descriptions the same "
+                          "embedding; choose another pooling (mean, last) for this encoder")
+
+
 def train_kepler(model: KEPLER, tokenizer, descriptions: Sequence[str], triples: torch.Tensor, config: TrainConfig,
                  *, texts: Sequence[str] | None = None, relation_texts: Sequence[str] | None = None,
                  negative_entities: Sequence[int] | torch.Tensor | None = None,
@@ -368,6 +408,7 @@ def train_kepler(model: KEPLER, tokenizer, descriptions: Sequence[str], triples:
         optimizer = torch.optim.AdamW([{"params": rest, "lr": config.lr},
                                        {"params": [table], "lr": relation_lr, "weight_decay": 0.0}],
                                       lr=config.lr, weight_decay=config.weight_decay)
+    check_distinct_embeddings(model, tokenizer, descriptions)
     model.train()
     result = train(model, items, config, kepler_loss_fn, collate_fn=collate, optimizer=optimizer)
     model.eval()
