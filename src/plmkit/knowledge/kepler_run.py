@@ -89,7 +89,7 @@ def kepler_train(out_dir: str | Path, *, kg: str | DescribedKG = "wordnet", enco
     texts, heldout = lm_texts(seed=seed)
     summary: dict[str, Any] = {"encoder": encoder, "graph": graph.name, "inductive": graph.split.inductive,
                                "entities": len(vocab), "relations": len(vocab.relations),
-                               "train_triples": len(graph.split.train), "kepler_config": asdict(config),
+                               "train_triples": len(graph.split.train), "kepler_config": asdict(model.config),
                                "steps": steps, "batch_size": batch_size, "lr": lr, "relation_lr": relation_lr,
                                "mixed_precision": mixed_precision,
                                "seed": seed}
