@@ -142,6 +142,55 @@ def test_encoder_mismatch_and_foreign_file_are_clear_errors(tmp_path, encoder):
         Notebook(bad, encoder)
 
 
+def test_update_validates_and_remove_checks_in_its_transaction(tmp_path, encoder):
+    nb = Notebook(tmp_path / "n.db", encoder)
+    ids = nb.add(NOTES)
+    with pytest.raises(PlmkitError, match="non-empty"):
+        nb.update(ids[0], "   ")
+    with pytest.raises(PlmkitError, match="no note with id 99"):
+        nb.update(99, "The capital of France is Lyon.")
+    assert [n.text for n in nb.notes()] == NOTES
+    other = Notebook(tmp_path / "n.db", encoder)  # another connection removes a note in between
+    other.remove(ids[2])
+    with pytest.raises(PlmkitError, match=rf"no note with id \[{ids[2]}\]"):
+        nb.remove([ids[0], ids[2]])
+    assert [n.id for n in nb.notes()] == ids[:2]  # the check and the delete are one transaction
+
+
+def test_read_only_notebook_reads_and_searches_and_says_why_it_cannot_write(tmp_path, encoder, monkeypatch):
+    Notebook(tmp_path / "n.db", encoder).add(NOTES)
+    ro = Notebook(tmp_path / "n.db", encoder, read_only=True)
+    assert ro.read_only and len(ro) == 3 and ro.search("capital of France", k=1)[0]
+    with pytest.raises(PlmkitError, match="read-only .*copy it somewhere writable"):
+        ro.add("another note")
+    with pytest.raises(PlmkitError, match="read-only"):
+        ro.remove(1)
+    assert len(Notebook(tmp_path / "n.db", encoder)) == 3
+    monkeypatch.setattr("os.access", lambda path, mode: False)  # e.g. a file owned by another user
+    assert Notebook(tmp_path / "n.db", encoder).read_only
+
+
+def test_encoder_identity_is_the_weights_not_the_name(tmp_path, encoder):
+    from plmkit.testing import tiny_model, tiny_tokenizer
+
+    Notebook(tmp_path / "n.db", encoder).add("a note")
+    same = SentenceEncoder(tiny_model("bert", head="base"), tiny_tokenizer(), name="tiny-bert")
+    assert Notebook(tmp_path / "n.db", same).search("a note", k=1)[0]  # same weights: fine
+    other = SentenceEncoder(tiny_model("bert", head="base", seed=1), tiny_tokenizer(), name="tiny-bert")
+    with pytest.raises(ConfigError, match="other weights of encoder 'tiny-bert'"):
+        Notebook(tmp_path / "n.db", other).search("a note")
+
+
+def test_one_notebook_serves_several_threads(tmp_path, encoder):
+    from concurrent.futures import ThreadPoolExecutor
+
+    nb = Notebook(tmp_path / "n.db", encoder)
+    with ThreadPoolExecutor(4) as pool:
+        ids = [i for batch in pool.map(lambda k: nb.add([f"note {k} a", f"note {k} b"]), range(8)) for i in batch]
+        hits = list(pool.map(lambda k: nb.search(f"note {k} a", k=2), range(8)))
+    assert sorted(ids) == list(range(1, 17)) and len(nb) == 16 and all(len(h[0]) == 2 for h in hits)
+
+
 # ---- the reader and EREN's logic ---------------------------------------------------------------
 def test_reader_logprob_matches_a_manual_forward(reader):
     tok = reader.tokenizer

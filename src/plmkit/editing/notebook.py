@@ -8,7 +8,12 @@ dropped on remove, and rebuilt when another process has committed a change.
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
+import json
+import os
 import sqlite3
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +37,52 @@ CREATE TABLE IF NOT EXISTS notes (
 """
 
 
+def encoder_identity(encoder: "SentenceEncoder | str") -> str:
+    """What identifies an encoder's weights: for an asset name or a model folder, the hash of
+    :func:`plmkit.cache.model_identity` (package versions, file sizes, config); for a model given as an object,
+    the hash of its parameters. Two encoders with the same name but other weights differ here."""
+    from ..cache import model_identity
+
+    spec = encoder if isinstance(encoder, str) else getattr(encoder.model.config, "_name_or_path", "") or ""
+    if spec and (Path(spec).is_dir() or isinstance(encoder, str)):
+        with contextlib.suppress(Exception):  # an unknown name: fall back to the weights when loaded
+            folder = Path(spec).resolve()
+            ident = model_identity(str(folder) if folder.is_dir() else spec)
+            if folder.is_dir():  # the weights themselves, not only their sizes
+                ident["weights_sha256"] = {f.name: _file_sha256(f) for f in sorted(folder.glob("*.safetensors"))}
+            return "id:" + hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+    if isinstance(encoder, str):
+        return ""
+    h = hashlib.sha256()
+    for name, t in sorted(encoder.model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return "weights:" + h.hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=32)
+def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _file_sha256(path: Path) -> str:
+    st = path.stat()
+    return _sha256_cached(str(path), st.st_size, st.st_mtime_ns)
+
+
+def _locked(method: Callable) -> Callable:
+    """Serialise a method on the notebook's lock: one connection shared by several threads."""
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+    return run
+
+
 @dataclass(frozen=True)
 class Note:
     id: int
@@ -45,6 +96,13 @@ class Hit:
     score: float
 
 
+def _statements(texts: list[str]) -> list[str]:
+    texts = [t.strip() if isinstance(t, str) else t for t in texts]
+    if not texts or any(not isinstance(t, str) or not t for t in texts):
+        raise PlmkitError("a note must be a non-empty statement, e.g. 'The capital of France is Lyon.'")
+    return texts
+
+
 class Notebook:
     """Edits as notes: ``add``, ``update``, ``remove``, ``notes``, and top-k ``search``.
 
@@ -54,16 +112,31 @@ class Notebook:
     """
 
     def __init__(self, path: str | Path, encoder: SentenceEncoder | str | None = None,
-                 index_factory: Callable[[int], VectorIndex] = ExactIndex, timeout: float = 30.0):
+                 index_factory: Callable[[int], VectorIndex] = ExactIndex, timeout: float = 30.0,
+                 read_only: bool | None = None):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        if read_only is None:  # a file (or folder, for the WAL files) this process may not write
+            read_only = self.path.exists() and not (os.access(self.path, os.W_OK)
+                                                     and os.access(self.path.parent, os.W_OK))
+        self.read_only = read_only
+        if read_only and not self.path.is_file():
+            raise ConfigError(f"notebook {self.path} does not exist, so it cannot be opened read-only")
+        if not read_only:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._db = sqlite3.connect(str(self.path), timeout=timeout, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            with self._transaction():
-                for statement in filter(str.strip, _SCHEMA.split(";")):
-                    self._db.execute(statement)
+            if read_only:
+                self._db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=timeout,
+                                           isolation_level=None, check_same_thread=False)
+                self._db.execute("SELECT COUNT(*) FROM notes").fetchone()
+            else:
+                self._db = sqlite3.connect(str(self.path), timeout=timeout, isolation_level=None,
+                                           check_same_thread=False)
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=FULL")
+                with self._transaction():
+                    for statement in filter(str.strip, _SCHEMA.split(";")):
+                        self._db.execute(statement)
         except sqlite3.DatabaseError as e:
             raise PlmkitError(f"{self.path} is not a plmkit notebook (SQLite said: {e}); pass another --db path") from e
         stored = self._meta("encoder")
@@ -73,6 +146,7 @@ class Notebook:
                               f"open it with encoder='{stored}' or create a new notebook")
         self._encoder_spec = encoder if encoder is not None else (stored or DEFAULT_ENCODER)
         self._encoder: SentenceEncoder | None = encoder if isinstance(encoder, SentenceEncoder) else None
+        self._identity_checked = False
         self._index_factory = index_factory
         self._index: VectorIndex | None = None
         self._by_id: dict[int, Note] = {}
@@ -82,6 +156,9 @@ class Notebook:
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:
         """One atomic write: committed whole, or rolled back whole on any error."""
+        if self.read_only:
+            raise PlmkitError(f"notebook {self.path} is open read-only (this process may not write the file or its "
+                              "folder): listing and search work; to edit, copy it somewhere writable")
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield
@@ -96,9 +173,18 @@ class Notebook:
 
     @property
     def encoder(self) -> SentenceEncoder:
-        if self._encoder is None:
-            self._encoder = SentenceEncoder(self._encoder_spec)
-        return self._encoder
+        """The encoder, loaded on first use; its weights must be the ones the notebook was embedded with."""
+        with self._lock:
+            if self._encoder is None:
+                self._encoder = SentenceEncoder(self._encoder_spec)
+            if not self._identity_checked:
+                stored, now = self._meta("encoder_identity"), encoder_identity(self._encoder)
+                if stored and now and stored != now:
+                    raise ConfigError(f"notebook {self.path} was embedded by other weights of encoder "
+                                      f"'{self._encoder.name}' (identity {stored}, now {now}): install the encoder it "
+                                      "was built with, or add the notes (`plmkit notes list`) to a new notebook")
+                self._identity_checked = True
+            return self._encoder
 
     def _data_version(self) -> int:
         return int(self._db.execute("PRAGMA data_version").fetchone()[0])
@@ -126,12 +212,10 @@ class Notebook:
             self._index = None
 
     # ---- edits ----------------------------------------------------------------------------
+    @_locked
     def add(self, texts: str | Sequence[str]) -> list[int]:
         """Embed and store notes (one transaction); returns their ids."""
-        texts = [texts] if isinstance(texts, str) else list(texts)
-        texts = [t.strip() for t in texts]
-        if not texts or any(not t for t in texts):
-            raise PlmkitError("a note must be a non-empty statement, e.g. 'The capital of France is Lyon.'")
+        texts = _statements([texts] if isinstance(texts, str) else list(texts))
         self._fresh_index()
         vecs = self.encoder.encode(texts)
         ids = []
@@ -139,6 +223,8 @@ class Notebook:
             if self._meta("encoder") is None:
                 self._db.execute("INSERT INTO meta VALUES ('encoder', ?), ('dim', ?)",
                                  (self.encoder.name, str(vecs.shape[1])))
+            if self._meta("encoder_identity") is None:
+                self._db.execute("INSERT INTO meta VALUES ('encoder_identity', ?)", (encoder_identity(self.encoder),))
             now = time.time()
             for text, vec in zip(texts, vecs):
                 cur = self._db.execute("INSERT INTO notes (text, created, embedding) VALUES (?, ?, ?)",
@@ -152,15 +238,19 @@ class Notebook:
         self._apply_own_write(apply)
         return ids
 
+    @_locked
     def update(self, note_id: int, text: str) -> None:
-        """Replace a note's text (and embedding), keeping its id."""
+        """Replace a note's text (and embedding), keeping its id; a missing id changes nothing."""
+        (text,) = _statements([text])
         self.get(note_id)
         self._fresh_index()
-        text, now = text.strip(), time.time()
+        now = time.time()
         vec = self.encoder.encode([text])
         with self._transaction():
-            self._db.execute("UPDATE notes SET text = ?, created = ?, embedding = ? WHERE id = ?",
-                             (text, now, vec[0].numpy().tobytes(), note_id))
+            cur = self._db.execute("UPDATE notes SET text = ?, created = ?, embedding = ? WHERE id = ?",
+                                   (text, now, vec[0].numpy().tobytes(), note_id))
+            if cur.rowcount != 1:  # removed by another process since the check above
+                raise PlmkitError(f"no note with id {note_id} in {self.path}")
 
         def apply(index: VectorIndex) -> None:
             index.remove([note_id])
@@ -169,14 +259,17 @@ class Notebook:
 
         self._apply_own_write(apply)
 
+    @_locked
     def remove(self, note_ids: int | Sequence[int]) -> int:
-        """Delete notes by id; unknown ids raise before anything is deleted."""
-        note_ids = [note_ids] if isinstance(note_ids, int) else list(note_ids)
-        missing = set(note_ids) - {n.id for n in self.notes()}
-        if missing:
-            raise PlmkitError(f"no note with id {sorted(missing)} in {self.path}; `plmkit notes --db {self.path} list` "
-                              "shows the ids")
+        """Delete notes by id, checked and deleted in one transaction: unknown ids delete nothing."""
+        note_ids = list(dict.fromkeys([note_ids] if isinstance(note_ids, int) else note_ids))
         with self._transaction():
+            present = {r[0] for r in self._db.execute(
+                f"SELECT id FROM notes WHERE id IN ({','.join('?' * len(note_ids))})", note_ids)} if note_ids else set()
+            missing = set(note_ids) - present
+            if missing:
+                raise PlmkitError(f"no note with id {sorted(missing)} in {self.path}; `plmkit notes --db {self.path} "
+                                  "list` shows the ids")
             self._db.executemany("DELETE FROM notes WHERE id = ?", [(i,) for i in note_ids])
 
         def apply(index: VectorIndex) -> None:
@@ -187,26 +280,31 @@ class Notebook:
         self._apply_own_write(apply)
         return len(note_ids)
 
+    @_locked
     def clear(self) -> int:
         """Delete every note (the encoder stays recorded)."""
         return self.remove([n.id for n in self.notes()]) if len(self) else 0
 
     # ---- reading --------------------------------------------------------------------------
+    @_locked
     def notes(self) -> list[Note]:
         return [Note(*r) for r in self._db.execute("SELECT id, text, created FROM notes ORDER BY id")]
 
+    @_locked
     def get(self, note_id: int) -> Note:
         row = self._db.execute("SELECT id, text, created FROM notes WHERE id = ?", (note_id,)).fetchone()
         if row is None:
             raise PlmkitError(f"no note with id {note_id} in {self.path}")
         return Note(*row)
 
+    @_locked
     def __len__(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM notes").fetchone()[0])
 
     def __iter__(self) -> Iterator[Note]:
         return iter(self.notes())
 
+    @_locked
     def search(self, queries: str | Sequence[str], k: int = 5) -> list[list[Hit]]:
         """The ``k`` notes with the largest inner product with each query, best first."""
         queries = [queries] if isinstance(queries, str) else list(queries)
@@ -217,6 +315,7 @@ class Notebook:
         return [[Hit(self._by_id[int(i)], float(s)) for i, s in zip(row_ids, row_scores)]
                 for row_ids, row_scores in zip(ids, scores)]
 
+    @_locked
     def close(self) -> None:
         self._db.close()
 
