@@ -258,6 +258,11 @@ def test_link_prediction_by_hand_with_ties_filtering_and_candidates():
     # head 0 ties with 1, below 2 -> realistic 2.5
     m = link_prediction(st, sh, triples, triples, 4)
     assert m["tail"]["MR"] == 2.5 and m["head"]["MR"] == 2.5
+    # the query's own entity first: tails of (0, 0) rank entity 0 last (0); heads of (0, 2) rank entity 2 first (1)
+    assert (m["tail"]["query_entity_first"], m["head"]["query_entity_first"], m["both"]["query_entity_first"]) == \
+        (0.0, 1.0, 0.5)
+    tied = link_prediction(lambda h, r: torch.tensor([[5.0, 5.0, 3.0, 3.0]]), sh, triples, triples, 4)
+    assert tied["tail"]["query_entity_first"] == 0.0  # a tie at the top is not "first"
     # filtering (0, 0, 1) as another true tail removes entity 1 from the tail ranking -> 1.5
     m = link_prediction(st, sh, triples, triples + [(0, 0, 1)], 4)
     assert m["tail"]["MR"] == 1.5 and m["both"]["MR"] == 2.0 and m["both"]["n"] == 2

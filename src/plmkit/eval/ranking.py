@@ -72,7 +72,9 @@ def link_prediction(
     ``filter_triples`` is removed from the ranking (the filtered setting; pass train+valid+test for
     the transductive protocol, the test graph for the inductive one). ``candidates`` restricts the
     ranking to a subset of entity ids (e.g. the entities of an inductive test graph). ``both`` pools
-    the head and tail ranks, as PyKEEN's ``both`` side does.
+    the head and tail ranks, as PyKEEN's ``both`` side does. Each side also gives ``query_entity_first``:
+    the share of queries whose own entity outscores every ranked candidate (a symmetric relation's
+    trivial answer; the protocol keeps it as a candidate).
     """
     from tqdm.auto import tqdm
 
@@ -85,17 +87,35 @@ def link_prediction(
         if excluded[triples[:, [0, 2]].reshape(-1)].any():
             raise ValueError("every head and tail of the evaluated triples must be among the candidates")
     ranks: dict[str, list[torch.Tensor]] = {"head": [], "tail": []}
+    query_top: dict[str, list[torch.Tensor]] = {"head": [], "tail": []}
     for start in tqdm(range(0, len(triples), batch_size), desc="link prediction", disable=not progress):
         h, r, t = triples[start:start + batch_size].unbind(1)
-        for side, scores, target, others in (
-            ("tail", score_tails(h, r), t, [tails_of.get((int(a), int(b)), ()) for a, b in zip(h, r)]),
-            ("head", score_heads(r, t), h, [heads_of.get((int(b), int(c)), ()) for b, c in zip(r, t)]),
+        for side, scores, target, query, others in (
+            ("tail", score_tails(h, r), t, h, [tails_of.get((int(a), int(b)), ()) for a, b in zip(h, r)]),
+            ("head", score_heads(r, t), h, t, [heads_of.get((int(b), int(c)), ()) for b, c in zip(r, t)]),
         ):
             mask = excluded.expand(len(target), -1).clone()
             rows = [i for i, o in enumerate(others) for _ in o]
             cols = [e for o in others for e in o]
             mask[rows, cols] = True
-            ranks[side].append(rank_of_target(scores.detach().cpu(), target, mask, ties))
+            scores = scores.detach().cpu()
+            ranks[side].append(rank_of_target(scores, target, mask, ties))
+            query_top[side].append(_query_ranks_first(scores, target, query, mask))
     out = {side: ranking_metrics(torch.cat(v), ks) for side, v in ranks.items()}
     out["both"] = ranking_metrics(torch.cat(ranks["head"] + ranks["tail"]), ks)
+    for side, flags in (*query_top.items(), ("both", query_top["head"] + query_top["tail"])):
+        out[side]["query_entity_first"] = torch.cat(flags).double().mean().item()  # type: ignore[index]
     return out
+
+
+def _query_ranks_first(scores: torch.Tensor, target: torch.Tensor, query: torch.Tensor,
+                       mask: torch.Tensor) -> torch.Tensor:
+    """Per row: whether the query's own entity (the head when tails are ranked) scores strictly above every
+    other ranked candidate (a tie is not counted), the target included."""
+    rows = torch.arange(scores.shape[0])
+    valid = ~mask.bool()
+    valid[rows, target] = True
+    ranked = scores.float().masked_fill(~valid, float("-inf"))
+    own = ranked[rows, query].clone()
+    ranked[rows, query] = float("-inf")
+    return valid[rows, query] & (own > ranked.max(1).values)
