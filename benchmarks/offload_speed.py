@@ -56,13 +56,11 @@ def main() -> None:
             save_quantized(model, qdir, tokenizer=tok)
             qfolder = qdir
         del model
-        cells = compare_offload(folder, qfolder, budgets, prompt_ids=prompt, prefill_ids=prefill,
-                                new_tokens=args.new_tokens, repeats=args.repeats,
-                                with_accelerate=not args.no_accelerate, progress=print)
+        comparison = compare_offload(folder, qfolder, budgets, prompt_ids=prompt, prefill_ids=prefill,
+                                     new_tokens=args.new_tokens, repeats=args.repeats,
+                                     with_accelerate=not args.no_accelerate, progress=print)
         rss = contender_rss(folder, qfolder, budgets, not args.no_accelerate) if args.rss else {}
-    bandwidth = cells[-1].decode_tps
-    cells = cells[:-1]
-    full = next(c for c in cells if c.contender == "fp32 full memory")
+    cells, bandwidth, full = comparison.cells, comparison.bandwidth, comparison.full
     print(f"\nread bandwidth (warm page cache, preadv): {bandwidth / 1e9:.2f} GB/s")
     floor = rss.get(("none", "-"))
     if floor:
@@ -80,15 +78,11 @@ def main() -> None:
               f"{c.streamed_per_token / 1e6:8.1f} {c.bound_tps:11.1f} {str(c.same_greedy):>7s} "
               f"{(r / 1e6 if r else float('nan')):11.0f} {((r - floor) / 1e6 if r and floor else float('nan')):10.0f}")
 
-    def at(name: str, b: str = "25%"):
-        return next((c for c in cells if c.contender == name and c.budget == b and not c.error), None)
-
-    ours, q, acc = at("plmkit fp32"), at("plmkit int8"), at("accelerate disk offload")
-    sp = ours.decode_tps / acc.decode_tps if ours and acc else float("nan")
-    qsp = q.decode_tps / acc.decode_tps if q and acc else float("nan")
-    ratio = max(ours.resident_bytes, ours.measured_peak_bytes) / full.resident_bytes if ours else float("nan")
-    print(f"speedup_vs_accelerate={sp:.2f} int8_speedup_vs_accelerate={qsp:.2f} peak_resident_ratio={ratio:.3f}")
-
+    nan = float("nan")
+    head = {k: nan if v is None else v for k, v in comparison.headline("25%").items()}
+    print(f"speedup_vs_accelerate={head['speedup_vs_accelerate']:.2f} "
+          f"int8_speedup_vs_accelerate={head['int8_speedup_vs_accelerate']:.2f} "
+          f"peak_resident_ratio={head['peak_resident_ratio']:.3f}")
 
 if __name__ == "__main__":
     main()

@@ -45,6 +45,35 @@ class Cell:
         return asdict(self)
 
 
+FULL = "fp32 full memory"
+OURS, OURS_INT8, ACCELERATE = "plmkit fp32", "plmkit int8", "accelerate disk offload"
+
+
+@dataclass
+class Comparison:
+    """What :func:`compare_offload` measured: one cell per contender and budget, and the copy bandwidth of the
+    model's files (bytes/s, warm page cache) that the cells' bounds use."""
+
+    cells: list[Cell]
+    bandwidth: float
+
+    @property
+    def full(self) -> Cell:
+        return next(c for c in self.cells if c.contender == FULL)
+
+    def at(self, contender: str, budget: str) -> Cell | None:
+        """The cell of ``contender`` at ``budget``; None when it is absent or failed."""
+        return next((c for c in self.cells if c.contender == contender and c.budget == budget and not c.error), None)
+
+    def headline(self, budget: str = "25%") -> dict[str, float | None]:
+        """Decode speed-ups over accelerate (fp32, int8) and plmkit fp32's peak resident share at ``budget``."""
+        ours, q, acc = self.at(OURS, budget), self.at(OURS_INT8, budget), self.at(ACCELERATE, budget)
+        return {"speedup_vs_accelerate": ours.decode_tps / acc.decode_tps if ours and acc else None,
+                "int8_speedup_vs_accelerate": q.decode_tps / acc.decode_tps if q and acc else None,
+                "peak_resident_ratio": max(ours.resident_bytes, ours.measured_peak_bytes) / self.full.resident_bytes
+                if ours else None}
+
+
 def read_bandwidth(path: str | Path, repeats: int = 3) -> float:
     """Bytes/s of reading ``path`` (warm page cache) into memory, the way the scheduler reads: preadv."""
     index = safetensors_index([path])
@@ -103,7 +132,7 @@ def _prefill_time(model: nn.Module, ids: torch.Tensor) -> float:
 
 def compare_offload(folder: str, int8_folder: str | None, budgets: list[str], *, prompt_ids: torch.Tensor,
                     prefill_ids: torch.Tensor, new_tokens: int = 16, repeats: int = 3,
-                    with_accelerate: bool = True, progress: Callable[[str], None] | None = None) -> list[Cell]:
+                    with_accelerate: bool = True, progress: Callable[[str], None] | None = None) -> Comparison:
     """Cells for the full-memory model and, at each budget: plmkit fp32 (streamed from ``folder``), plmkit int8
     (from ``int8_folder``) and accelerate's disk offload."""
     from ..assets.models import load_model
@@ -113,14 +142,14 @@ def compare_offload(folder: str, int8_folder: str | None, budgets: list[str], *,
     files = checkpoint_files(folder)
     bandwidth = min(read_bandwidth(f) for f in files)
     full_bytes = sum(p.numel() * p.element_size() for p in full.parameters())
-    contenders: dict[tuple[str, str], Any] = {("fp32 full memory", "100%"): full}
+    contenders: dict[tuple[str, str], Any] = {(FULL, "100%"): full}
     tmp = tempfile.TemporaryDirectory(prefix="plmkit-bench-")
     for b in budgets:
-        contenders[("plmkit fp32", b)] = lambda b=b: offload(folder, b, task="causal-lm")
+        contenders[(OURS, b)] = lambda b=b: offload(folder, b, task="causal-lm")
         if int8_folder:
-            contenders[("plmkit int8", b)] = lambda b=b: offload(int8_folder, b, task="causal-lm")
+            contenders[(OURS_INT8, b)] = lambda b=b: offload(int8_folder, b, task="causal-lm")
         if with_accelerate:
-            contenders[("accelerate disk offload", b)] = (
+            contenders[(ACCELERATE, b)] = (
                 lambda b=b, n=full_bytes: _accelerate_model(folder, parse_budget(b, n), f"{tmp.name}/{b[:-1]}"))
     cells: dict[tuple[str, str], Cell] = {}
     models: dict[tuple[str, str], nn.Module] = {}
@@ -138,7 +167,7 @@ def compare_offload(folder: str, int8_folder: str | None, budgets: list[str], *,
         for key, model in models.items():
             dt, toks = _decode_time(model, prompt_ids, new_tokens)
             pf = _prefill_time(model, prefill_ids)
-            if key[0] == "fp32 full memory" and reference is None:
+            if key[0] == FULL and reference is None:
                 reference = toks
             if r == 0:
                 cells[key].same_greedy = bool(torch.equal(toks, reference)) if reference is not None else None
@@ -162,16 +191,14 @@ def compare_offload(folder: str, int8_folder: str | None, budgets: list[str], *,
             c.streamed_per_token = s.streamed_per_pass
             c.bound_tps = bandwidth / s.streamed_per_pass if s.streamed_per_pass else 0.0
             restore(model)
-        elif key[0].startswith("accelerate"):
+        elif key[0] == ACCELERATE:
             c.resident_bytes = _accelerate_resident(model)
             c.streamed_per_token = full_bytes - c.resident_bytes  # what its device map keeps off memory
             c.bound_tps = bandwidth / c.streamed_per_token if c.streamed_per_token > 0 else 0.0
-        else:
-            c.resident_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+        else:  # the full-memory model
+            c.resident_bytes = full_bytes
     tmp.cleanup()
-    out = list(cells.values())
-    out.append(Cell("read bandwidth (bytes/s)", "-", decode_tps=bandwidth))
-    return out
+    return Comparison(list(cells.values()), bandwidth)
 
 
 def peak_rss(argv: list[str]) -> int:
@@ -189,15 +216,14 @@ def contender_rss(folder: str, int8_folder: str | None, budgets: list[str],
                   with_accelerate: bool = True) -> dict[tuple[str, str], int]:
     """Peak RSS of each contender of :func:`compare_offload`, one process each, keyed like its cells; the
     floor (the same code on a one-layer, 64-wide copy of the model) under ``("none", "-")``."""
-    rss = {("none", "-"): peak_rss(["none", folder, "100%"]),
-           ("fp32 full memory", "100%"): peak_rss(["full", folder, "100%"])}
+    rss = {("none", "-"): peak_rss(["none", folder, "100%"]), (FULL, "100%"): peak_rss(["full", folder, "100%"])}
     for b in budgets:
-        rss[("plmkit fp32", b)] = peak_rss(["plmkit", folder, b])
+        rss[(OURS, b)] = peak_rss(["plmkit", folder, b])
         if int8_folder:
-            rss[("plmkit int8", b)] = peak_rss(["plmkit", int8_folder, b])
+            rss[(OURS_INT8, b)] = peak_rss(["plmkit", int8_folder, b])
         if with_accelerate:
             try:
-                rss[("accelerate disk offload", b)] = peak_rss(["accelerate", folder, b])
+                rss[(ACCELERATE, b)] = peak_rss(["accelerate", folder, b])
             except RuntimeError:  # a budget accelerate cannot run at: its cell says why
                 pass
     return rss
@@ -235,4 +261,4 @@ if __name__ == "__main__":
     _rss_probe(sys.argv[1:])
 
 
-__all__ = ["Cell", "as_bytes", "compare_offload", "contender_rss", "peak_rss", "read_bandwidth"]
+__all__ = ["Cell", "Comparison", "as_bytes", "compare_offload", "contender_rss", "peak_rss", "read_bandwidth"]

@@ -11,7 +11,7 @@ import torch
 from ..assets.models import load_model, model_path
 from ..data.text import english_corpus
 from ..infer import offload, offload_stats, restore
-from ..infer.bench import Cell, compare_offload, contender_rss, peak_rss
+from ..infer.bench import ACCELERATE, OURS_INT8, Cell, compare_offload, contender_rss, peak_rss
 from .registry import Budgets, RecipeContext, recipe
 
 
@@ -105,16 +105,15 @@ def run(ctx: RecipeContext) -> dict[str, Any]:
             save_quantized(model, qdir, tokenizer=tok)
             del model
         with ctx.phase("decode and prefill, side by side"):
-            cells = compare_offload(folder, qdir, list(S.budgets), prompt_ids=prompt, prefill_ids=prefill,
-                                    new_tokens=S.new_tokens, repeats=S.repeats)
-        bandwidth = cells.pop().decode_tps
+            comparison = compare_offload(folder, qdir, list(S.budgets), prompt_ids=prompt, prefill_ids=prefill,
+                                         new_tokens=S.new_tokens, repeats=S.repeats)
+        cells, bandwidth, full = comparison.cells, comparison.bandwidth, comparison.full
         rss: dict[tuple[str, str], int] = {}
         if S.rss:
             with ctx.phase("peak RSS, one process per contender"):
                 rss = contender_rss(folder, qdir, list(S.budgets))
     with ctx.phase("LoRA through streamed blocks"):
         lora = _lora_through_offload(ctx, S, tok, sents[60:])
-    full = next(c for c in cells if c.contender == "fp32 full memory")
     big = None
     if S.big_layers:
         with ctx.phase("a model larger than its budget"):
@@ -132,17 +131,11 @@ def run(ctx: RecipeContext) -> dict[str, Any]:
                 round(c.streamed_per_token / 1e6, 1), round(c.bound_tps, 1) if c.bound_tps else None,
                 c.same_greedy, round(r / 1e6) if r else None, round((r - floor) / 1e6) if r and floor else None]
 
-    def at(name: str, b: str = "25%") -> Cell | None:
-        return next((c for c in cells if c.contender == name and c.budget == b and not c.error), None)
-
-    ours, q, acc = at("plmkit fp32"), at("plmkit int8"), at("accelerate disk offload")
-    sp = ours.decode_tps / acc.decode_tps if ours and acc else None
-    qsp = q.decode_tps / acc.decode_tps if q and acc else None
+    head = comparison.headline("25%")
+    sp, qsp, acc = head["speedup_vs_accelerate"], head["int8_speedup_vs_accelerate"], comparison.at(ACCELERATE, "25%")
     measured = {f"{c.contender}@{c.budget}.decode_tps": c.decode_tps for c in cells if not c.error}
-    measured.update({"speedup_vs_accelerate@25%": sp, "int8_speedup_vs_accelerate@25%": qsp,
-                     "peak_resident_ratio@25%": max(ours.resident_bytes, ours.measured_peak_bytes) / full.resident_bytes
-                     if ours else None,
-                     "read_bandwidth_bytes_s": bandwidth, "lora_loss_first": lora["losses"][0],
+    measured.update({f"{k}@25%": v for k, v in head.items()})
+    measured.update({"read_bandwidth_bytes_s": bandwidth, "lora_loss_first": lora["losses"][0],
                      "lora_loss_last": lora["losses"][-1]})
     tables = [{
         "title": f"SmolLM2 under a budget of resident weight bytes (share of its {full.resident_bytes / 1e6:.0f} MB "
@@ -187,7 +180,7 @@ def run(ctx: RecipeContext) -> dict[str, Any]:
             "copied once. plmkit maps the files' pages in place on the CPU (no copy), so it can beat that bound; "
             "accelerate copies (and converts) what it offloads.",
             *[f"plmkit int8 at {c.budget}: the quantized model fits the budget whole, so nothing streams."
-              for c in cells if c.contender == "plmkit int8" and not c.error and not c.streamed_per_token],
+              for c in cells if c.contender == OURS_INT8 and not c.error and not c.streamed_per_token],
             *([f"Peak RSS floor: {floor / 1e6:.0f} MB, a process running the same code (load, generate 8 tokens) on "
                "a one-layer, 64-wide copy of the model. 'RSS over floor' is each contender's peak RSS minus it."]
               if floor else []),
