@@ -13,6 +13,7 @@ def _cmd_generate(args: argparse.Namespace) -> None:
     from transformers import AutoTokenizer
 
     from ..assets.models import MODEL_ASSETS, load_model, model_path
+    from ..compress.quant import int8_info
     from .offload import offload, offload_stats
 
     if args.threads:
@@ -20,7 +21,7 @@ def _cmd_generate(args: argparse.Namespace) -> None:
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           "cpu" if args.device == "auto" else args.device)
     folder = str(model_path(args.model)) if args.model in MODEL_ASSETS else args.model
-    if args.int8 and not _is_int8_folder(folder):  # float weights: quantize a loaded copy, then stream int8
+    if args.int8 and not int8_info(folder):  # float weights: quantize a loaded copy, then stream int8
         model, _ = load_model(args.model)
         model = offload(model, args.budget, source=args.source, int8=True, device=device)
     else:
@@ -48,14 +49,6 @@ def _cmd_generate(args: argparse.Namespace) -> None:
           f"{s.peak_resident_bytes / 1e6:.1f} MB of {s.full_bytes / 1e6:.1f} MB (budget {s.budget_bytes / 1e6:.1f} MB, "
           f"{len(s.streamed_blocks)} blocks streamed, head {s.head}, embedding {s.embedding}); "
           f"peak RSS {peak_rss_bytes() / 1e6:.0f} MB")
-
-
-def _is_int8_folder(folder: str) -> bool:
-    import json
-    from pathlib import Path
-
-    cfg = Path(folder) / "config.json"
-    return cfg.exists() and "plmkit_quantization" in json.loads(cfg.read_text())
 
 
 def add_parser(sub: Any) -> None:
