@@ -82,11 +82,12 @@ def model_identity(name: str) -> dict[str, Any]:
     if folder.is_dir():
         ident["files"] = {f.name: f.stat().st_size for f in sorted(folder.iterdir()) if f.is_file()}
         if (folder / "config.json").is_file():
-            ident["config_sha256"] = _sha256(folder / "config.json")
+            ident["config_sha256"] = file_sha256(folder / "config.json")
     return ident
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """The hex sha256 of a file's bytes."""
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
@@ -108,7 +109,7 @@ def verify(path: str | os.PathLike) -> bool:
             return False
         for rel, meta in listed.items():
             f = root / rel
-            if f.stat().st_size != meta["size"] or _sha256(f) != meta["sha256"]:
+            if f.stat().st_size != meta["size"] or file_sha256(f) != meta["sha256"]:
                 return False
     except (OSError, ValueError, KeyError, TypeError):
         return False
@@ -171,7 +172,7 @@ def cached(producer: str, config: Any, inputs: Mapping[str, Any] | None, build: 
             if bad:
                 raise ConfigError(f"cache entry {producer}: {', '.join(bad)} would need pickle to load; save "
                                   "with safetensors (save_pretrained(..., safe_serialization=True))")
-            files = {p.relative_to(tmp).as_posix(): {"size": p.stat().st_size, "sha256": _sha256(p)}
+            files = {p.relative_to(tmp).as_posix(): {"size": p.stat().st_size, "sha256": file_sha256(p)}
                      for p in _files(tmp)}
             write_json(tmp / MANIFEST, {"format": FORMAT_VERSION, "producer": producer, "key": key,
                                         "config": _jsonable(config), "inputs": _jsonable(inputs or {}),

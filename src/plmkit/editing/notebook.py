@@ -37,41 +37,23 @@ CREATE TABLE IF NOT EXISTS notes (
 """
 
 
-def encoder_identity(encoder: "SentenceEncoder | str") -> str:
-    """What identifies an encoder's weights: for an asset name or a model folder, the hash of
-    :func:`plmkit.cache.model_identity` (package versions, file sizes, config); for a model given as an object,
-    the hash of its parameters. Two encoders with the same name but other weights differ here."""
-    from ..cache import model_identity
+def encoder_identity(encoder: SentenceEncoder) -> str:
+    """What identifies an encoder's weights: for a model loaded from a folder, the hash of
+    :func:`plmkit.cache.model_identity` (file sizes, config) and of its safetensors files; for a model built in
+    memory, the hash of its parameters. Two encoders with the same name but other weights differ here."""
+    from ..cache import file_sha256, model_identity
 
-    spec = encoder if isinstance(encoder, str) else getattr(encoder.model.config, "_name_or_path", "") or ""
-    if spec and (Path(spec).is_dir() or isinstance(encoder, str)):
-        with contextlib.suppress(Exception):  # an unknown name: fall back to the weights when loaded
-            folder = Path(spec).resolve()
-            ident = model_identity(str(folder) if folder.is_dir() else spec)
-            if folder.is_dir():  # the weights themselves, not only their sizes
-                ident["weights_sha256"] = {f.name: _file_sha256(f) for f in sorted(folder.glob("*.safetensors"))}
-            return "id:" + hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
-    if isinstance(encoder, str):
-        return ""
+    folder = Path(getattr(encoder.model.config, "_name_or_path", "") or "")
+    if str(folder) not in ("", ".") and folder.is_dir():
+        folder = folder.resolve()
+        ident = model_identity(str(folder))
+        ident["weights_sha256"] = {f.name: file_sha256(f) for f in sorted(folder.glob("*.safetensors"))}
+        return "id:" + hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
     h = hashlib.sha256()
     for name, t in sorted(encoder.model.state_dict().items()):
         h.update(name.encode())
         h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     return "weights:" + h.hexdigest()[:16]
-
-
-@functools.lru_cache(maxsize=32)
-def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _file_sha256(path: Path) -> str:
-    st = path.stat()
-    return _sha256_cached(str(path), st.st_size, st.st_mtime_ns)
 
 
 def _locked(method: Callable) -> Callable:
@@ -146,7 +128,7 @@ class Notebook:
                               f"open it with encoder='{stored}' or create a new notebook")
         self._encoder_spec = encoder if encoder is not None else (stored or DEFAULT_ENCODER)
         self._encoder: SentenceEncoder | None = encoder if isinstance(encoder, SentenceEncoder) else None
-        self._identity_checked = False
+        self._identity: str | None = None  # encoder_identity(self.encoder), once it is loaded and checked
         self._index_factory = index_factory
         self._index: VectorIndex | None = None
         self._by_id: dict[int, Note] = {}
@@ -177,13 +159,13 @@ class Notebook:
         with self._lock:
             if self._encoder is None:
                 self._encoder = SentenceEncoder(self._encoder_spec)
-            if not self._identity_checked:
+            if self._identity is None:
                 stored, now = self._meta("encoder_identity"), encoder_identity(self._encoder)
-                if stored and now and stored != now:
+                if stored and stored != now:
                     raise ConfigError(f"notebook {self.path} was embedded by other weights of encoder "
                                       f"'{self._encoder.name}' (identity {stored}, now {now}): install the encoder it "
                                       "was built with, or add the notes (`plmkit notes list`) to a new notebook")
-                self._identity_checked = True
+                self._identity = now
             return self._encoder
 
     def _data_version(self) -> int:
@@ -224,7 +206,7 @@ class Notebook:
                 self._db.execute("INSERT INTO meta VALUES ('encoder', ?), ('dim', ?)",
                                  (self.encoder.name, str(vecs.shape[1])))
             if self._meta("encoder_identity") is None:
-                self._db.execute("INSERT INTO meta VALUES ('encoder_identity', ?)", (encoder_identity(self.encoder),))
+                self._db.execute("INSERT INTO meta VALUES ('encoder_identity', ?)", (self._identity,))
             now = time.time()
             for text, vec in zip(texts, vecs):
                 cur = self._db.execute("INSERT INTO notes (text, created, embedding) VALUES (?, ?, ?)",
