@@ -400,7 +400,8 @@ def _remove_stale_versions(out: Path, task: str, kind: str, versions: int) -> li
     versions, they would be read as versions of this set); returns their names."""
     import shutil
 
-    pattern = re.compile(rf"^{re.escape(split_name(kind, 1))[:-1]}(\d+)(\.json)?$")  # test_noisy_<kind>_<k>
+    prefix = split_name(kind, 1).rsplit("_", 1)[0]  # test_noisy_<kind>
+    pattern = re.compile(rf"^{re.escape(prefix)}_(\d+)(\.json)?$")
     removed = []
     for p in sorted(out.iterdir()) if out.is_dir() else []:
         m = pattern.match(p.name)
