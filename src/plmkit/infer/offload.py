@@ -499,6 +499,9 @@ def _offload_path(name: str, cfg: OffloadConfig, device: torch.device, task: str
     config = AutoConfig.from_pretrained(str(folder))
     index = safetensors_index(checkpoint_files(folder))
     quant = getattr(config, "plmkit_quantization", None)
+    if quant and quant.get("format") != "plmkit-int8":
+        raise ConfigError(f"offload: {folder} holds {quant.get('format')} weights; offload streams float or "
+                          "int8 folders (load an int4 folder with plmkit.load_model instead)")
     if int8 and not quant:
         raise ConfigError(f"offload: {folder} holds float weights; write an int8 copy first with "
                           "plmkit.compress.quant.save_quantized (or pass a loaded model with int8=True)")
@@ -507,7 +510,7 @@ def _offload_path(name: str, cfg: OffloadConfig, device: torch.device, task: str
         if quant:
             from ..compress.quant import empty_int8_modules
 
-            empty_int8_modules(model, quant["modules"])
+            empty_int8_modules(model, quant["modules"], quant)
     model.eval()
     if getattr(config.get_text_config(), "tie_word_embeddings", False):
         model.tie_weights()  # the table is stored once; the head shares it
