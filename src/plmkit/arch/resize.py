@@ -57,3 +57,27 @@ def record_ffn_sizes(model: nn.Module) -> None:
         bias.setdefault(layer.stack, []).append(layer.ffn_out.bias is not None)
     setattr(config, FFN_SIZES_KEY, sizes)
     setattr(config, FFN_OUT_BIAS_KEY, bias)
+
+
+
+FFN_CONFIG_ATTRS = ("intermediate_size", "d_ff", "n_inner", "ffn_dim", "encoder_ffn_dim")
+
+
+def make_config_plain(model: nn.Module, original_d_ff: int) -> bool:
+    """When every layer now has the same FFN size, write it into the config's own FFN-size attribute (the one
+    that held ``original_d_ff``) and drop plmkit's per-layer keys, so plain ``transformers`` rebuilds the model
+    at its new shapes. Returns whether that was possible; when not (sizes differ, or no attribute held the old
+    size) the per-layer keys stay and :func:`plmkit.load_model` rebuilds it. Only for pruning that added no
+    ffn_out bias (mean folding does)."""
+    config = hf_model(model)[0].config
+    sizes = {layer.d_ff for layer in layers(model)}
+    attrs = [a for a in FFN_CONFIG_ATTRS if getattr(config, a, None) == original_d_ff]
+    if len(sizes) != 1 or not attrs:
+        return False
+    size = sizes.pop()
+    for a in attrs:
+        setattr(config, a, size)
+    for key in (FFN_SIZES_KEY, FFN_OUT_BIAS_KEY):
+        if hasattr(config, key):
+            delattr(config, key)
+    return True

@@ -335,11 +335,13 @@ class QuantConfig(JsonConfig):
         self.skip = tuple(self.skip)
 
 
-def _targets(model: nn.Module, cfg: QuantConfig) -> list[str]:
-    prefixes = [layer.prefix for layer in arch.layers(model)] if cfg.blocks_only else [""]
+def linear_targets(model: nn.Module, skip: tuple[str, ...], blocks_only: bool) -> list[str]:
+    """Names of the ``nn.Linear`` modules inside the transformer blocks (or anywhere, without
+    ``blocks_only``) whose names contain none of ``skip``."""
+    prefixes = [layer.prefix for layer in arch.layers(model)] if blocks_only else [""]
     out = []
     for name, mod in model.named_modules():
-        if not isinstance(mod, nn.Linear) or any(s in name for s in cfg.skip):
+        if not isinstance(mod, nn.Linear) or any(s in name for s in skip):
             continue
         if any(name == p or name.startswith(p + ".") or not p for p in prefixes):
             out.append(name)
@@ -387,7 +389,7 @@ def quantize(model: nn.Module, config: QuantConfig | None = None) -> dict[str, A
     chosen by :func:`choose_kernels` and the timings are in the report."""
     cfg = config or QuantConfig()
     layer_cls = QUANT_LAYERS[cfg.bits]
-    names = _targets(model, cfg)
+    names = linear_targets(model, cfg.skip, cfg.blocks_only)
     before = after = 0
     not_divisible = []
     for name in names:
