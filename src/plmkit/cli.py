@@ -30,6 +30,7 @@ examples:
   plmkit assets install                           install the missing models and data
   plmkit arch smollm2                             a model's layers, widths and module paths
   plmkit moefy --model minilm --out minilm-moe    split its FFNs into experts with routers
+  plmkit cook --prune-ffn 0.5 --quantize int8 --out cooked   prune, distil and quantize SmolLM2
   plmkit variator train --k 4 --out plugins/k4    distil compression plugins for the topic classifier
   plmkit neurons skill --task topics --out sk     prompt-tune MiniLM and score its skill neurons
   plmkit notes --db notes.db add "The capital of France is Lyon."
@@ -546,10 +547,12 @@ def build_parser() -> argparse.ArgumentParser:
     v.set_defaults(fn=_cmd_variator)
 
     from .analysis.cli import add_parser as add_neurons
+    from .compress.cli import add_parser as add_cook
     from .infer.cli import add_parser as add_generate
 
     add_neurons(sub)
     add_generate(sub)
+    add_cook(sub)
 
     k = sub.add_parser("kepler", help="KEPLER: knowledge embeddings from entity descriptions; train a run or "
                                       "evaluate its link prediction (metrics on the last line)")
