@@ -47,7 +47,10 @@ _ROWS = [
      "implemented: peft prompt tuning, streamed threshold-accuracy scores, perturbation vs random per layer, task "
      "overlap, LoRA/BitFit transfer, pruning into a real smaller model; recipe 'skill-neurons'",
      "plmkit.analysis.skill_neurons.skill_scores"),
-    ("bmcook", "BMCook: composable compression", "compress", "not yet", "plmkit.compress.cook"),
+    ("bmcook", "BMCook: composable compression", "compress",
+     "partial: int8 and group-wise int4 weight-only with kernels chosen by timing, 2:4 / unstructured masks, L0 "
+     "FFN pruning into a plain smaller model, distillation, stages composed by one config; plmkit cook; recipe "
+     "'bmcook'", "plmkit.compress.cook.cook"),
     ("moefication", "MoEfication: FFNs into mixtures of experts", "compress",
      "implemented: moefy, sparse expert path, routers, ReLU-fication; recipes 'moefication', 'sparsity'",
      "plmkit.compress.moefication.moefy"),

@@ -53,11 +53,10 @@ def _finish(layer: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def bf16_native() -> bool:
-    """Whether this CPU has native bfloat16 matmuls (AVX-512 BF16 / AMX); bf16 kernels are only timed there."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
+    """Whether bf16 matmuls are fast here (:func:`plmkit.device.bf16_is_fast`); bf16 kernels are only timed there."""
+    from ..device import bf16_is_fast
+
+    return bf16_is_fast("cpu")
 
 
 # ----------------------------------------------------------------------------------------------- int8
@@ -449,17 +448,12 @@ class KernelChoice:
 
 
 def cpu_description() -> str:
-    """The CPU model, its torch capability level and whether bf16 is native: recorded with every timing."""
-    name = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    cap = torch.backends.cpu.get_cpu_capability()
-    return f"{name} ({cap}, bf16 {'native' if bf16_native() else 'emulated'}, {torch.get_num_threads()} threads)"
+    """The CPU model, its torch capability level, bf16 and threads: recorded with every timing."""
+    from ..device import cpu_info
+
+    c = cpu_info()
+    return (f"{c['cpu']} ({c['capability']}, bf16 {'fast' if c['bf16_fast'] else 'slow'}, "
+            f"{c['torch_threads']} threads)")
 
 
 def _time_us(fn: Callable[[], Any], budget_s: float) -> float:
@@ -475,10 +469,11 @@ def _time_us(fn: Callable[[], Any], budget_s: float) -> float:
 
 @torch.no_grad()
 def choose_kernels(model: nn.Module, *, prefill_rows: int = 64, candidates: tuple[str, ...] | None = None,
-                   budget_s: float = 0.02, rounds: int = 3) -> KernelChoice:
+                   budget_s: float = 0.01, rounds: int = 3) -> KernelChoice:
     """Time every candidate kernel on each distinct quantized layer shape of ``model``, for one row (decode)
-    and ``prefill_rows`` rows (prefill), interleaved over ``rounds`` rounds (median), and set the fastest on
-    every layer of that shape. bf16 kernels are timed only where bf16 is native. Returns the timings."""
+    and ``prefill_rows`` rows (prefill), interleaved over ``rounds`` rounds (median; a kernel over 3x slower
+    than the best in both regimes after the first round is not timed again), and set the fastest on every
+    layer of that shape. bf16 kernels are timed only where bf16 is native. Returns the timings."""
     mods = [m for m in model.modules() if isinstance(m, QUANTIZED)]
     if not mods:
         raise ConfigError("choose_kernels: the model has no quantized layers; call quantize(model) first")
@@ -502,11 +497,15 @@ def choose_kernels(model: nn.Module, *, prefill_rows: int = 64, candidates: tupl
         if not usable:
             raise ConfigError(f"choose_kernels: no candidate among {names} runs the {shape} layers")
         samples: dict[str, dict[str, list[float]]] = {k: {r: [] for r in inputs} for k in usable}
-        for _ in range(rounds):
-            for k in usable:
+        timed = list(usable)
+        for round_ in range(rounds):
+            for k in timed:
                 for regime, x in inputs.items():
                     fn = probe.KERNELS[k]
                     samples[k][regime].append(_time_us(lambda: fn(probe, x), budget_s))
+            if round_ == 0:  # a kernel 3x slower than the best in both regimes is not timed again
+                best = {r: min(samples[k][r][0] for k in timed) for r in inputs}
+                timed = [k for k in timed if any(samples[k][r][0] <= 3 * best[r] for r in inputs)]
         med = {k: {r: sorted(v)[len(v) // 2] for r, v in s.items()} for k, s in samples.items()}
         pick = {r: min(usable, key=lambda k: med[k][r]) for r in inputs}
         for m in group:

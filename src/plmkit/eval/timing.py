@@ -59,6 +59,21 @@ def compare(baseline: Callable[[], object], candidate: Callable[[], object], rep
     return Comparison(ma, mb, ma / mb, repeats, a, b)
 
 
+def interleaved(fns: dict[str, Callable[[], object]], repeats: int = 5, warmup: int = 1) -> dict[str, list[float]]:
+    """Seconds of every run of each callable, run in turns (A, B, C, A, B, C, ...) so that drifts in machine
+    speed hit all alike; take the median of each list."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    out: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            out[k].append(time.perf_counter() - t)
+    return out
+
+
 def count_flops(fn: Callable[[], object]) -> int:
     """FLOPs of one call of ``fn`` (matmuls and convolutions, as ``torch.utils.flop_counter`` counts them)."""
     from torch.utils.flop_counter import FlopCounterMode
