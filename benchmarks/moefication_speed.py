@@ -20,7 +20,6 @@ import argparse
 import copy
 import json
 import statistics
-import time
 from pathlib import Path
 
 import torch
@@ -29,20 +28,21 @@ from torch import nn
 from plmkit import arch, load_model
 from plmkit.compress.moefication import MoEficationConfig, moe_layers, moefy, set_selection
 from plmkit.data import text, token_batches
+from plmkit.eval.timing import interleaved
 
 
 def median_time(fns: dict[str, callable], repeats: int, inner: int) -> dict[str, float]:
-    """Median seconds per call of each fn, the fns interleaved round-robin (drift hits all alike)."""
-    for fn in fns.values():
-        fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            t = time.perf_counter()
+    """Median seconds per call of each fn (``inner`` calls per timed run), the fns interleaved round-robin."""
+    def batched(fn):
+        def run() -> None:
             for _ in range(inner):
                 fn()
-            times[k].append((time.perf_counter() - t) / inner)
-    return {k: statistics.median(v) for k, v in times.items()}
+        return run
+
+    for fn in fns.values():  # one warm-up call each
+        fn()
+    times = interleaved({k: batched(fn) for k, fn in fns.items()}, repeats=repeats, warmup=0)
+    return {k: statistics.median(v) / inner for k, v in times.items()}
 
 
 class ZeroFFN(nn.Module):

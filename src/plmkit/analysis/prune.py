@@ -54,7 +54,7 @@ class PruneReport:
         return self.params_before - self.params_after
 
 
-def _n_params(model: nn.Module) -> int:
+def n_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
@@ -98,7 +98,7 @@ def _means(value: Any, d_ff: int, site: str) -> torch.Tensor:
     return m
 
 
-def _check_plain(layer: arch.Layer) -> None:
+def check_plain_ffn(layer: arch.Layer) -> None:
     """Refuse FFNs where a wrapper (MoEfication, LoRA, ...) stands on the FFN or a projection: shapes would disagree."""
     for module in (*_ffn_projections(layer), arch.ffn_module(layer), arch.outside_ffn_out(layer)):
         if module is not None and arch.is_wrapper(module):
@@ -133,7 +133,7 @@ def prune_ffn_neurons(model: nn.Module, keep: Mapping[str, Any],
         if site not in by_site:
             raise ConfigError(f"prune: unknown site '{site}'; expected one of {', '.join(list(by_site)[:3])}, ...")
         layer = by_site[site]
-        _check_plain(layer)
+        check_plain_ffn(layer)
         idx = _indices(value, layer.d_ff, site)
         mean = None
         if means is not None:
@@ -142,7 +142,7 @@ def prune_ffn_neurons(model: nn.Module, keep: Mapping[str, Any],
             mean = _means(means[site], layer.d_ff, site)
         plan.append((site, layer, idx, mean))
 
-    before, ffn_before, expected = _n_params(model), ffn_params(model), 0
+    before, ffn_before, expected = n_params(model), ffn_params(model), 0
     report_layers = []
     for site, layer, idx, mean in plan:
         d_ff = layer.d_ff
@@ -158,7 +158,7 @@ def prune_ffn_neurons(model: nn.Module, keep: Mapping[str, Any],
             shrink_ffn(layer, idx, fold)
         report_layers.append(LayerPrune(site, d_ff, layer.d_ff))
     record_ffn_sizes(model)
-    return PruneReport(params_before=before, params_after=_n_params(model), expected_removed=expected,
+    return PruneReport(params_before=before, params_after=n_params(model), expected_removed=expected,
                        ffn_params_before=ffn_before, ffn_params_after=ffn_params(model), layers=report_layers,
                        ffn_sizes=ffn_sizes(model))
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import copy
 import statistics
-import time
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
 from ..eval.timing import interleaved
+from ..infer.bench import decode_time
 
 FP32 = "fp32"
 INT8 = "plmkit int8"
@@ -41,19 +41,6 @@ def torch_dynamic_int8(model: nn.Module) -> nn.Module:
         return torch.ao.quantization.quantize_dynamic(copy.deepcopy(model), {nn.Linear}, dtype=torch.qint8)
 
 
-def decode_seconds(model: nn.Module, ids: torch.Tensor, new: int) -> float:
-    """Seconds per greedily decoded token: generate(new + 1) minus generate(1), so the prefill cancels."""
-    gen = dict(do_sample=False, pad_token_id=0)
-    with torch.no_grad():
-        t = time.perf_counter()
-        model.generate(ids, max_new_tokens=1, min_new_tokens=1, **gen)
-        one = time.perf_counter() - t
-        t = time.perf_counter()
-        model.generate(ids, max_new_tokens=new + 1, min_new_tokens=new + 1, **gen)
-        many = time.perf_counter() - t
-    return max(many - one, 1e-9) / new
-
-
 def compare_lm_speed(contenders: dict[str, nn.Module], prompt_ids: torch.Tensor, prefill_ids: torch.Tensor, *,
                      new_tokens: int = 16, repeats: int = 3) -> dict[str, dict[str, float]]:
     """Decode tokens/s (batch 1, greedy) and prefill tokens/s of each causal LM, interleaved; medians."""
@@ -66,7 +53,7 @@ def compare_lm_speed(contenders: dict[str, nn.Module], prompt_ids: torch.Tensor,
     dec: dict[str, list[float]] = {k: [] for k in contenders}
     for _ in range(repeats):
         for k, m in contenders.items():
-            dec[k].append(decode_seconds(m, prompt_ids, new_tokens))
+            dec[k].append(decode_time(m, prompt_ids, new_tokens)[0])
     pre = interleaved({k: prefill(m) for k, m in contenders.items()}, repeats=repeats)
     n = prefill_ids.numel()
     return {k: {"decode_tok_s": 1 / statistics.median(dec[k]), "prefill_tok_s": n / statistics.median(pre[k]),

@@ -25,13 +25,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import torch
 from torch import nn
 
 from .._io import atomic_dir, write_json
 from ..config import JsonConfig
 from ..errors import ConfigError
 from .distill import DistillConfig, block_pairs, distill
+from ..analysis.prune import n_params
 from .prune import L0Config, MaskConfig, attach_ffn_gates, finalize_ffn_gates, magnitude_masks, mask_report
 from .quant import QuantConfig, quantize, save_quantized
 
@@ -98,13 +98,10 @@ def check_order(kinds: Sequence[str]) -> None:
                               "'quantize' last")
 
 
-def text_records(tokenizer: Any, texts: Sequence[str], max_length: int) -> list[dict[str, torch.Tensor]]:
-    """One record per non-empty text: its token ids and attention mask, truncated to ``max_length``."""
-    out = []
-    for t in texts:
-        enc = tokenizer(t, truncation=True, max_length=max_length, return_tensors="pt")
-        if enc["input_ids"].shape[1] > 1:
-            out.append({k: enc[k][0] for k in ("input_ids", "attention_mask")})
+def text_records(tokenizer: Any, texts: Sequence[str], max_length: int) -> list[dict[str, list[int]]]:
+    """One ``{"input_ids"}`` record per text of two tokens or more, truncated to ``max_length``."""
+    ids = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"] if texts else []
+    out = [{"input_ids": e} for e in ids if len(e) >= 2]
     if not out:
         raise ConfigError("cook: no training texts; pass texts (one per line with --texts FILE)")
     return out
@@ -115,7 +112,7 @@ def pad_collate(tokenizer: Any) -> Callable[[list[dict]], dict]:
         tokenizer.pad_token = tokenizer.eos_token
 
     def collate(batch: list[dict]) -> dict:
-        return tokenizer.pad([{k: v.tolist() for k, v in r.items()} for r in batch], return_tensors="pt")
+        return tokenizer.pad(batch, return_tensors="pt")
 
     return collate
 
@@ -156,10 +153,11 @@ def _train_stage(stage: StageConfig, model: nn.Module, teacher: nn.Module, recor
 
 def cook(model: nn.Module, tokenizer: Any, config: CookConfig, *, texts: Sequence[str], out_dir: str | Path,
          eval_texts: Sequence[str] | None = None, evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
-         progress: Callable[[str], None] | None = print) -> dict[str, Any]:
+         progress: Callable[[str], None] | None = print, score_input: bool = True) -> dict[str, Any]:
     """Run ``config``'s stages on ``model`` (changed in place; the teacher is a copy taken first). Each stage's
     artifact goes to ``out_dir/NN-kind``; ``report.json`` describes them. ``evaluate(model)`` (or, for a
-    causal LM, perplexity on ``eval_texts``) scores the input and every stage."""
+    causal LM, perplexity on ``eval_texts``) scores every stage, and the input unless ``score_input`` is off
+    (e.g. when the same input model was scored already)."""
     from ..eval import perplexity
     from ..eval.lm import is_causal_lm
     from ..data import token_batches
@@ -173,7 +171,7 @@ def cook(model: nn.Module, tokenizer: Any, config: CookConfig, *, texts: Sequenc
     teacher = copy.deepcopy(model).eval() if any(s.kind in TRAINS for s in config.stages) else None
     records = None
     report: dict[str, Any] = {"config": config.to_dict(), "stages": []}
-    report["input"] = {"params": _n_params(model), **(evaluate(model.eval()) if evaluate else {})}
+    report["input"] = {"params": n_params(model), **(evaluate(model.eval()) if evaluate and score_input else {})}
     for i, stage in enumerate(config.stages, 1):
         folder = out / f"{i:02d}-{stage.kind}"
         say(f"cook: stage {i}/{len(config.stages)} {stage.kind} -> {folder}")
@@ -189,16 +187,12 @@ def cook(model: nn.Module, tokenizer: Any, config: CookConfig, *, texts: Sequenc
             model.eval()
             save_quantized(model, folder, tokenizer=tokenizer)
         row = {"stage": stage.kind, "folder": str(folder), "seconds": round(time.perf_counter() - start, 2),
-               "params": _n_params(model), "bytes_on_disk": folder_bytes(folder), **info}
+               "params": n_params(model), "bytes_on_disk": folder_bytes(folder), **info}
         if evaluate:
             row.update(evaluate(model))
         report["stages"].append(row)
         write_json(out / "report.json", report)
     return report
-
-
-def _n_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 def shortcut_config(*, quantize_bits: int | None = None, prune_ffn: float | None = None,

@@ -72,10 +72,11 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
     t = temperature
     kl = F.kl_div(F.log_softmax(student_logits.float() / t, -1), F.log_softmax(teacher_logits.float() / t, -1),
                   log_target=True, reduction="none").sum(-1)
-    return _masked_mean(kl, mask) * t * t
+    return masked_mean(kl, mask) * t * t
 
 
-def _masked_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+def masked_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean over positions (B, T) where ``mask`` is 1; anything else (per-sequence values, no mask) plainly."""
     if mask is None or values.dim() != 2 or mask.shape != values.shape:
         return values.mean()
     m = mask.to(values.dtype)
@@ -153,15 +154,14 @@ def distillation_loss(teacher: nn.Module, cfg: DistillConfig) -> Callable[[nn.Mo
         logits = s_out.logits
         loss = torch.zeros((), device=logits.device)
         if cfg.kd_weight:
-            loss = loss + cfg.kd_weight * kd_loss(logits, t_out.logits.to(logits.device), cfg.temperature,
-                                                  mask if logits.dim() == 3 else None)
+            loss = loss + cfg.kd_weight * kd_loss(logits, t_out.logits.to(logits.device), cfg.temperature, mask)
         for a, b in cfg.hidden_pairs if cfg.hidden_weight else ():
             h = s_hidden[a]
             key = _key(a)
             if key in trainee.projections:
                 h = trainee.projections[key](h)
             mse = F.mse_loss(h.float(), t_hidden[b].float().to(h.device), reduction="none").mean(-1)
-            loss = loss + cfg.hidden_weight * _masked_mean(mse, mask) / len(cfg.hidden_pairs)
+            loss = loss + cfg.hidden_weight * masked_mean(mse, mask) / len(cfg.hidden_pairs)
         if cfg.lm_weight and getattr(s_out, "loss", None) is not None:
             loss = loss + cfg.lm_weight * s_out.loss
         if trainee.gates is not None:
@@ -207,4 +207,4 @@ def distill(student: nn.Module, teacher: nn.Module, data: Sequence[Any], train_c
             handle.remove()
 
 
-__all__ = ["DistillConfig", "Trainee", "block_pairs", "distill", "distillation_loss", "kd_loss"]
+__all__ = ["DistillConfig", "Trainee", "block_pairs", "distill", "distillation_loss", "kd_loss", "masked_mean"]

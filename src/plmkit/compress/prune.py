@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from .. import arch
-from ..analysis.prune import prune_ffn_neurons
+from ..analysis.prune import check_plain_ffn, prune_ffn_neurons
 from ..arch.resize import make_config_plain
 from ..config import JsonConfig
 from ..errors import ConfigError
@@ -224,10 +224,7 @@ def attach_ffn_gates(model: nn.Module, config: L0Config | None = None) -> FFNGat
     if hasattr(model, "_plmkit_ffn_gates"):
         raise ConfigError("this model already has FFN gates; finalize or detach them first")
     for layer in layers:
-        if arch.is_wrapper(layer.ffn_out) or arch.is_wrapper(arch.ffn_module(layer) or layer.ffn_out):
-            raise ConfigError(f"L0 gates: {layer.name}'s FFN is wrapped ({type(layer.ffn_out).__name__}); "
-                              "prune before MoEfication or LoRA, or unwrap first")
-        layer.ffn_in_weight()  # refuses quantized layers with a clear message
+        check_plain_ffn(layer)  # wrapped (MoEfication, LoRA) or quantized FFNs are refused with one line
     device = layers[0].ffn_out_weight().device
     gates = FFNGates({f"{layer.name}.ffn.neurons": layer.d_ff for layer in layers}, cfg).to(device)
     for i, layer in enumerate(layers):

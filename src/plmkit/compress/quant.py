@@ -407,8 +407,7 @@ def quantize(model: nn.Module, config: QuantConfig | None = None) -> dict[str, A
     if cfg.kernel == "auto" or cfg.prefill_kernel == "auto":
         report["kernels"] = choose_kernels(model).to_dict()
     else:
-        set_kernels(model, cfg.kernel, cfg.prefill_kernel)
-    _record(model)
+        set_kernels(model, cfg.kernel, cfg.prefill_kernel)  # both record the kernels in model.config
     return report
 
 
@@ -533,8 +532,6 @@ def dequantize_int8(model: nn.Module) -> int:
     return n
 
 
-dequantize = dequantize_int8
-
 
 def empty_int8_modules(model: nn.Module, names: list[str], info: dict[str, Any] | None = None) -> None:
     """Put empty quantized layers (meta tensors when built under ``init_empty_weights``) at ``names``, shaped
@@ -628,6 +625,3 @@ def int8_info(folder: str | Path) -> dict[str, Any] | None:
     """The quantization record of a saved folder (int8 or int4), or None for a float one."""
     cfg = Path(folder) / "config.json"
     return json.loads(cfg.read_text()).get(CONFIG_KEY) if cfg.exists() else None
-
-
-quant_info = int8_info

@@ -48,6 +48,19 @@ def country_facts() -> list[dict]:
     return facts
 
 
+def capital_facts(n: int | None = None, seed: int = 0) -> list[dict]:
+    """The ``capital`` records of :func:`country_facts` in a seeded random order; the first ``n`` (all: None)."""
+    import numpy as np
+
+    facts = [f for f in country_facts() if f["relation"] == "capital"]
+    return [facts[i] for i in np.random.default_rng(seed).permutation(len(facts))[:n]]
+
+
+def capital_cloze(facts: list[dict]) -> tuple[list[str], list[str]]:
+    """Zero-shot cloze prompts ``"The capital of X is"`` and their answers for capital records."""
+    return [f"The capital of {f['subject']} is" for f in facts], [f["object"] for f in facts]
+
+
 def city_facts(min_population: int = 500_000) -> list[dict]:
     """``{"subject": city, "relation": "country", "object": country, "population"}`` for large cities."""
     names = {c["code"]: c["name"] for c in countries()}

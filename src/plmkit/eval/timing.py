@@ -41,6 +41,16 @@ def compare(baseline: Callable[[], object], candidate: Callable[[], object], rep
             warmup: int = 2, sync: Callable[[], None] | None = None) -> Comparison:
     """Median time of each callable, runs interleaved (A, B, A, B, ...) so that drifts in machine
     speed hit both alike; ``sync`` (e.g. ``torch.cuda.synchronize``) is called after every run."""
+    t = interleaved({"a": baseline, "b": candidate}, repeats=repeats, warmup=warmup, sync=sync)
+    a, b = t["a"], t["b"]
+    ma, mb = statistics.median(a), statistics.median(b)
+    return Comparison(ma, mb, ma / mb, repeats, a, b)
+
+
+def interleaved(fns: dict[str, Callable[[], object]], repeats: int = 5, warmup: int = 1,
+                sync: Callable[[], None] | None = None) -> dict[str, list[float]]:
+    """Seconds of every run of each callable, run in turns (A, B, C, A, B, C, ...) so that drifts in machine
+    speed hit all alike; ``sync`` is called after every run. Take the median of each list."""
     def run(fn: Callable[[], object]) -> float:
         t = time.perf_counter()
         fn()
@@ -49,28 +59,12 @@ def compare(baseline: Callable[[], object], candidate: Callable[[], object], rep
         return time.perf_counter() - t
 
     for _ in range(warmup):
-        run(baseline)
-        run(candidate)
-    a, b = [], []
-    for _ in range(repeats):
-        a.append(run(baseline))
-        b.append(run(candidate))
-    ma, mb = statistics.median(a), statistics.median(b)
-    return Comparison(ma, mb, ma / mb, repeats, a, b)
-
-
-def interleaved(fns: dict[str, Callable[[], object]], repeats: int = 5, warmup: int = 1) -> dict[str, list[float]]:
-    """Seconds of every run of each callable, run in turns (A, B, C, A, B, C, ...) so that drifts in machine
-    speed hit all alike; take the median of each list."""
-    for _ in range(warmup):
         for fn in fns.values():
-            fn()
+            run(fn)
     out: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
         for k, fn in fns.items():
-            t = time.perf_counter()
-            fn()
-            out[k].append(time.perf_counter() - t)
+            out[k].append(run(fn))
     return out
 
 

@@ -110,7 +110,7 @@ def _accelerate_resident(model: nn.Module) -> int:
     return sum(seen.values())
 
 
-def _decode_time(model: nn.Module, ids: torch.Tensor, new: int) -> tuple[float, torch.Tensor]:
+def decode_time(model: nn.Module, ids: torch.Tensor, new: int) -> tuple[float, torch.Tensor]:
     """Seconds per decoded token: generate(new + 1) minus generate(1), so the prompt's prefill cancels."""
     gen = dict(do_sample=False, pad_token_id=0)
     with torch.no_grad():
@@ -165,7 +165,7 @@ def compare_offload(folder: str, int8_folder: str | None, budgets: list[str], *,
     prefill: dict[tuple[str, str], list[float]] = {k: [] for k in models}
     for r in range(repeats + 1):  # round 0 warms up (page cache, allocator, first-call costs)
         for key, model in models.items():
-            dt, toks = _decode_time(model, prompt_ids, new_tokens)
+            dt, toks = decode_time(model, prompt_ids, new_tokens)
             pf = _prefill_time(model, prefill_ids)
             if key[0] == FULL and reference is None:
                 reference = toks
@@ -184,7 +184,7 @@ def compare_offload(folder: str, int8_folder: str | None, budgets: list[str], *,
         c.prefill_tps = prefill_ids.numel() / statistics.median(prefill[key])
         if hasattr(model, "_plmkit_offload"):
             scheduler(model).cfg.track = True  # one more pass, measuring the resident bytes at every load
-            _decode_time(model, prompt_ids, 2)
+            decode_time(model, prompt_ids, 2)
             s = offload_stats(model)
             c.resident_bytes = s.planned_resident_bytes
             c.measured_peak_bytes = s.measured_peak_bytes

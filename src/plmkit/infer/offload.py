@@ -498,8 +498,10 @@ def _offload_path(name: str, cfg: OffloadConfig, device: torch.device, task: str
         raise ConfigError(f"offload: '{name}' is not an asset name or a local model folder")
     config = AutoConfig.from_pretrained(str(folder))
     index = safetensors_index(checkpoint_files(folder))
-    quant = getattr(config, "plmkit_quantization", None)
-    if quant and quant.get("format") != "plmkit-int8":
+    from ..compress.quant import CONFIG_KEY, FORMAT, empty_int8_modules
+
+    quant = getattr(config, CONFIG_KEY, None)
+    if quant and quant.get("format") != FORMAT:
         raise ConfigError(f"offload: {folder} holds {quant.get('format')} weights; offload streams float or "
                           "int8 folders (load an int4 folder with plmkit.load_model instead)")
     if int8 and not quant:
@@ -508,8 +510,6 @@ def _offload_path(name: str, cfg: OffloadConfig, device: torch.device, task: str
     with init_empty_weights(include_buffers=False):
         model = build_from_config(config, task)
         if quant:
-            from ..compress.quant import empty_int8_modules
-
             empty_int8_modules(model, quant["modules"], quant)
     model.eval()
     if getattr(config.get_text_config(), "tie_word_embeddings", False):

@@ -71,14 +71,12 @@ def _lm(ctx: RecipeContext, S: LMSettings) -> dict[str, Any]:
     model, tok = load_model("smollm2")
     corpus = text.english_corpus(max_chars=S.corpus_chars, seed=ctx.seed)
     train, held = corpus[0::2], corpus[1::2][: S.n_eval]
-    facts = [f for f in geonames.country_facts() if f["relation"] == "capital"]
-    facts = [facts[i] for i in np.random.default_rng(ctx.seed).permutation(len(facts))[: S.cloze]]
+    facts = geonames.capital_facts(S.cloze, ctx.seed)
 
     def score(m: torch.nn.Module) -> dict[str, float]:
         out = {"ppl": perplexity(m, token_batches(tok, held, 8, 128))}
         if facts:
-            out["capital_acc"] = next_token_accuracy(m, tok, [f"The capital of {f['subject']} is" for f in facts],
-                                                     [f["object"] for f in facts])
+            out["capital_acc"] = next_token_accuracy(m, tok, *geonames.capital_cloze(facts))
         return out
 
     contenders: dict[str, torch.nn.Module] = {FP32: model}
@@ -133,7 +131,7 @@ def _cls(ctx: RecipeContext, S: ClsSettings) -> dict[str, Any]:
         model, tok, info = topic_classifier(cs, progress=ctx.progress)
     data = tasks.task_data("topics", max_length=cs.max_length, n_test=S.n_test, seed=split.seed)
     acc = lambda m, s="test": tasks.evaluate(m, tok, data, s)["accuracy"]  # noqa: E731
-    base = {"test": acc(model)}
+    base: dict[str, float] = {}
     runs = []
     contenders: dict[str, torch.nn.Module] = {FP32: model}
     for target in S.targets:
@@ -145,8 +143,8 @@ def _cls(ctx: RecipeContext, S: ClsSettings) -> dict[str, Any]:
             student = copy.deepcopy(model)
             with ctx.phase("cook MiniLM"):
                 rep = cook(student, tok, cfg, texts=data.train, out_dir=ctx.out_dir / f"minilm-{target}-s{seed}",
-                           evaluate=lambda m: {"test_acc": acc(m)},
-                           progress=None)
+                           evaluate=lambda m: {"test_acc": acc(m)}, progress=None, score_input=not base)
+            base = base or {"test": rep["input"]["test_acc"]}  # the same fine-tuned model for every run
             runs.append({"target": target, "seed": seed, "stages": rep["stages"]})
             if seed == S.seeds[0]:
                 pruned_only, _ = load_model(rep["stages"][0]["folder"], task="sequence-classification")

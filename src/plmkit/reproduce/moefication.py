@@ -170,12 +170,11 @@ def _smollm2(ctx: RecipeContext, S: MoEficationSettings) -> dict[str, Any]:
     model, tok = load_model("smollm2")
     corpus = text.english_corpus(max_chars=S.lm_chars, seed=ctx.seed)
     calib, held = corpus[::2], corpus[1::2][: S.lm_held]
-    facts = [f for f in geonames.country_facts() if f["relation"] == "capital"]
-    facts = [facts[i] for i in np.random.default_rng(ctx.seed).permutation(len(facts))[: S.zs]]
+    facts = geonames.capital_facts(S.zs, ctx.seed)
     parts = {"validation": (held[0::2], facts[0::2]), "test": (held[1::2], facts[1::2])}
 
     def scorer(passages, fs):
-        prompts, answers = [f"The capital of {f['subject']} is" for f in fs], [f["object"] for f in fs]
+        prompts, answers = geonames.capital_cloze(fs)
         return lambda m: {"ppl": perplexity(m, token_batches(tok, passages, 8, 128)),
                           "capital_acc": next_token_accuracy(m, tok, prompts, answers)}
 

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ...compress.distill import kd_loss, masked_mean
 from ...device import unwrap_model
 from ...errors import ConfigError
 from ...train import TrainConfig, TrainResult, train
@@ -33,13 +34,10 @@ def distillation_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch
     mask = inputs.get("attention_mask")
     loss = torch.zeros((), device=_logits(student).device)
     if want_hidden:
-        loss = loss + _masked_mean(F.mse_loss(_last_hidden(student).float(), _last_hidden(teacher).float(),
-                                              reduction="none").mean(-1), mask)
+        loss = loss + masked_mean(F.mse_loss(_last_hidden(student).float(), _last_hidden(teacher).float(),
+                                             reduction="none").mean(-1), mask)
     if cfg.loss in ("logits", "both"):
-        t = cfg.temperature
-        s_log, t_log = _logits(student).float() / t, _logits(teacher).float() / t
-        kl = F.kl_div(F.log_softmax(s_log, -1), F.log_softmax(t_log, -1), log_target=True, reduction="none").sum(-1)
-        loss = loss + _masked_mean(kl, mask if kl.dim() == 2 else None) * t * t
+        loss = loss + kd_loss(_logits(student), _logits(teacher), cfg.temperature, mask)
     return loss
 
 
@@ -72,11 +70,3 @@ def _last_hidden(out: Any) -> torch.Tensor:
 def _logits(out: Any) -> torch.Tensor:
     logits = getattr(out, "logits", None)
     return logits if logits is not None else _last_hidden(out)
-
-
-def _masked_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Mean over positions (B, T) where ``mask`` is 1; per-sequence values (B,) are averaged as they are."""
-    if mask is None or values.dim() != 2 or mask.shape != values.shape:
-        return values.mean()
-    m = mask.to(values.dtype)
-    return (values * m).sum() / m.sum().clamp_min(1)
