@@ -9,8 +9,8 @@ import torch
 
 from plmkit import arch, hooks
 from plmkit.compress.distill import DistillConfig, block_pairs, distill, kd_loss
-from plmkit.compress.prune import (FFNGates, L0Config, MaskConfig, attach_ffn_gates, detach_ffn_gates,
-                                   finalize_ffn_gates, magnitude_mask, magnitude_masks, mask_report)
+from plmkit.compress.prune import (L0Config, L0Gates, MaskConfig, attach_gates, detach_gates, finalize_gates,
+                                   magnitude_mask, magnitude_masks, mask_report)
 from plmkit.errors import ConfigError
 from plmkit.testing import tiny_inputs, tiny_model
 from plmkit.train import TrainConfig
@@ -67,7 +67,7 @@ def test_two_four_masks_hold_after_distillation_steps(tmp_path):
 
 
 def test_l0_lagrangian_drives_expected_sparsity_to_the_target():
-    gates = FFNGates({"a": 64, "b": 32}, L0Config(target=0.6, warmup=0.2))
+    gates = L0Gates({"a": 64, "b": 32}, L0Config(target=0.6, warmup=0.2))
     gates.steps_total = 300
     opt = torch.optim.AdamW([{"params": list(gates.log_alpha)}, {"params": [gates.lambdas]}], lr=0.1,
                             weight_decay=0.0)
@@ -84,7 +84,7 @@ def test_l0_lagrangian_drives_expected_sparsity_to_the_target():
 
 
 def test_gates_sample_reproducibly_and_stretch_to_exact_zeros_and_ones():
-    gates = FFNGates({"a": 2000}, L0Config(seed=3))
+    gates = L0Gates({"a": 2000}, L0Config(seed=3))
     a, b = gates.sample(0), gates.sample(0)
     assert torch.equal(a, b)  # the same draw count gives the same noise, whatever the global RNG did
     gates.draws += 1
@@ -97,19 +97,19 @@ def test_finalized_model_equals_the_gated_model_and_loads_with_plain_transformer
 
     teacher = tiny_model("llama").eval()
     student = copy.deepcopy(teacher)
-    gates = attach_ffn_gates(student, L0Config(target=0.5, lr=0.2))
+    gates = attach_gates(student, L0Config(target=0.5, lr=0.2))
     result = distill(student, teacher, _records(student), TrainConfig(out_dir=str(tmp_path / "run"), max_steps=6,
                                                                       batch_size=8, lr=1e-3, progress=False),
                      DistillConfig(hidden_weight=1.0, hidden_pairs=block_pairs(student, teacher)), gates=gates,
                      collate_fn=_collate)
     assert result.step == 6 and int(gates.draws) == 6
-    with pytest.raises(ConfigError, match="already has FFN gates"):
-        attach_ffn_gates(student)
+    with pytest.raises(ConfigError, match="already has ffn gates"):
+        attach_gates(student)
     x = tiny_inputs(student)
     student.eval()
     with torch.no_grad():
         gated = student(**x).logits
-    report = finalize_ffn_gates(student)
+    report = finalize_gates(student)
     d_ff = teacher.config.intermediate_size
     assert report["plain_config"] and report["ffn_sizes"] == {"blocks": [d_ff // 2] * 2}
     assert report["params_after"] < report["params_before"]
@@ -129,7 +129,7 @@ def test_finalized_model_equals_the_gated_model_and_loads_with_plain_transformer
 def test_gates_at_zero_and_one_equal_removing_those_neurons():
     model = tiny_model("bert").eval()
     ref_model = copy.deepcopy(model)
-    gates = attach_ffn_gates(model, L0Config(target=0.5))
+    gates = attach_gates(model, L0Config(target=0.5))
     g = torch.Generator().manual_seed(0)
     closed = []
     with torch.no_grad():
@@ -148,7 +148,7 @@ def test_gates_at_zero_and_one_equal_removing_those_neurons():
             out = ref_model(**x)
             zeroed = out.last_hidden_state if hasattr(out, "last_hidden_state") else out.logits
     torch.testing.assert_close(gated, zeroed, rtol=1e-5, atol=1e-5)
-    finalize_ffn_gates(model)
+    finalize_gates(model)
     with torch.no_grad():
         out = model(**x)
         pruned = out.last_hidden_state if hasattr(out, "last_hidden_state") else out.logits
@@ -162,17 +162,17 @@ def test_detach_restores_the_model_and_wrapped_or_quantized_ffns_are_refused():
     x = tiny_inputs(model)
     with torch.no_grad():
         ref = model(**x).logits
-    attach_ffn_gates(model, L0Config(target=0.9, init_keep=0.01))
+    attach_gates(model, L0Config(target=0.9, init_keep=0.01))
     with torch.no_grad():
         assert not torch.equal(model(**x).logits, ref)
-    detach_ffn_gates(model)
+    detach_gates(model)
     with torch.no_grad():
         assert torch.equal(model(**x).logits, ref)
-    with pytest.raises(ConfigError, match="no FFN gates"):
-        detach_ffn_gates(model)
+    with pytest.raises(ConfigError, match="no ffn gates"):
+        detach_gates(model)
     quantize_int8(model)
     with pytest.raises(ConfigError, match="dense float weight"):
-        attach_ffn_gates(model)
+        attach_gates(model)
 
 
 def test_distill_refuses_a_shared_teacher_and_other_vocabularies(tmp_path):
@@ -181,3 +181,103 @@ def test_distill_refuses_a_shared_teacher_and_other_vocabularies(tmp_path):
         distill(model, model, _records(model), TrainConfig(out_dir=str(tmp_path), max_steps=1, progress=False))
     with pytest.raises(ConfigError, match="hidden_pairs"):
         DistillConfig(hidden_weight=1.0)
+
+
+def _open_and_shut(gates, shut):
+    """Gates wide open except the units ``shut[site]`` (indices), which are shut."""
+    with torch.no_grad():
+        for la, idx in zip(gates.log_alpha, shut):
+            la.fill_(20.0)
+            la[idx] = -20.0
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3"])
+def test_kv_group_gates_at_zero_and_one_equal_the_smaller_plain_model(tmp_path, family):
+    from transformers import AutoModelForCausalLM
+
+    model = tiny_model(family).eval()
+    geo = arch.attention(model)
+    gates = attach_gates(model, L0Config(unit="heads", target=0.5))
+    assert gates.sites == [f"{layer.name}.attn.kv_heads" for layer in arch.layers(model)]
+    _open_and_shut(gates, [[0], [1]])  # layer 0 loses KV group 0 (query heads 0-1), layer 1 group 1
+    x = tiny_inputs(model)
+    with torch.no_grad():
+        gated = model(**x).logits
+    report = finalize_gates(model, "heads")
+    assert report["n_kv_heads"] == geo.n_kv_heads - 1 and report["n_heads"] == geo.n_heads - geo.group
+    assert report["params_after"] < report["params_before"]
+    with torch.no_grad():
+        torch.testing.assert_close(model(**x).logits, gated, rtol=1e-5, atol=1e-5)
+    model.save_pretrained(tmp_path / "pruned")
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "pruned").eval()
+    assert plain.config.num_key_value_heads == geo.n_kv_heads - 1 and plain.config.head_dim == geo.head_dim
+    with torch.no_grad():
+        torch.testing.assert_close(plain(**x).logits, gated, rtol=1e-5, atol=1e-5)
+    site = f"{arch.layers(plain)[1].name}.attn.o"
+    with hooks.capture(plain, [site]) as cap, torch.no_grad():
+        plain(**x)
+    assert cap[site].shape[-1] == plain.config.hidden_size
+
+
+def test_head_gates_are_refused_where_the_config_cannot_describe_fewer_heads():
+    model = tiny_model("bert").eval()
+    attach_gates(model, L0Config(unit="heads", target=0.5))
+    with pytest.raises(ConfigError, match="prune FFN neurons or whole layers"):
+        finalize_gates(model, "heads")
+    with pytest.raises(ConfigError, match="uniform=true"):
+        L0Config(unit="heads", uniform=False)
+    with pytest.raises(ConfigError, match="choose one of"):
+        L0Config(unit="rows")
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3", "bert"])
+def test_layer_gates_remove_whole_blocks_into_a_shallower_plain_model(tmp_path, family):
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
+
+    model = tiny_model(family, num_hidden_layers=4).eval()
+    types = list(getattr(model.config, "layer_types", None) or [])
+    ref = copy.deepcopy(model)
+    gates = attach_gates(model, L0Config(unit="layers", target=0.5))
+    _open_and_shut(gates, [[0, 2]])
+    x = tiny_inputs(model)
+
+    def out(m):
+        with torch.no_grad():
+            o = m(**x)
+        return o.logits if hasattr(o, "logits") else o.last_hidden_state
+
+    gated = out(model)
+    assert not torch.allclose(out(ref), gated)  # the shut blocks did change the output
+    report = finalize_gates(model, "layers")
+    assert report["kept_layers"] == [1, 3] and report["layers_after"] == 2
+    torch.testing.assert_close(out(model), gated, rtol=1e-5, atol=1e-5)
+    model.save_pretrained(tmp_path / "pruned")
+    loader = AutoModelForMaskedLM if family == "bert" else AutoModelForCausalLM
+    plain = loader.from_pretrained(tmp_path / "pruned").eval()
+    assert plain.config.num_hidden_layers == 2 and len(arch.layers(plain)) == 2
+    if family == "gemma3":
+        assert plain.config.layer_types == [types[1], types[3]]
+    torch.testing.assert_close(out(plain), gated, rtol=1e-5, atol=1e-5)
+    if family != "bert":  # the KV cache indexes the renumbered layers
+        ids = x["input_ids"][:1, :4]
+        with torch.no_grad():
+            cached = plain.generate(ids, max_new_tokens=4, do_sample=False, use_cache=True)
+            uncached = plain.generate(ids, max_new_tokens=4, do_sample=False, use_cache=False)
+        assert torch.equal(cached, uncached)
+
+
+def test_head_and_layer_gates_train_through_distillation(tmp_path):
+    teacher = tiny_model("llama", num_hidden_layers=4).eval()
+    student = copy.deepcopy(teacher)
+    gates = attach_gates(student, L0Config(unit="heads", target=0.5, lr=0.2))
+    layer_gates = attach_gates(student, L0Config(unit="layers", target=0.5, lr=0.2))
+    start = [la.detach().clone() for la in gates.log_alpha]
+    distill(student, teacher, _records(student), TrainConfig(out_dir=str(tmp_path), max_steps=4, batch_size=8,
+                                                             lr=1e-3, progress=False), gates=gates,
+            collate_fn=_collate)
+    assert int(gates.draws) == 4 and int(layer_gates.draws) == 4
+    assert any(not torch.equal(a, b.detach()) for a, b in zip(start, gates.log_alpha))
+    student.eval()
+    finalize_gates(student, "layers")
+    finalize_gates(student, "heads")
+    assert student.config.num_hidden_layers == 2 and student.config.num_key_value_heads == 1

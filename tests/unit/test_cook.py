@@ -34,6 +34,13 @@ def test_config_round_trip_and_order_errors(tmp_path):
     with pytest.raises(ConfigError, match="no stages"):
         CookConfig(stages=[])
     assert [s.kind for s in shortcut_config(quantize_bits=8, prune_ffn=0.5).stages] == ["prune", "quantize"]
+    with pytest.raises(ConfigError, match="after 'moefy'"):
+        CookConfig.from_dict({"stages": [{"kind": "moefy"}, {"kind": "distill"}]})
+    with pytest.raises(ConfigError, match='"ffn": false'):
+        CookConfig.from_dict({"stages": [{"kind": "quantize"}, {"kind": "moefy"}]})
+    both = shortcut_config(quantize_bits=8, prune_layers=0.5, prune_heads=0.5, moefy=True)
+    assert [(s.kind, s.l0.unit) for s in both.stages[:2]] == [("prune", "layers"), ("prune", "heads")]
+    assert [s.kind for s in both.stages[2:]] == ["quantize", "moefy"] and not both.stages[2].quant.ffn
 
 
 @pytest.mark.parametrize("bits", [8, 4])
@@ -84,3 +91,33 @@ def test_cook_cli_shortcuts_and_errors(tmp_path, capsys):
         main(["cook", "--model", str(tmp_path / "tiny"), "--out", str(tmp_path / "o2")])
     assert e.value.code == 2
     assert "nothing to do" in capsys.readouterr().err
+
+
+def test_cook_prunes_layers_and_heads_then_quantizes_attention_and_moefies(tmp_path):
+    model = tiny_model("llama", num_hidden_layers=4).eval()
+    tok = tiny_tokenizer()
+    x = tiny_inputs(model)
+    moe = {"experts": 4, "active": 0.5, "router_steps": 20, "calibration_tokens": 256}
+    cfg = CookConfig(stages=[
+        StageConfig(kind="prune", steps=3, batch_size=4, lr=1e-3, l0={"unit": "layers", "target": 0.5}),
+        StageConfig(kind="prune", steps=3, batch_size=4, lr=1e-3, l0={"unit": "heads", "target": 0.5}),
+        StageConfig(kind="quantize", quant={"bits": 8, "kernel": "dequant", "ffn": False}),
+        StageConfig(kind="moefy", batch_size=4, moe=moe)])
+    report = cook(model, tok, cfg, texts=TEXTS, eval_texts=TEXTS[:4], out_dir=tmp_path, progress=None)
+    rows = report["stages"]
+    assert rows[0]["prune"]["layers_after"] == 2 and rows[1]["prune"]["n_kv_heads"] == 1
+    assert 0 <= rows[3]["moe"]["router_recall"] <= 1 and all("ppl" in r for r in rows)
+    with torch.no_grad():
+        final = model(**x).logits
+    for row in rows:
+        loaded, _ = load_model(row["folder"])
+        assert loaded.config.num_hidden_layers == 2
+        site = f"{arch.layers(loaded)[1].name}.attn.o"
+        with hooks.capture(loaded, [site]) as cap, torch.no_grad():
+            out = loaded(**x).logits
+        assert cap[site].shape[-1] == model.config.hidden_size
+    from plmkit.compress.moefication import moe_layers
+
+    assert len(list(moe_layers(loaded))) == 2 and any(isinstance(m, Int8Linear) for m in loaded.modules())
+    assert not any(isinstance(m, Int8Linear) for layer in arch.layers(loaded) for m in (layer.ffn_in, layer.ffn_out))
+    torch.testing.assert_close(out, final)  # the MoEfied, quantized artifact reloads to the in-memory model

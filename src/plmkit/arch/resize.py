@@ -81,3 +81,92 @@ def make_config_plain(model: nn.Module, original_d_ff: int) -> bool:
         if hasattr(config, key):
             delattr(config, key)
     return True
+
+
+# ------------------------------------------------------------------------------------------ heads and layers
+
+def _keep_rows(module: nn.Module, rows: torch.Tensor, conv1d: bool) -> None:
+    w = module.weight.detach()
+    w = w.t() if conv1d else w
+    set_weight(module, w[rows.to(w.device)], conv1d)
+    if getattr(module, "bias", None) is not None:
+        module.bias = nn.Parameter(module.bias.detach()[rows.to(module.bias.device)].clone(),
+                                   requires_grad=module.bias.requires_grad)
+
+
+def remove_kv_groups(model: nn.Module, keep: list[torch.Tensor]) -> dict[str, int]:
+    """Keep, in layer ``i``, the key/value heads ``keep[i]`` with their groups of query heads (GQA-aware:
+    a group is removed whole), in place: rows of q/k/v and columns of the output projection go. Every layer
+    must keep the same number, which is written into the config (``num_attention_heads``,
+    ``num_key_value_heads``; ``head_dim`` stays) so plain ``transformers`` rebuilds the smaller model."""
+    from ..errors import ConfigError
+    from .layers import attention
+
+    config = hf_model(model)[0].config
+    geo = attention(model)
+    if getattr(config, "head_dim", None) != geo.head_dim:
+        raise ConfigError(f"head pruning writes a model whose head width stays {geo.head_dim}; "
+                          f"{type(config).__name__} derives it from hidden_size / heads, so removed heads would not "
+                          "reload: prune FFN neurons or whole layers of this family instead")
+    if len({len(k) for k in keep}) != 1:
+        raise ConfigError("head pruning keeps the same number of key/value heads in every layer (one config)")
+    hd, rep = geo.head_dim, geo.group
+    all_layers = layers(model)
+    for layer, kv in zip(all_layers, keep):
+        if layer.attn_q is None:
+            raise ConfigError(f"{layer.name}: head pruning needs separate q/k/v projections (this family fuses them)")
+        kv = kv.sort().values.long().cpu()
+        q_heads = (kv[:, None] * rep + torch.arange(rep)).reshape(-1)
+        kv_rows = (kv[:, None] * hd + torch.arange(hd)).reshape(-1)
+        q_rows = (q_heads[:, None] * hd + torch.arange(hd)).reshape(-1)
+        _keep_rows(layer.attn_q, q_rows, layer.conv1d)
+        _keep_rows(layer.attn_k, kv_rows, layer.conv1d)
+        _keep_rows(layer.attn_v, kv_rows, layer.conv1d)
+        w = layer.attn_o.weight.detach()
+        w = w.t() if layer.conv1d else w
+        set_weight(layer.attn_o, w[:, q_rows.to(w.device)], layer.conv1d)
+    n_kv = len(keep[0])
+    config.num_key_value_heads = n_kv
+    config.num_attention_heads = n_kv * rep
+    return {"n_heads": n_kv * rep, "n_kv_heads": n_kv}
+
+
+LAYER_COUNT_ATTRS = ("num_hidden_layers", "n_layer", "num_layers")
+
+
+def remove_layers(model: nn.Module, keep: list[int]) -> dict[str, int]:
+    """Keep only the blocks ``keep`` (indices, single-stack models), in place: the others leave the
+    ModuleList, the kept ones are renumbered (``layer_idx``, which KV caches read) and the config's layer
+    count and per-layer lists follow, so plain ``transformers`` rebuilds the shallower model."""
+    from ..errors import ConfigError
+    from .layers import base_model, resolve
+
+    spec = resolve(model)
+    if len(spec.stacks) != 1:
+        raise ConfigError("layer pruning supports single-stack models (an encoder or a decoder), "
+                          f"not {spec.family}'s {len(spec.stacks)} stacks")
+    blocks = base_model(model).get_submodule(spec.stacks[0].blocks)
+    n = len(blocks)
+    keep = sorted({int(i) for i in keep})
+    if not keep or keep[0] < 0 or keep[-1] >= n:
+        raise ConfigError(f"layer pruning: keep indices in [0, {n}) and at least one layer, got {keep}")
+    kept = [blocks[i] for i in keep]
+    for new, block in enumerate(kept):
+        for m in block.modules():
+            if isinstance(getattr(m, "layer_idx", None), int):
+                m.layer_idx = new
+    for i in reversed(range(n)):  # emptied, then refilled in the new order (ModuleList renumbers)
+        del blocks[i]
+    blocks.extend(kept)
+    config = hf_model(model)[0].config
+    for attr in LAYER_COUNT_ATTRS:
+        if getattr(config, attr, None) == n:
+            setattr(config, attr, len(keep))
+    for attr, value in list(vars(config).items()):
+        if isinstance(value, list) and len(value) == n and attr != "architectures":
+            setattr(config, attr, [value[i] for i in keep])  # per-layer settings such as layer_types
+    for key in (FFN_SIZES_KEY, FFN_OUT_BIAS_KEY):
+        per_stack = getattr(config, key, None)
+        if isinstance(per_stack, dict):
+            setattr(config, key, {s: [v[i] for i in keep] for s, v in per_stack.items()})
+    return {"layers_before": n, "layers_after": len(keep)}

@@ -95,6 +95,10 @@ def model_path(name: str) -> Path:
     raise KeyError(name)
 
 
+QUANT_KEY = "plmkit_quantization"  # config.json key of quantized folders (plmkit.compress.quant)
+MOEFICATION_DIR = "moefication"  # a model folder's MoEfication (experts and routers), applied on load
+
+
 def load_model(
     name: str | os.PathLike,
     *,
@@ -140,13 +144,17 @@ def load_model(
             from .pruned import load_pruned
 
             model = load_pruned(source, config, task=task, dtype=dtype, trust_remote_code=trust_remote_code, **kwargs)
-        elif getattr(config, "plmkit_quantization", None):  # int8 weights (plmkit.compress.quant)
+        elif getattr(config, QUANT_KEY, None):  # int8 / int4 weights (plmkit.compress.quant)
             from ..compress.quant import load_quantized
 
             model = load_quantized(source, config, task=task, dtype=dtype, trust_remote_code=trust_remote_code,
                                    **kwargs)
         else:
             model = cls.from_pretrained(source, dtype=dtype, trust_remote_code=trust_remote_code, **kwargs).eval()
+    if (Path(source) / MOEFICATION_DIR / "moefication.json").exists():  # a cooked MoEfication stage
+        from ..compress.moefication import load_moefication
+
+        load_moefication(model, Path(source) / MOEFICATION_DIR)
     tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token

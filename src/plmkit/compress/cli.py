@@ -26,13 +26,15 @@ def _cmd_cook(args: argparse.Namespace) -> None:
     from .cook import CookConfig, cook, shortcut_config
 
     shortcuts = dict(quantize_bits={"int8": 8, "int4": 4}.get(args.quantize) if args.quantize else None,
-                     prune_ffn=args.prune_ffn, sparsify=args.sparsify)
-    if args.config and any(v is not None for v in shortcuts.values()):
-        raise ConfigError("cook: give --config or the shortcuts (--quantize/--prune-ffn/--sparsify), not both")
+                     prune_ffn=args.prune_ffn, prune_heads=args.prune_heads, prune_layers=args.prune_layers,
+                     sparsify=args.sparsify)
+    given = any(v is not None for v in shortcuts.values()) or args.moefy
+    if args.config and given:
+        raise ConfigError("cook: give --config or the shortcuts (--quantize/--prune-*/--sparsify/--moefy), not both")
     if args.config:
         cfg = CookConfig.from_json(args.config)
-    elif any(v is not None for v in shortcuts.values()):
-        cfg = shortcut_config(**shortcuts, steps=args.steps, lr=args.lr)
+    elif given:
+        cfg = shortcut_config(**shortcuts, moefy=args.moefy, steps=args.steps, lr=args.lr)
     else:
         raise ConfigError("cook: nothing to do; give --config cook.json or a shortcut such as --quantize int8")
     model, tok = load_model(args.model, task=args.task)
@@ -46,11 +48,11 @@ def _cmd_cook(args: argparse.Namespace) -> None:
 
 
 def add_parser(sub: Any) -> None:
-    c = sub.add_parser("cook", help="compress a model in stages (prune, sparsify, distill, quantize); every stage "
-                                    "is saved in its own loadable folder (BMCook)",
+    c = sub.add_parser("cook", help="compress a model in stages (prune, sparsify, distill, quantize, moefy); every "
+                                    "stage is saved in its own loadable folder (BMCook)",
                        description="Runs the stages of --config (JSON: {\"stages\": [{\"kind\": \"prune\", ...}, "
-                                   "...]}) or of the shortcuts, in the order prune, sparsify, quantize. Training "
-                                   "stages distil from the model as it was loaded.")
+                                   "...]}) or of the shortcuts, in the order prune layers, heads, FFN, sparsify, "
+                                   "quantize, moefy. Training stages distil from the model as it was loaded.")
     c.add_argument("--model", default="smollm2", help="asset name or local HF folder (default smollm2)")
     c.add_argument("--task", default="auto", help="head to load the model with (default auto)")
     c.add_argument("--config", default=None, help="cook config JSON (see plmkit.compress.cook.CookConfig)")
@@ -58,6 +60,12 @@ def add_parser(sub: Any) -> None:
                                                                               "(kernels chosen by timing)")
     c.add_argument("--prune-ffn", type=float, default=None, help="shortcut: fraction of FFN neurons to remove "
                                                                  "(L0 gates trained with distillation)")
+    c.add_argument("--prune-heads", type=float, default=None, help="shortcut: fraction of attention heads to "
+                   "remove, in whole key/value groups (L0 gates; needs a config with head_dim, e.g. LLaMA-style)")
+    c.add_argument("--prune-layers", type=float, default=None, help="shortcut: fraction of whole layers to remove "
+                                                                    "(L0 gates trained with distillation)")
+    c.add_argument("--moefy", action="store_true", help="shortcut: MoEfy the FFNs last (with --quantize, the FFNs "
+                                                        "stay float and attention is quantized)")
     c.add_argument("--sparsify", choices=("2:4", "unstructured"), default=None,
                    help="shortcut: magnitude masks held while distilling (unstructured: 50%% of weights)")
     c.add_argument("--steps", type=int, default=100, help="training steps of each shortcut training stage (default 100)")

@@ -7,8 +7,13 @@ its own folder (``01-prune``, ``02-quantize``, ...) that :func:`plmkit.load_mode
   model towards ``l0.target``, then the closed neurons removed (a plain HF model of smaller width);
 - ``sparsify``: magnitude masks (2:4 or unstructured) held while distilling (dense storage with zeros);
 - ``distill``: distillation alone (e.g. to recover quality after another stage);
-- ``quantize``: weight-only int8 or int4, kernels chosen by timing on this CPU; last, since nothing trains
-  or re-splits quantized layers.
+- ``quantize``: weight-only int8 or int4, kernels chosen by timing on this CPU; nothing trains or prunes
+  after it;
+- ``moefy``: MoEfication of the FFNs (experts and routers from calibration batches of ``texts``), last;
+  after ``quantize`` only with ``quant.ffn`` off (the experts split float FFN weights). Its folder holds
+  the model it started from plus ``moefication/``, which :func:`plmkit.load_model` applies.
+
+``prune`` removes the units of ``l0.unit``: FFN neurons, attention heads (whole KV groups) or layers.
 
 The teacher of every training stage is the model as it came in. ``report.json`` holds what each stage did,
 its parameter count, bytes on disk, time and, given evaluation texts, held-out perplexity.
@@ -32,18 +37,20 @@ from ..config import JsonConfig
 from ..errors import ConfigError
 from .distill import DistillConfig, block_pairs, distill
 from ..analysis.prune import n_params
-from .prune import L0Config, MaskConfig, attach_ffn_gates, finalize_ffn_gates, magnitude_masks, mask_report
-from .quant import QuantConfig, quantize, save_quantized
+from .prune import L0Config, MaskConfig, attach_gates, finalize_gates, magnitude_masks, mask_report
+from .moefication.config import MoEficationConfig
+from .quant import QuantConfig, quantize, quantized_modules, save_quantized
 
-KINDS = ("prune", "sparsify", "distill", "quantize")
-TRAINS = ("prune", "sparsify", "distill")
+KINDS = ("prune", "sparsify", "distill", "quantize", "moefy")
+TRAINS = ("prune", "sparsify", "distill")  # stages that train with distillation
 
 
 @dataclass
 class StageConfig(JsonConfig):
     """One stage: its ``kind`` and the settings that kind reads (the others are ignored). Training stages use
     ``steps``, ``lr``, ``batch_size``, ``max_length``, ``seed`` and ``distill``; ``prune`` reads ``l0``,
-    ``sparsify`` reads ``mask``, ``quantize`` reads ``quant``."""
+    ``sparsify`` reads ``mask``, ``quantize`` reads ``quant``, ``moefy`` reads ``moe`` (and ``batch_size``,
+    ``max_length`` and ``seed`` for its calibration batches)."""
 
     kind: str
     steps: int = 100
@@ -55,13 +62,15 @@ class StageConfig(JsonConfig):
     l0: L0Config = field(default_factory=L0Config)
     mask: MaskConfig = field(default_factory=MaskConfig)
     quant: QuantConfig = field(default_factory=lambda: QuantConfig(kernel="auto"))
+    moe: MoEficationConfig = field(default_factory=MoEficationConfig)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ConfigError(f"cook stage kind '{self.kind}': choose one of {KINDS}")
         if self.steps < 1 or self.batch_size < 1:
             raise ConfigError(f"cook stage '{self.kind}': steps and batch_size must be >= 1")
-        for key, sub in (("distill", DistillConfig), ("l0", L0Config), ("mask", MaskConfig), ("quant", QuantConfig)):
+        for key, sub in (("distill", DistillConfig), ("l0", L0Config), ("mask", MaskConfig), ("quant", QuantConfig),
+                         ("moe", MoEficationConfig)):
             value = getattr(self, key)
             if isinstance(value, dict):  # read from JSON, or given as a dict
                 setattr(self, key, sub.from_dict(value))
@@ -81,21 +90,28 @@ class CookConfig(JsonConfig):
             raise ConfigError("cook: the config lists no stages; give e.g. "
                               '{"stages": [{"kind": "prune"}, {"kind": "quantize"}]}')
         check_order([s.kind for s in self.stages])
+        quant = [s for s in self.stages if s.kind == "quantize"]
+        if quant and self.stages[-1].kind == "moefy" and quant[0].quant.ffn:
+            raise ConfigError("cook: 'moefy' after 'quantize' splits float FFN weights; set the quantize stage's "
+                              '"quant": {"ffn": false} (attention stays quantized) or put "moefy" first')
 
     def to_dict(self) -> dict[str, Any]:
         return {"stages": [dataclasses.asdict(s) for s in self.stages]}
 
 
 def check_order(kinds: Sequence[str]) -> None:
-    """Refuse orders that cannot run: anything after ``quantize`` (quantized layers neither train nor prune),
-    and a second ``quantize``."""
+    """Refuse orders that cannot run: a training stage after ``quantize`` (quantized layers neither train nor
+    prune), anything after ``moefy``, and ``quantize`` or ``moefy`` twice."""
     for i, kind in enumerate(kinds):
         if kind not in KINDS:
             raise ConfigError(f"cook stage kind '{kind}': choose one of {KINDS}")
-        if "quantize" in kinds[:i]:
+        if "moefy" in kinds[:i]:
+            raise ConfigError(f"cook: stage {i + 1} '{kind}' comes after 'moefy'; MoE layers are neither trained, "
+                              "pruned nor quantized here: put 'moefy' last")
+        if "quantize" in kinds[:i] and kind != "moefy":
             raise ConfigError(f"cook: stage {i + 1} '{kind}' comes after 'quantize'; quantized layers cannot "
                               f"be {'quantized again' if kind == 'quantize' else 'trained or pruned'}: put "
-                              "'quantize' last")
+                              "'quantize' last (or before 'moefy' only)")
 
 
 def text_records(tokenizer: Any, texts: Sequence[str], max_length: int) -> list[dict[str, list[int]]]:
@@ -123,10 +139,31 @@ def folder_bytes(folder: str | Path) -> int:
 
 
 def _save(model: nn.Module, tokenizer: Any, folder: Path) -> None:
+    """The model as a loadable folder: quantized layouts through :func:`save_quantized`, others as HF."""
+    if quantized_modules(model):
+        save_quantized(model, folder, tokenizer=tokenizer)
+        return
     with atomic_dir(folder) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
+
+
+def _moefy_stage(stage: StageConfig, model: nn.Module, tokenizer: Any, texts: Sequence[str],
+                 folder: Path) -> dict[str, Any]:
+    """Save the model as it came in, MoEfy it with calibration batches of ``texts``, add ``moefication/``."""
+    from ..assets.models import MOEFICATION_DIR
+    from ..data import token_batches
+    from .moefication import moefy, save_moefication
+
+    with atomic_dir(folder) as tmp:
+        _save(model, tokenizer, tmp)
+        dev = next(model.parameters()).device
+        batches = list(token_batches(tokenizer, list(texts), stage.batch_size, stage.max_length, device=dev))
+        report = moefy(model, stage.moe, batches, seed=stage.seed)
+        save_moefication(model, tmp / MOEFICATION_DIR)
+    return {"moe": {"experts": stage.moe.experts, "router_recall": report.mean("router_recall"),
+                    "random_recall": report.mean("random_recall"), "calibration_tokens": report.calibration_tokens}}
 
 
 def _train_stage(stage: StageConfig, model: nn.Module, teacher: nn.Module, records: list, collate: Callable,
@@ -138,14 +175,14 @@ def _train_stage(stage: StageConfig, model: nn.Module, teacher: nn.Module, recor
     dcfg = stage.distill
     if dcfg.hidden_weight and not dcfg.hidden_pairs:
         dcfg = dataclasses.replace(dcfg, hidden_pairs=block_pairs(model, teacher))
-    gates = attach_ffn_gates(model, stage.l0) if stage.kind == "prune" else None
+    gates = attach_gates(model, stage.l0) if stage.kind == "prune" else None
     masks = magnitude_masks(model, stage.mask) if stage.kind == "sparsify" else None
     result = distill(model, teacher, records, tc, dcfg, gates=gates, masks=masks, collate_fn=collate)
     info: dict[str, Any] = {"steps": result.step, "loss_first": result.losses[0] if result.losses else None,
                             "loss_last": result.losses[-1] if result.losses else None}
     if gates is not None:
         model.eval()
-        info["prune"] = finalize_ffn_gates(model)
+        info["prune"] = finalize_gates(model, stage.l0.unit)
     if masks is not None:
         info["masks"] = mask_report(model, masks)
     return info
@@ -182,6 +219,8 @@ def cook(model: nn.Module, tokenizer: Any, config: CookConfig, *, texts: Sequenc
             info = _train_stage(stage, model, teacher, records, pad_collate(tokenizer), out / "work" / folder.name)
             model.eval()
             _save(model, tokenizer, folder)
+        elif stage.kind == "moefy":
+            info = _moefy_stage(stage, model.eval(), tokenizer, texts, folder)
         else:
             info = quantize(model, stage.quant)
             model.eval()
@@ -196,16 +235,22 @@ def cook(model: nn.Module, tokenizer: Any, config: CookConfig, *, texts: Sequenc
 
 
 def shortcut_config(*, quantize_bits: int | None = None, prune_ffn: float | None = None,
-                    sparsify: str | None = None, steps: int = 100, lr: float = 1e-4) -> CookConfig:
-    """The config of the CLI shortcuts: prune and/or sparsify (each trained ``steps`` steps with distillation),
-    then quantize."""
+                    prune_heads: float | None = None, prune_layers: float | None = None,
+                    sparsify: str | None = None, moefy: bool = False, steps: int = 100,
+                    lr: float = 1e-4) -> CookConfig:
+    """The config of the CLI shortcuts: prune (layers, heads, FFN neurons) and/or sparsify (each trained
+    ``steps`` steps with distillation), then quantize, then MoEfy (with quantization, the FFNs stay float)."""
     stages: list[StageConfig] = []
-    if prune_ffn is not None:
-        stages.append(StageConfig(kind="prune", steps=steps, lr=lr, l0=L0Config(target=prune_ffn)))
+    for unit, target in (("layers", prune_layers), ("heads", prune_heads), ("ffn", prune_ffn)):
+        if target is not None:
+            stages.append(StageConfig(kind="prune", steps=steps, lr=lr, l0=L0Config(target=target, unit=unit)))
     if sparsify is not None:
         stages.append(StageConfig(kind="sparsify", steps=steps, lr=lr, mask=MaskConfig(pattern=sparsify)))
     if quantize_bits is not None:
-        stages.append(StageConfig(kind="quantize", quant=QuantConfig(bits=quantize_bits, kernel="auto")))
+        stages.append(StageConfig(kind="quantize", quant=QuantConfig(bits=quantize_bits, kernel="auto",
+                                                                     ffn=not moefy)))
+    if moefy:
+        stages.append(StageConfig(kind="moefy"))
     return CookConfig(stages=stages)
 
 

@@ -26,7 +26,7 @@ from ..config import JsonConfig
 from ..device import unwrap_model
 from ..errors import ConfigError
 from ..train import TrainConfig, TrainResult, train
-from .prune import FFNGates, enforce_masks
+from .prune import L0Gates, enforce_masks
 
 _NOT_INPUTS = ("labels",)
 
@@ -108,7 +108,7 @@ def _outputs(model: nn.Module, names: Sequence[str]) -> Iterator[dict[str, torch
 class Trainee(nn.Module):
     """What the optimizer trains: the student, its gates (if any) and the hidden-state projections."""
 
-    def __init__(self, student: nn.Module, gates: FFNGates | None, projections: nn.ModuleDict):
+    def __init__(self, student: nn.Module, gates: L0Gates | None, projections: nn.ModuleDict):
         super().__init__()
         self.student, self.gates, self.projections = student, gates, projections
 
@@ -172,7 +172,7 @@ def distillation_loss(teacher: nn.Module, cfg: DistillConfig) -> Callable[[nn.Mo
 
 
 def distill(student: nn.Module, teacher: nn.Module, data: Sequence[Any], train_config: TrainConfig,
-            config: DistillConfig | None = None, *, gates: FFNGates | None = None,
+            config: DistillConfig | None = None, *, gates: L0Gates | None = None,
             masks: dict[str, torch.Tensor] | None = None, collate_fn: Callable[[list[Any]], Any] | None = None,
             eval_fn: Callable[[nn.Module], dict[str, float]] | None = None) -> TrainResult:
     """Train ``student`` towards ``teacher`` on ``data`` (records that ``collate_fn`` batches); see the module

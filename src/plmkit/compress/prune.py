@@ -1,18 +1,21 @@
-"""Pruning for compression: magnitude masks (unstructured or 2:4) held through training, and structured FFN
-pruning with L0 hard-concrete gates trained towards a target sparsity, then removed for real.
+"""Pruning for compression: magnitude masks (unstructured or 2:4) held through training, and structured
+pruning of FFN neurons, attention heads (whole KV groups) or whole layers with L0 hard-concrete gates trained
+towards a target sparsity, then removed for real.
 
 Masks: :func:`magnitude_masks` picks the weights to keep, :func:`enforce_masks` zeroes the rest after every
 optimizer step (so distillation can recover quality while the pattern holds). torch has no CPU kernel for
 sparse or 2:4 matmuls, so the result stays a dense layout with zeros: it shrinks nothing on disk and runs
 no faster here; :func:`mask_report` says so in numbers.
 
-Gates: :func:`attach_ffn_gates` puts one hard-concrete gate (Louizos et al. 2018) on every FFN neuron,
-multiplying the neuron's activation before ``ffn_out``. During training a gate is a stretched, clipped
-noisy sigmoid of its ``log_alpha``; :meth:`FFNGates.lagrangian` adds ``λ1 (s - t) + λ2 (s - t)²`` between
-the expected sparsity ``s`` and the target ``t`` (ramped up over the first steps), with the λs trained by
-gradient ascent. :func:`finalize_ffn_gates` keeps the top neurons of every layer, folds the kept gates'
-values into ``ffn_out``'s columns and deletes the rest: a smaller model with the family's own config
-(``intermediate_size`` changed), which plain ``transformers`` loads.
+Gates: :func:`attach_gates` puts one hard-concrete gate (Louizos et al. 2018) on every unit of
+``L0Config.unit``: an FFN neuron (scaling its activation before ``ffn_out``), a key/value head with its
+query heads (scaling their slice of the attention output projection's input), or a block (scaling its
+residual update). During training a gate is a stretched, clipped noisy sigmoid of its ``log_alpha``;
+:meth:`L0Gates.lagrangian` adds ``λ1 (s - t) + λ2 (s - t)²`` between the expected sparsity ``s`` and the
+target ``t`` (ramped up over the first steps), with the λs trained by gradient ascent.
+:func:`finalize_gates` keeps the top units, folds the kept gates' values in where a linear map can absorb
+them and deletes the rest: a smaller model with the family's own config (``intermediate_size``, the head
+counts or the layer count changed), which plain ``transformers`` loads.
 """
 from __future__ import annotations
 
@@ -24,8 +27,8 @@ import torch
 from torch import nn
 
 from .. import arch
-from ..analysis.prune import check_plain_ffn, prune_ffn_neurons
-from ..arch.resize import make_config_plain
+from ..analysis.prune import check_plain_ffn, n_params, prune_ffn_neurons
+from ..arch.resize import make_config_plain, remove_kv_groups, remove_layers
 from ..config import JsonConfig
 from ..errors import ConfigError
 
@@ -115,15 +118,21 @@ def mask_report(model: nn.Module, masks: dict[str, torch.Tensor]) -> dict[str, A
 
 # ---------------------------------------------------------------------------------------------- gates
 
+UNITS = ("ffn", "heads", "layers")
+
+
 @dataclass
 class L0Config(JsonConfig):
-    """``target``: the fraction of FFN neurons to remove. ``warmup``: the fraction of training steps over
-    which the target ramps from 0. ``init_keep``: each gate's initial probability of being open. ``uniform``:
-    the same number of neurons kept in every layer (the model keeps its family's plain config) rather than
-    the globally best ones (per-layer sizes, loaded through :func:`plmkit.load_model`). ``lr`` is the gates'
-    and the λs' learning rate."""
+    """``unit``: what a gate removes: ``ffn`` (one FFN neuron), ``heads`` (one key/value head with its group
+    of query heads, so GQA stays whole) or ``layers`` (one whole block). ``target``: the fraction of those
+    units to remove. ``warmup``: the fraction of training steps over which the target ramps from 0.
+    ``init_keep``: each gate's initial probability of being open. ``uniform``: the same number kept in every
+    layer (the model keeps its family's plain config; required for heads) rather than the globally best ones
+    (per-layer FFN sizes, loaded through :func:`plmkit.load_model`). ``lr`` is the gates' and the λs'
+    learning rate."""
 
     target: float = 0.5
+    unit: str = "ffn"
     warmup: float = 0.5
     init_keep: float = 0.9
     uniform: bool = True
@@ -134,16 +143,23 @@ class L0Config(JsonConfig):
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if self.unit not in UNITS:
+            raise ConfigError(f"L0Config unit '{self.unit}': choose one of {UNITS}")
         if not 0 < self.target < 1:
-            raise ConfigError(f"L0Config target={self.target}: give the fraction of FFN neurons to remove, in (0, 1)")
+            raise ConfigError(f"L0Config target={self.target}: give the fraction of {self.unit} units to remove, "
+                              "in (0, 1)")
         if not 0 < self.init_keep < 1:
             raise ConfigError(f"L0Config init_keep={self.init_keep}: give a probability in (0, 1)")
+        if self.unit == "heads" and not self.uniform:
+            raise ConfigError("L0Config unit='heads' keeps the same number of heads in every layer: set uniform=true")
 
 
-class FFNGates(nn.Module):
-    """Hard-concrete gates on every FFN neuron (one ``log_alpha`` per neuron and layer) and the two Lagrange
-    multipliers. In training mode each forward draws fresh gates (noise seeded by ``seed`` and the draw
-    count); in eval mode the gates are the deterministic ones :func:`finalize_ffn_gates` would fold in."""
+class L0Gates(nn.Module):
+    """Hard-concrete gates, one ``log_alpha`` per unit of every site (a layer's FFN neurons or KV groups, or
+    the stack's layers), and the two Lagrange multipliers. In training mode each forward draws fresh gates
+    (noise seeded by ``seed`` and the draw count); in eval mode the gates are the deterministic ones that
+    :func:`finalize_gates` folds in (for layers: exactly 1 or 0, since a block's output cannot absorb a
+    scale)."""
 
     def __init__(self, sizes: dict[str, int], config: L0Config):
         super().__init__()
@@ -199,16 +215,16 @@ class FFNGates(nn.Module):
         return counts
 
     def kept(self) -> list[torch.Tensor]:
-        """Per layer, the sorted indices of the neurons that stay: the top ``keep_counts()`` by ``log_alpha``."""
+        """Per site, the sorted indices of the units that stay: the top ``keep_counts()`` by ``log_alpha``."""
         return [la.detach().topk(k).indices.sort().values for la, k in zip(self.log_alpha, self.keep_counts())]
 
     def final(self) -> list[torch.Tensor]:
-        """Per layer, the deterministic gate of every neuron: the stretched sigmoid of ``log_alpha`` for the
-        neurons that stay (:meth:`kept`), 0 for the others."""
+        """Per site, the deterministic gate of every unit: for the units that stay (:meth:`kept`), the
+        stretched sigmoid of ``log_alpha`` (1 for layers), 0 for the others."""
         out = []
         for la, idx in zip(self.log_alpha, self.kept()):
             z = torch.zeros_like(la.detach())
-            z[idx] = self._stretch(torch.sigmoid(la.detach()[idx]))
+            z[idx] = 1.0 if self.config.unit == "layers" else self._stretch(torch.sigmoid(la.detach()[idx]))
             out.append(z)
         return out
 
@@ -216,63 +232,126 @@ class FFNGates(nn.Module):
         return self.sample(i) if training else self.final()[i]
 
 
-def attach_ffn_gates(model: nn.Module, config: L0Config | None = None) -> FFNGates:
-    """Gate every FFN neuron of ``model`` (a forward pre-hook on each ``ffn_out``); returns the gates module,
-    whose parameters must be trained with the model (:func:`plmkit.compress.distill.distill` does)."""
-    cfg = config or L0Config()
+def _attr(unit: str) -> str:
+    return f"_plmkit_l0_{unit}"
+
+
+def _gate_sizes(model: nn.Module, unit: str) -> dict[str, int]:
     layers = arch.layers(model)
-    if hasattr(model, "_plmkit_ffn_gates"):
-        raise ConfigError("this model already has FFN gates; finalize or detach them first")
-    for layer in layers:
-        check_plain_ffn(layer)  # wrapped (MoEfication, LoRA) or quantized FFNs are refused with one line
-    device = layers[0].ffn_out_weight().device
-    gates = FFNGates({f"{layer.name}.ffn.neurons": layer.d_ff for layer in layers}, cfg).to(device)
-    for i, layer in enumerate(layers):
-        def pre(module: nn.Module, args: tuple, i: int = i) -> tuple:
-            z = gates.gate(i, module.training).to(device=args[0].device, dtype=args[0].dtype)
-            return (args[0] * z,) + tuple(args[1:])
-        gates._handles.append(layer.ffn_out.register_forward_pre_hook(pre))
+    if unit == "ffn":
+        for layer in layers:
+            check_plain_ffn(layer)  # wrapped (MoEfication, LoRA) or quantized FFNs are refused with one line
+        return {f"{layer.name}.ffn.neurons": layer.d_ff for layer in layers}
+    if unit == "heads":
+        geo = arch.attention(model)
+        for layer in layers:
+            for m in (layer.attn_q, layer.attn_k, layer.attn_v, layer.attn_o):
+                if m is None:
+                    raise ConfigError(f"{layer.name}: head gates need separate q/k/v projections (this family "
+                                      "fuses them)")
+                arch.dense_weight(m, where=layer.name)  # quantized or wrapped projections: one line
+        return {f"{layer.name}.attn.kv_heads": geo.n_kv_heads for layer in layers}
+    if len({layer.stack for layer in layers}) != 1:
+        raise ConfigError("layer gates support single-stack models (an encoder or a decoder)")
+    return {"blocks.layers": len(layers)}
+
+
+def _head_scale(z: torch.Tensor, geo: Any) -> torch.Tensor:
+    """A KV-group gate (n_kv_heads,) spread over the output projection's inputs (n_heads * head_dim,)."""
+    return z.repeat_interleave(geo.group * geo.head_dim)
+
+
+def attach_gates(model: nn.Module, config: L0Config | None = None) -> L0Gates:
+    """Gate every unit of ``config.unit`` in ``model`` with hooks (FFN neurons before ``ffn_out``, KV groups
+    before the attention output projection, layers on the block's residual update); returns the gates
+    module, whose parameters must be trained with the model (:func:`plmkit.compress.distill.distill` does).
+    Gates of different units can sit on one model at once."""
+    cfg = config or L0Config()
+    if hasattr(model, _attr(cfg.unit)):
+        raise ConfigError(f"this model already has {cfg.unit} gates; finalize or detach them first")
+    layers = arch.layers(model)
+    device = next(model.parameters()).device
+    gates = L0Gates(_gate_sizes(model, cfg.unit), cfg).to(device)
+    if cfg.unit == "ffn":
+        for i, layer in enumerate(layers):
+            def pre(module: nn.Module, args: tuple, i: int = i) -> tuple:
+                z = gates.gate(i, module.training).to(device=args[0].device, dtype=args[0].dtype)
+                return (args[0] * z,) + tuple(args[1:])
+            gates._handles.append(layer.ffn_out.register_forward_pre_hook(pre))
+    elif cfg.unit == "heads":
+        geo = arch.attention(model)
+        for i, layer in enumerate(layers):
+            def pre_o(module: nn.Module, args: tuple, i: int = i) -> tuple:
+                z = _head_scale(gates.gate(i, module.training), geo).to(device=args[0].device, dtype=args[0].dtype)
+                return (args[0] * z,) + tuple(args[1:])
+            gates._handles.append(layer.attn_o.register_forward_pre_hook(pre_o))
+    else:
+        for i, layer in enumerate(layers):
+            def post(module: nn.Module, args: tuple, kwargs: dict, output: Any, i: int = i) -> Any:
+                x = args[0] if args else kwargs["hidden_states"]
+                y = output[0] if isinstance(output, tuple) else output
+                z = gates.gate(0, module.training)[i].to(device=y.device, dtype=y.dtype)
+                y = x + z * (y - x)  # z = 0: the block is skipped; z = 1: the block as it was
+                return (y,) + tuple(output[1:]) if isinstance(output, tuple) else y
+            gates._handles.append(layer.block.register_forward_hook(post, with_kwargs=True))
     gates._handles.append(model.register_forward_pre_hook(lambda module, _: _count_draw(gates, module.training)))
-    object.__setattr__(model, "_plmkit_ffn_gates", gates)  # not a submodule: saving the model skips it
+    object.__setattr__(model, _attr(cfg.unit), gates)  # not a submodule: saving the model skips it
     return gates
 
 
-def _count_draw(gates: FFNGates, training: bool) -> None:
+def _count_draw(gates: L0Gates, training: bool) -> None:
     if training:  # one fresh draw of every gate per training forward
         gates.draws += 1
 
 
-def detach_ffn_gates(model: nn.Module) -> FFNGates:
-    """Remove the gates' hooks (the model computes as before they were attached); returns them."""
-    gates = getattr(model, "_plmkit_ffn_gates", None)
+def detach_gates(model: nn.Module, unit: str = "ffn") -> L0Gates:
+    """Remove the ``unit`` gates' hooks (the model computes as before they were attached); returns them."""
+    gates = getattr(model, _attr(unit), None)
     if gates is None:
-        raise ConfigError("this model has no FFN gates (plmkit.compress.prune.attach_ffn_gates)")
+        raise ConfigError(f"this model has no {unit} gates (plmkit.compress.prune.attach_gates)")
     for h in gates._handles:
         h.remove()
     gates._handles.clear()
-    object.__delattr__(model, "_plmkit_ffn_gates")
+    object.__delattr__(model, _attr(unit))
     return gates
 
 
 @torch.no_grad()
-def finalize_ffn_gates(model: nn.Module) -> dict[str, Any]:
-    """Fold the deterministic gates into ``ffn_out`` and delete the closed neurons, in place: the model then
-    computes exactly what it computed with the gates in eval mode, with fewer parameters. With uniform keep
-    counts the config's own FFN size is rewritten (a plain ``transformers`` model)."""
-    gates = detach_ffn_gates(model)
-    layers = arch.layers(model)
-    sizes_before = {layer.d_ff for layer in layers}
-    keep = {}
-    for layer, z, idx in zip(layers, gates.final(), gates.kept()):
-        w = layer.ffn_out_weight()
-        w.mul_(z.to(w.device, w.dtype)[None, :])
-        keep[f"{layer.name}.ffn.neurons"] = idx
-    report = prune_ffn_neurons(model, keep)
-    plain = len(sizes_before) == 1 and make_config_plain(model, sizes_before.pop())
-    return {"params_before": report.params_before, "params_after": report.params_after,
-            "ffn_sizes": report.ffn_sizes, "plain_config": plain,
-            "expected_sparsity": float(gates.expected_sparsity().detach()), "target": gates.config.target}
+def finalize_gates(model: nn.Module, unit: str = "ffn") -> dict[str, Any]:
+    """Fold the deterministic ``unit`` gates in and delete the closed units, in place: the model then computes
+    exactly what it computed with the gates in eval mode, with fewer parameters. FFN neurons: columns of
+    ``ffn_out`` scaled, closed neurons removed (with uniform counts the config's FFN size is rewritten);
+    heads: output-projection columns scaled, closed KV groups removed from q/k/v/o and the head counts
+    rewritten; layers: closed blocks removed and the layer count rewritten. The result is a plain
+    ``transformers`` model wherever the config can describe it."""
+    gates = detach_gates(model, unit)
+    before = n_params(model)
+    info: dict[str, Any] = {"unit": unit, "expected_sparsity": float(gates.expected_sparsity().detach()),
+                            "target": gates.config.target}
+    if unit == "ffn":
+        layers = arch.layers(model)
+        sizes_before = {layer.d_ff for layer in layers}
+        keep = {}
+        for layer, z, idx in zip(layers, gates.final(), gates.kept()):
+            w = layer.ffn_out_weight()
+            w.mul_(z.to(w.device, w.dtype)[None, :])
+            keep[f"{layer.name}.ffn.neurons"] = idx
+        report = prune_ffn_neurons(model, keep)
+        info.update(ffn_sizes=report.ffn_sizes,
+                    plain_config=len(sizes_before) == 1 and make_config_plain(model, sizes_before.pop()))
+    elif unit == "heads":
+        geo = arch.attention(model)
+        for layer, z in zip(arch.layers(model), gates.final()):
+            w = arch.dense_weight(layer.attn_o, where=layer.name)
+            scale = _head_scale(z, geo).to(w.device, w.dtype)
+            w.mul_(scale[:, None] if layer.conv1d else scale[None, :])
+        info.update(remove_kv_groups(model, gates.kept()), plain_config=True)
+    else:
+        info.update(remove_layers(model, gates.kept()[0].tolist()), kept_layers=gates.kept()[0].tolist(),
+                    plain_config=True)
+    info.update(params_before=before, params_after=n_params(model))
+    return info
 
 
-__all__ = ["FFNGates", "L0Config", "MaskConfig", "apply_masks", "attach_ffn_gates", "detach_ffn_gates",
-           "enforce_masks", "finalize_ffn_gates", "magnitude_mask", "magnitude_masks", "mask_report"]
+__all__ = ["L0Config", "L0Gates", "MaskConfig", "UNITS", "apply_masks", "attach_gates", "detach_gates",
+           "enforce_masks", "finalize_gates", "magnitude_mask", "magnitude_masks", "mask_report"]

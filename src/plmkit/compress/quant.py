@@ -35,11 +35,11 @@ from torch import nn
 from .. import arch
 from ..arch.wrap import innermost
 from ..config import JsonConfig
+from ..assets.models import QUANT_KEY as CONFIG_KEY  # load_model reads the same key
 from ..errors import ConfigError
 
 FORMAT = "plmkit-int8"
 FORMAT_INT4 = "plmkit-int4"
-CONFIG_KEY = "plmkit_quantization"
 DECODE_ROWS = 8  # inputs with at most this many rows (tokens) use a layer's decode kernel
 
 
@@ -312,13 +312,15 @@ QUANTIZED = (Int8Linear, Int4Linear)
 class QuantConfig(JsonConfig):
     """``bits``: 8 (int8 per output channel) or 4 (int4 in groups of ``group_size`` input columns); both
     weight-only. ``skip``: module-name substrings never quantized. ``blocks_only``: only the linear layers
-    inside transformer blocks (attention and FFN projections), not embeddings or heads. ``kernel`` /
+    inside transformer blocks (attention and FFN projections), not embeddings or heads. ``ffn``: quantize
+    the FFN projections too (off: they stay float, e.g. for MoEfication after quantization). ``kernel`` /
     ``prefill_kernel``: a kernel name, or ``auto`` to choose by timing on this CPU (:func:`choose_kernels`)."""
 
     bits: int = 8
     group_size: int = 32
     skip: tuple[str, ...] = ("lm_head",)
     blocks_only: bool = True
+    ffn: bool = True
     kernel: str = "dequant"
     prefill_kernel: str | None = None
 
@@ -334,13 +336,15 @@ class QuantConfig(JsonConfig):
         self.skip = tuple(self.skip)
 
 
-def linear_targets(model: nn.Module, skip: tuple[str, ...], blocks_only: bool) -> list[str]:
+def linear_targets(model: nn.Module, skip: tuple[str, ...], blocks_only: bool, ffn: bool = True) -> list[str]:
     """Names of the ``nn.Linear`` modules inside the transformer blocks (or anywhere, without
-    ``blocks_only``) whose names contain none of ``skip``."""
-    prefixes = [layer.prefix for layer in arch.layers(model)] if blocks_only else [""]
+    ``blocks_only``) whose names contain none of ``skip`` (and, without ``ffn``, that are no FFN projection)."""
+    layers = arch.layers(model)
+    prefixes = [layer.prefix for layer in layers] if blocks_only else [""]
+    no = set() if ffn else {id(m) for layer in layers for m in (layer.ffn_in, layer.ffn_gate, layer.ffn_out) if m}
     out = []
     for name, mod in model.named_modules():
-        if not isinstance(mod, nn.Linear) or any(s in name for s in skip):
+        if not isinstance(mod, nn.Linear) or any(s in name for s in skip) or id(mod) in no:
             continue
         if any(name == p or name.startswith(p + ".") or not p for p in prefixes):
             out.append(name)
@@ -388,7 +392,7 @@ def quantize(model: nn.Module, config: QuantConfig | None = None) -> dict[str, A
     chosen by :func:`choose_kernels` and the timings are in the report."""
     cfg = config or QuantConfig()
     layer_cls = QUANT_LAYERS[cfg.bits]
-    names = linear_targets(model, cfg.skip, cfg.blocks_only)
+    names = linear_targets(model, cfg.skip, cfg.blocks_only, cfg.ffn)
     before = after = 0
     not_divisible = []
     for name in names:
