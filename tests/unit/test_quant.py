@@ -227,3 +227,19 @@ def test_int4_model_save_load_round_trip_is_exact_and_stays_packed(tmp_path):
 
     with pytest.raises(ConfigError, match="int4"):
         offload(str(tmp_path), budget="50%")
+
+
+def test_peers_report_what_is_installed_and_torchao_matches_fp32_closely():
+    from plmkit.compress.bench import peer_status, torchao_int8
+
+    status = peer_status()
+    assert set(status) == {"torchao", "llama_cpp", "optimum-onnx"}
+    assert all(v[0].isdigit() or v.startswith("not installed: ") for v in status.values())
+    model = tiny_model("llama").eval()
+    ao = torchao_int8(model)
+    if ao is None:
+        assert status["torchao"].startswith("not installed")
+        pytest.skip("torchao is not installed (pip install torchao)")
+    x = tiny_inputs(model)
+    with torch.no_grad():
+        torch.testing.assert_close(ao(**x).logits, model(**x).logits, rtol=0.05, atol=0.05)

@@ -52,7 +52,8 @@ def converted_dir(name: str) -> Path:
     return plmkit_home() / "models" / name
 
 
-def _gguf_file(name: str) -> Path:
+def gguf_file(name: str) -> Path:
+    """The GGUF file a model asset is converted from (its install command named where missing)."""
     if name == "gemma3-270m":
         target = plmkit_home() / "gguf" / "gemma3-270m"
         existing = sorted(target.glob("*.gguf")) if target.exists() else []
@@ -90,7 +91,7 @@ def model_path(name: str) -> Path:
         out = converted_dir(name)
         if not (out / "config.json").exists():
             dtype = torch.bfloat16 if name == "gemma3-270m" else torch.float32
-            convert_gguf(_gguf_file(name), out, dtype)
+            convert_gguf(gguf_file(name), out, dtype)
         return out
     raise KeyError(name)
 

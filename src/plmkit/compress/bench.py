@@ -1,5 +1,6 @@
 """Side-by-side cost of compressed models: decode and prefill speed, bytes, parameters (one process,
-contenders interleaved), shared by the ``bmcook`` recipe and ``benchmarks/cook_speed.py``."""
+contenders interleaved), shared by the ``bmcook`` recipe and ``benchmarks/cook_speed.py``; the optional
+peers (torchao, llama.cpp through llama-cpp-python) where installed (:func:`peer_status` says which)."""
 from __future__ import annotations
 
 import copy
@@ -16,6 +17,12 @@ FP32 = "fp32"
 INT8 = "plmkit int8"
 INT4 = "plmkit int4"
 TORCH_DYNAMIC = "torch dynamic int8"
+TORCHAO = "torchao int8 weight-only"
+PEER_INSTALL = {  # what each optional peer needs, printed where one is missing
+    "torchao": "pip install torchao",
+    "llama_cpp": "pip install llama-cpp-python (builds llama.cpp from source: about 25 minutes on 2 cores)",
+    "optimum-onnx": "not installable beside plmkit: optimum-onnx 0.1.0 requires transformers<4.58, plmkit pins 5.24",
+}
 
 
 def weight_bytes(model: nn.Module) -> int:
@@ -39,6 +46,84 @@ def torch_dynamic_int8(model: nn.Module) -> nn.Module:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return torch.ao.quantization.quantize_dynamic(copy.deepcopy(model), {nn.Linear}, dtype=torch.qint8)
+
+
+def torchao_int8(model: nn.Module) -> nn.Module | None:
+    """The peer: torchao's int8 weight-only quantization on a copy; None where torchao is not installed."""
+    try:
+        from torchao.quantization import Int8WeightOnlyConfig, quantize_ as ao_quantize
+    except ImportError:
+        return None
+    m = copy.deepcopy(model)
+    ao_quantize(m, Int8WeightOnlyConfig())
+    return m
+
+
+def peer_status() -> dict[str, str]:
+    """Installed version, or how to install, of every optional peer."""
+    from importlib import metadata
+
+    out = {}
+    for name, dist in (("torchao", "torchao"), ("llama_cpp", "llama-cpp-python"), ("optimum-onnx", "optimum-onnx")):
+        try:
+            out[name] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed: " + PEER_INSTALL[name]
+    return out
+
+
+LLAMA_CPP_TYPES = {"Q8_0": 7, "Q4_1": 3, "F16": 1}  # llama.cpp's LLAMA_FTYPE_MOSTLY_* codes
+
+
+def llama_cpp_requantize(source: str, out: str, kind: str = "Q8_0", threads: int = 2) -> str | None:
+    """``source`` GGUF rewritten as ``kind`` by llama.cpp (requantizing a quantized file is allowed: Q4_1 values
+    are held exactly by Q8_0 and F16); None where llama-cpp-python is not installed."""
+    try:
+        import llama_cpp
+    except ImportError:
+        return None
+    import ctypes
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = LLAMA_CPP_TYPES[kind]
+    params.allow_requantize = True
+    params.nthread = threads
+    rc = llama_cpp.llama_model_quantize(str(source).encode(), str(out).encode(), ctypes.byref(params))
+    if rc != 0:
+        raise RuntimeError(f"llama.cpp could not write {kind} from {source} (code {rc})")
+    return out
+
+
+def llama_cpp_speed(gguf: str, prompt_ids: list[int], prefill_ids: list[int], *, new_tokens: int = 16,
+                    repeats: int = 3, threads: int = 2) -> dict[str, Any] | None:
+    """llama.cpp's batch-1 greedy decode tokens/s (argmax over its logits, so no stop token cuts it short) and
+    prefill tokens/s of ``prefill_ids``, medians of ``repeats``; None where llama-cpp-python is not installed.
+    The token ids are the Hugging Face tokenizer's, which the GGUF's vocabulary shares."""
+    try:
+        from llama_cpp import Llama
+    except ImportError:
+        return None
+    import time
+
+    import numpy as np
+
+    llm = Llama(model_path=str(gguf), n_ctx=max(512, len(prefill_ids) + 64), n_batch=512, n_threads=threads,
+                n_threads_batch=threads, logits_all=False, verbose=False)
+    dec, pre = [], []
+    for _ in range(repeats + 1):  # the first round warms up
+        llm.reset()
+        llm.eval(list(prompt_ids))
+        t = time.perf_counter()
+        for _ in range(new_tokens):
+            llm.eval([int(np.argmax(llm.scores[llm.n_tokens - 1]))])
+        dec.append((time.perf_counter() - t) / new_tokens)
+        llm.reset()
+        t = time.perf_counter()
+        llm.eval(list(prefill_ids))
+        pre.append(time.perf_counter() - t)
+    llm.close()
+    return {"decode_tok_s": 1 / statistics.median(dec[1:]), "prefill_tok_s": len(prefill_ids) / statistics.median(pre[1:]),
+            "decode_runs_s": dec[1:]}
 
 
 def compare_lm_speed(contenders: dict[str, nn.Module], prompt_ids: torch.Tensor, prefill_ids: torch.Tensor, *,

@@ -405,7 +405,7 @@ def quantize(model: nn.Module, config: QuantConfig | None = None) -> dict[str, A
         after += q.nbytes()
         _set(model, name, q)
     report: dict[str, Any] = {
-        "bits": cfg.bits, "modules": len(names) - len(not_divisible), "bytes_before": before, "bytes_after": after,
+        "bits": cfg.bits, "ffn": cfg.ffn, "modules": len(names) - len(not_divisible), "bytes_before": before, "bytes_after": after,
         "skipped_conv1d": sum(type(m).__name__ == "Conv1D" for m in model.modules()),
         "skipped_group_size": not_divisible}
     if cfg.kernel == "auto" or cfg.prefill_kernel == "auto":
