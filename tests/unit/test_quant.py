@@ -1,6 +1,8 @@
 """plmkit.compress.quant: int8 weight-only layers, stored and loaded quantized."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -243,3 +245,37 @@ def test_peers_report_what_is_installed_and_torchao_matches_fp32_closely():
     x = tiny_inputs(model)
     with torch.no_grad():
         torch.testing.assert_close(ao(**x).logits, model(**x).logits, rtol=0.05, atol=0.05)
+
+
+def test_dynamic_int8_quantizes_inputs_except_float_roles_and_round_trips(tmp_path):
+    from plmkit.compress.quant import activation_sensitivity, layers_by_role, quantize, save_quantized
+
+    model = tiny_model("llama").eval()
+    x = tiny_inputs(model)
+    with torch.no_grad():
+        ref = model(**x).logits
+    q = copy.deepcopy(model)
+    weight_only = copy.deepcopy(model)
+    quantize(weight_only, QuantConfig(bits=8))
+    report = quantize(q, QuantConfig(bits=8, activations="dynamic"))
+    roles = layers_by_role(q)
+    assert all(m.kernel == "dynamic" for m in roles["attn_q"] + roles["ffn_in"])
+    assert all(m.kernel == "dequant" for m in roles["ffn_out"])
+    assert report["dynamic_layers"] == sum(len(v) for k, v in roles.items() if k != "ffn_out")
+    with torch.no_grad():
+        dyn, wo = q(**x).logits, weight_only(**x).logits
+    assert not torch.equal(dyn, wo)  # the inputs really were quantized
+    err, wo_err = (dyn - ref).abs().max(), (wo - ref).abs().max()
+    assert err < 0.1 * ref.abs().max() and wo_err <= err
+    save_quantized(q, tmp_path / "dyn", tokenizer=tiny_tokenizer())
+    loaded, _ = load_model(tmp_path / "dyn")
+    assert [m.kernel for m in layers_by_role(loaded)["ffn_out"]] == ["dequant"] * 2
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**x).logits, dyn)
+    batches = [{"input_ids": x["input_ids"], "attention_mask": x["attention_mask"]}]
+    sens = activation_sensitivity(model, batches)
+    assert set(sens) >= {"none", "all", "attn_q", "ffn_out"} and sens["all"] != sens["none"]
+    with pytest.raises(ConfigError, match="bits=8"):
+        QuantConfig(bits=4, activations="dynamic")
+    with pytest.raises(ConfigError, match="name roles"):
+        QuantConfig(activations="dynamic", float_inputs=("down_proj",))

@@ -22,6 +22,7 @@ the input's dtype.
 """
 from __future__ import annotations
 
+import copy
 import json
 import time
 from dataclasses import dataclass, field
@@ -89,10 +90,17 @@ def _int8_pack_bf16(m: "Int8Linear", x: torch.Tensor) -> torch.Tensor:
     return torch._weight_int8pack_mm(_rows(x).to(torch.bfloat16), m.weight, m._scale_as(torch.bfloat16))
 
 
+def _int8_dynamic(m: "Int8Linear", x: torch.Tensor) -> torch.Tensor:
+    # W8A8: the input is quantized to int8 at every call (one scale per call, reduced range as fbgemm/oneDNN
+    # need) and multiplied in int8 by torch.ao's dynamic linear kernel, with the layer's own int8 weight
+    return torch.ops.quantized.linear_dynamic(_rows(x).float().contiguous(), m._dynamic_packed(), True)
+
+
 INT8_KERNELS: dict[str, Callable[["Int8Linear", torch.Tensor], torch.Tensor]] = {
     "dequant": _int8_dequant, "dequant-bf16": _int8_dequant_bf16,
-    "int8pack": _int8_pack, "int8pack-bf16": _int8_pack_bf16}
+    "int8pack": _int8_pack, "int8pack-bf16": _int8_pack_bf16, "dynamic": _int8_dynamic}
 KERNELS = tuple(INT8_KERNELS)
+ACTIVATION_KERNELS = ("dynamic",)  # kernels that also quantize the input: never chosen for speed alone
 
 
 class _QuantLinear(nn.Module):
@@ -142,6 +150,28 @@ class Int8Linear(_QuantLinear):
                                          requires_grad=False)
         self._init_common(in_features, out_features, bias, device, dtype, kernel, prefill_kernel)
         self._scales: dict[torch.dtype, torch.Tensor] = {}
+        self._packed: Any = None
+
+    def usable(self, kernel: str) -> str | None:
+        if kernel == "dynamic" and self.weight.device.type != "cpu":
+            return "the dynamic (int8 activations) kernel runs on the CPU only"
+        return super().usable(kernel)
+
+    def _dynamic_packed(self) -> Any:
+        if self._packed is None:  # the int8 weight as torch's per-channel qint8 (zero points 0), prepacked once
+            import warnings
+
+            zeros = torch.zeros(self.out_features, dtype=torch.long)
+            with warnings.catch_warnings():  # torch marks quantized tensors deprecated; its kernels still take them
+                warnings.simplefilter("ignore")
+                q = torch._make_per_channel_quantized_tensor(self.weight.detach(),
+                                                             self.weight_scale.detach().double(), zeros, 0)
+            self._packed = torch.ops.quantized.linear_prepack(q, None)
+        return self._packed
+
+    def _apply(self, fn: Any, recurse: bool = True) -> "Int8Linear":  # .to() replaces the tensors
+        self._packed = None
+        return super()._apply(fn, recurse)
 
     def _scale_as(self, dtype: torch.dtype) -> torch.Tensor:
         s = self._scales.get(dtype)
@@ -314,7 +344,11 @@ class QuantConfig(JsonConfig):
     weight-only. ``skip``: module-name substrings never quantized. ``blocks_only``: only the linear layers
     inside transformer blocks (attention and FFN projections), not embeddings or heads. ``ffn``: quantize
     the FFN projections too (off: they stay float, e.g. for MoEfication after quantization). ``kernel`` /
-    ``prefill_kernel``: a kernel name, or ``auto`` to choose by timing on this CPU (:func:`choose_kernels`)."""
+    ``prefill_kernel``: a kernel name, or ``auto`` to choose by timing on this CPU (:func:`choose_kernels`).
+    ``activations``: ``none`` (weight-only) or ``dynamic`` (int8: inputs quantized at every call too, the
+    ``dynamic`` kernel), except for the layers of the roles in ``float_inputs`` (arch roles such as
+    ``ffn_out``, whose inputs carry outliers: :func:`activation_sensitivity` measures it), which keep a
+    weight-only kernel."""
 
     bits: int = 8
     group_size: int = 32
@@ -323,6 +357,8 @@ class QuantConfig(JsonConfig):
     ffn: bool = True
     kernel: str = "dequant"
     prefill_kernel: str | None = None
+    activations: str = "none"
+    float_inputs: tuple[str, ...] = ("ffn_out",)
 
     def __post_init__(self) -> None:
         if self.bits not in QUANT_LAYERS:
@@ -334,6 +370,70 @@ class QuantConfig(JsonConfig):
             if k not in known:
                 raise ConfigError(f"QuantConfig kernel '{k}' for {self.bits}-bit: choose one of {known}")
         self.skip = tuple(self.skip)
+        self.float_inputs = tuple(self.float_inputs)
+        if self.activations not in ("none", "dynamic"):
+            raise ConfigError(f"QuantConfig activations '{self.activations}': choose 'none' (weight-only) or 'dynamic'")
+        if self.activations == "dynamic" and self.bits != 8:
+            raise ConfigError("QuantConfig activations='dynamic' needs bits=8 (int8 weights and inputs)")
+        bad = [r for r in self.float_inputs if r not in ROLES]
+        if bad:
+            raise ConfigError(f"QuantConfig float_inputs {bad}: name roles among {ROLES}")
+
+
+ROLES = ("attn_q", "attn_k", "attn_v", "attn_qkv", "attn_o", "ffn_in", "ffn_gate", "ffn_out")
+
+
+def layers_by_role(model: nn.Module) -> dict[str, list[nn.Module]]:
+    """The modules of every block, by arch role (``attn_q`` ... ``ffn_out``; quantized layers included)."""
+    out: dict[str, list[nn.Module]] = {r: [] for r in ROLES}
+    for layer in arch.layers(model):
+        for role in ROLES:
+            m = getattr(layer, role)
+            if m is not None:
+                out[role].append(innermost(m))
+    return out
+
+
+def set_activation_kernels(model: nn.Module, float_inputs: tuple[str, ...] = ("ffn_out",)) -> int:
+    """Give every int8 layer the ``dynamic`` kernel (int8 inputs) except those of the ``float_inputs`` roles;
+    returns how many layers quantize their inputs now."""
+    n = 0
+    for role, mods in layers_by_role(model).items():
+        for m in mods:
+            if isinstance(m, Int8Linear) and role not in float_inputs:
+                m.set_kernels("dynamic")
+                n += 1
+    _record(model)
+    return n
+
+
+@torch.no_grad()
+def activation_sensitivity(model: nn.Module, batches: list[dict[str, torch.Tensor]]) -> dict[str, float]:
+    """Perplexity of ``model`` (a causal LM) quantized to int8 weight-only (``none``), with the inputs of one
+    role's layers quantized too (one entry per role), and with every input quantized (``all``): which
+    layers lose by int8 activations. The model is left as it was."""
+    from ..eval import perplexity
+
+    m = copy.deepcopy(model)
+    quantize(m, QuantConfig(bits=8))
+    roles = {r: mods for r, mods in layers_by_role(m).items() if mods}
+    out = {"none": perplexity(m, batches)}
+    for role, mods in roles.items():
+        for x in mods:
+            x.set_kernels("dynamic")
+        out[role] = perplexity(m, batches)
+        for x in mods:
+            x.set_kernels("dequant")
+    set_activation_kernels(m, ())
+    out["all"] = perplexity(m, batches)
+    return out
+
+
+def sensitive_roles(sensitivity: dict[str, float], tolerance: float = 0.02) -> tuple[str, ...]:
+    """The roles of an :func:`activation_sensitivity` result whose int8 inputs raise perplexity by more than
+    ``tolerance`` (relative) over weight-only: the ones to keep in ``float_inputs``."""
+    base = sensitivity["none"]
+    return tuple(r for r in ROLES if r in sensitivity and sensitivity[r] > base * (1 + tolerance))
 
 
 def linear_targets(model: nn.Module, skip: tuple[str, ...], blocks_only: bool, ffn: bool = True) -> list[str]:
@@ -373,9 +473,15 @@ def _record(model: nn.Module) -> dict[str, Any] | None:
     if len(bits) > 1:
         raise ConfigError("the model mixes int8 and int4 layers; plmkit saves one format per model")
     first = mods[0]
-    by_shape = {_shape(m): [m.kernel, m.prefill_kernel] for m in mods}
+    by_shape: dict[str, list[str]] = {}
+    for m in mods:
+        by_shape.setdefault(_shape(m), [m.kernel, m.prefill_kernel])
+    by_module = {n: [m.kernel, m.prefill_kernel] for n, m in model.named_modules()
+                 if isinstance(m, QUANTIZED) and [m.kernel, m.prefill_kernel] != by_shape[_shape(m)]}
     info = {"format": FORMATS[first.BITS], "version": 1, "modules": quantized_modules(model),
             "kernel": first.kernel, "prefill_kernel": first.prefill_kernel, "kernels_by_shape": by_shape}
+    if by_module:
+        info["kernels_by_module"] = by_module
     if first.BITS == 4:
         info["group_size"] = first.group_size
     if hasattr(model, "config"):
@@ -412,6 +518,9 @@ def quantize(model: nn.Module, config: QuantConfig | None = None) -> dict[str, A
         report["kernels"] = choose_kernels(model).to_dict()
     else:
         set_kernels(model, cfg.kernel, cfg.prefill_kernel)  # both record the kernels in model.config
+    if cfg.activations == "dynamic":
+        report["dynamic_layers"] = set_activation_kernels(model, cfg.float_inputs)
+        report["float_inputs"] = list(cfg.float_inputs)
     return report
 
 
@@ -481,7 +590,7 @@ def choose_kernels(model: nn.Module, *, prefill_rows: int = 64, candidates: tupl
     if not mods:
         raise ConfigError("choose_kernels: the model has no quantized layers; call quantize(model) first")
     bits = {m.BITS for m in mods}.pop()
-    names = [k for k in (candidates or tuple(mods[0].KERNELS))
+    names = [k for k in (candidates or tuple(k for k in mods[0].KERNELS if k not in ACTIVATION_KERNELS))
              if k in mods[0].KERNELS and (bf16_native() or not k.endswith("bf16"))]
     if not names:
         raise ConfigError(f"choose_kernels: no usable candidate among {candidates}; "
@@ -617,10 +726,10 @@ def load_quantized(folder: str | Path, config: Any, *, task: str = "auto", dtype
         raise ConfigError(f"{folder}: the checkpoint does not match the model: missing {left[:3]}, "
                           f"unexpected {list(unexpected)[:3]}")
     ok = lambda m, k: k if k is not None and m.usable(k) is None else None  # noqa: E731
-    shapes = info.get("kernels_by_shape", {})
-    for m in model.modules():
+    shapes, modules = info.get("kernels_by_shape", {}), info.get("kernels_by_module", {})
+    for name, m in model.named_modules():
         if isinstance(m, QUANTIZED):
-            kernel, prefill = shapes.get(_shape(m), (info.get("kernel"), info.get("prefill_kernel")))
+            kernel, prefill = modules.get(name) or shapes.get(_shape(m), (info.get("kernel"), info.get("prefill_kernel")))
             m.set_kernels(ok(m, kernel) or "dequant", ok(m, prefill))
     return model.eval()
 

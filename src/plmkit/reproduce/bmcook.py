@@ -26,11 +26,14 @@ from ..compress.bench import (FP32, INT4, INT8, TORCH_DYNAMIC, TORCHAO, compare_
                               llama_cpp_requantize, llama_cpp_speed, peer_status, torch_dynamic_int8, torchao_int8,
                               weight_bytes)
 from ..compress.cook import CookConfig, StageConfig, cook
-from ..compress.quant import QuantConfig, cpu_description, quantize
+from ..compress.quant import QuantConfig, activation_sensitivity, cpu_description, quantize, sensitive_roles
 from ..data import geonames, text, token_batches
 from ..eval import next_token_accuracy, perplexity
 from .registry import Budgets, RecipeContext, recipe
 from .shared import ClassifierSettings, TopicSplit, topic_classifier
+
+
+INT8_DYNAMIC = "plmkit int8 dynamic"
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,8 @@ class LMSettings:
     repeats: int = 2
     int4_groups: tuple[int, ...] = (32,)
     peers: bool = True  # torch dynamic int8, torchao and llama.cpp (where installed)
+    dynamic: bool = False  # plmkit int8 with int8 inputs, the roles measured as sensitive kept float
+    calibration: int = 16  # training passages the activation sensitivity is measured on
     prune: tuple[tuple[str, float], ...] = ()  # the composed model: (unit, target) L0 stages, then int8
     prune_steps: int = 0
     prune_batch: int = 4
@@ -70,7 +75,7 @@ class BMCookSettings:
 
 QUICK = BMCookSettings(lm=LMSettings(n_eval=8, cloze=0, new_tokens=8, repeats=1, peers=False),
                        cls=ClsSettings(steps=20))
-FULL = BMCookSettings(lm=LMSettings(n_eval=80, cloze=60, new_tokens=16, repeats=3, int4_groups=(32, 64),
+FULL = BMCookSettings(lm=LMSettings(n_eval=80, cloze=60, new_tokens=16, repeats=3, int4_groups=(32, 64), dynamic=True,
                                     prune=(("layers", 0.5), ("heads", 1 / 3), ("ffn", 0.25)), prune_steps=100),
                       cls=ClsSettings(classifier=ClassifierSettings(steps=150), layer_steps=100, targets=(0.5, 0.75),
                                       steps=200, seeds=(0, 1), moefy=True, n_test=None, repeats=9))
@@ -128,6 +133,15 @@ def _lm(ctx: RecipeContext, S: LMSettings) -> dict[str, Any]:
             m4 = copy.deepcopy(model)
             reports[name] = quantize(m4, QuantConfig(bits=4, group_size=g, kernel="auto"))
             contenders[name] = m4
+        sensitivity, float_roles = None, ()
+        if S.dynamic:
+            calib = list(token_batches(tok, train[: S.calibration], 8, 128))  # training texts, not the held-out ones
+            sensitivity = activation_sensitivity(model, calib)
+            float_roles = sensitive_roles(sensitivity)
+            md = copy.deepcopy(model)
+            reports[INT8_DYNAMIC] = quantize(md, QuantConfig(bits=8, kernel="auto", activations="dynamic",
+                                                             float_inputs=float_roles))
+            contenders[INT8_DYNAMIC] = md
         if S.peers:
             contenders[TORCH_DYNAMIC] = torch_dynamic_int8(model)
             ao = torchao_int8(model)
@@ -167,7 +181,7 @@ def _lm(ctx: RecipeContext, S: LMSettings) -> dict[str, Any]:
         if "ppl" in r:
             r["ppl_ratio"] = r["ppl"] / rows[0]["ppl"]
     return {"rows": rows, "kernels": {k: v.get("kernels", {}).get("chosen") for k, v in reports.items()},
-            "cooked": cooked, "n_eval": len(held), "n_cloze": len(facts), "peers": peer_status()}
+            "sensitivity": sensitivity, "float_roles": list(float_roles), "cooked": cooked, "n_eval": len(held), "n_cloze": len(facts), "peers": peer_status()}
 
 
 def _cls(ctx: RecipeContext, S: ClsSettings) -> dict[str, Any]:
@@ -289,6 +303,15 @@ def run(ctx: RecipeContext) -> dict[str, Any]:
                   f"{r['decode_tok_s']:.1f}", f"{r['decode_speedup']:.2f}x", f"{r['prefill_tok_s']:.0f}",
                   f"{r['prefill_speedup']:.2f}x", f"{r['bytes'] / 1e6:.0f}", f"{r['bytes_ratio']:.2f}x"]
                  for r in lm["rows"]]}]
+    if lm["sensitivity"]:
+        sens = lm["sensitivity"]
+        tables.append({
+            "title": f"SmolLM2 int8 with the inputs of one role quantized too (per call, int8): perplexity on "
+                     f"{S.lm.calibration} training passages; roles above +2% keep float inputs in "
+                     f"'{INT8_DYNAMIC}': {', '.join(lm['float_roles']) or 'none'}",
+            "columns": ["int8 inputs at", "perplexity", "ratio to weight-only"],
+            "rows": [[k if k not in ("none", "all") else {"none": "nowhere (weight-only)", "all": "every layer"}[k],
+                      f"{v:.2f}", f"{v / sens['none']:.3f}"] for k, v in sens.items()]})
     if lm["cooked"]:
         tables.append({
             "title": f"SmolLM2 composed stage by stage ({S.lm.prune_steps} distillation steps per pruning stage, "
