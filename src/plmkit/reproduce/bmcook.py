@@ -76,9 +76,9 @@ class BMCookSettings:
 QUICK = BMCookSettings(lm=LMSettings(n_eval=8, cloze=0, new_tokens=8, repeats=1, peers=False),
                        cls=ClsSettings(steps=20))
 FULL = BMCookSettings(lm=LMSettings(n_eval=80, cloze=60, new_tokens=16, repeats=3, int4_groups=(32, 64), dynamic=True,
-                                    prune=(("layers", 0.5), ("heads", 1 / 3), ("ffn", 0.25)), prune_steps=100),
-                      cls=ClsSettings(classifier=ClassifierSettings(steps=150), layer_steps=100, targets=(0.5, 0.75),
-                                      steps=200, seeds=(0, 1), moefy=True, n_test=None, repeats=9))
+                                    prune=(("layers", 0.5), ("heads", 1 / 3), ("ffn", 0.25)), prune_steps=80),
+                      cls=ClsSettings(classifier=ClassifierSettings(steps=150), layer_steps=50, targets=(0.5, 0.75),
+                                      steps=100, seeds=(0, 1), moefy=True, n_test=None, repeats=9))
 
 
 def stage_label(stage: dict[str, Any]) -> str:
