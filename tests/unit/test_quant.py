@@ -232,7 +232,7 @@ def test_int4_model_save_load_round_trip_is_exact_and_stays_packed(tmp_path):
 
 
 def test_peers_report_what_is_installed_and_torchao_matches_fp32_closely():
-    from plmkit.compress.bench import peer_status, torchao_int8
+    from plmkit.compress.bench import peer_status, torchao_int8, weight_bytes
 
     status = peer_status()
     assert set(status) == {"torchao", "llama_cpp", "optimum-onnx"}
@@ -245,6 +245,7 @@ def test_peers_report_what_is_installed_and_torchao_matches_fp32_closely():
     x = tiny_inputs(model)
     with torch.no_grad():
         torch.testing.assert_close(ao(**x).logits, model(**x).logits, rtol=0.05, atol=0.05)
+    assert weight_bytes(ao) < 0.6 * weight_bytes(model)  # int8 inner tensors counted, not the fp32 originals
 
 
 def test_dynamic_int8_quantizes_inputs_except_float_roles_and_round_trips(tmp_path):

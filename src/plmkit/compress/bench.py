@@ -28,8 +28,16 @@ PEER_INSTALL = {  # what each optional peer needs, printed where one is missing
 def weight_bytes(model: nn.Module) -> int:
     """Bytes of every parameter and buffer (tied tensors once), the packed int8 params of torch.ao included."""
     seen: dict[int, int] = {}
-    for t in list(model.parameters()) + list(model.buffers()):
+
+    def add(t: torch.Tensor) -> None:
+        if hasattr(t, "__tensor_flatten__"):  # a tensor subclass (torchao's int8 weights): count its inner tensors
+            for name in t.__tensor_flatten__()[0]:
+                add(getattr(t, name))
+            return
         seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+
+    for t in list(model.parameters()) + list(model.buffers()):
+        add(t)
     extra = 0
     for m in model.modules():  # torch.ao dynamic quantized linears keep their weights in a packed-params object
         packed = getattr(m, "_packed_params", None)
