@@ -20,16 +20,14 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
 import statistics
-import tempfile
 
 import torch
 
 from plmkit.assets.models import load_model
 from plmkit.assets.models import gguf_file
-from plmkit.compress.bench import (FP32, INT4, INT8, TORCH_DYNAMIC, TORCHAO, compare_lm_speed, llama_cpp_requantize,
-                                   llama_cpp_speed, peer_status, torch_dynamic_int8, torchao_int8, weight_bytes)
+from plmkit.compress.bench import (FP32, INT4, INT8, TORCH_DYNAMIC, TORCHAO, compare_lm_speed, llama_cpp_rows,
+                                   peer_status, torch_dynamic_int8, torchao_int8, weight_bytes)
 from plmkit.compress.quant import QuantConfig, cpu_description, quantize
 from plmkit.data import text, token_batches
 from plmkit.eval import perplexity
@@ -98,15 +96,9 @@ def main() -> None:
     ids = tok("The history of the town begins", return_tensors="pt").input_ids
     prefill_ids = tok(" ".join(held), return_tensors="pt").input_ids[:, :256]
     speed = compare_lm_speed(contenders, ids, prefill_ids, new_tokens=args.new_tokens, repeats=args.repeats)
-    native = {}
-    if args.model == "smollm2":
-        with tempfile.TemporaryDirectory() as tmp:
-            q8 = llama_cpp_requantize(gguf_file("smollm2"), f"{tmp}/q8_0.gguf", "Q8_0")
-            for name, path in (("llama.cpp Q8_0", q8), ("llama.cpp Q4_1", str(gguf_file("smollm2")))):
-                if q8 is not None:
-                    native[name] = llama_cpp_speed(path, ids[0].tolist(), prefill_ids[0].tolist(),
-                                                   new_tokens=args.new_tokens, repeats=args.repeats,
-                                                   threads=args.threads) | {"bytes": os.path.getsize(path)}
+    native = llama_cpp_rows(str(gguf_file("smollm2")), ids[0].tolist(), prefill_ids[0].tolist(),
+                            new_tokens=args.new_tokens, repeats=args.repeats,
+                            threads=args.threads) if args.model == "smollm2" else {}
     ppl = {k: perplexity(m, token_batches(tok, held, 8, 128)) for k, m in contenders.items()}
     nbytes = {k: weight_bytes(m) for k, m in contenders.items()}
     shape = (f"layers -{args.prune_layers:.0%}, KV groups -{args.prune_heads:.0%}, FFN -{args.prune:.0%} by norm, "

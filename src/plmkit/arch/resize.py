@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .layers import Layer, hf_model, layers
+from .layers import Layer, dense_weight, hf_model, layers
 
 FFN_SIZES_KEY = "plmkit_ffn_sizes"  # config.json: {stack: [d_ff per layer]}
 FFN_OUT_BIAS_KEY = "plmkit_ffn_out_bias"  # config.json: {stack: [ffn_out has a bias, per layer]}
@@ -21,18 +21,35 @@ def set_weight(module: nn.Module, w: torch.Tensor, conv1d: bool) -> None:
             setattr(module, attr, value)
 
 
+def _oriented(module: nn.Module, conv1d: bool) -> torch.Tensor:
+    """The layer's dense float weight as (out, in); quantized or wrapped layers are refused with one line."""
+    w = dense_weight(module).detach()
+    return w.t() if conv1d else w
+
+
+def keep_rows(module: nn.Module, rows: torch.Tensor, conv1d: bool) -> None:
+    """Keep output rows ``rows`` of a linear layer (and of its bias), in place."""
+    w = _oriented(module, conv1d)
+    set_weight(module, w[rows.to(w.device)], conv1d)
+    if getattr(module, "bias", None) is not None:
+        module.bias = nn.Parameter(module.bias.detach()[rows.to(module.bias.device)].clone(),
+                                   requires_grad=module.bias.requires_grad)
+
+
+def keep_columns(module: nn.Module, cols: torch.Tensor, conv1d: bool) -> None:
+    """Keep input columns ``cols`` of a linear layer, in place (the bias is per output: it stays)."""
+    w = _oriented(module, conv1d)
+    set_weight(module, w[:, cols.to(w.device)], conv1d)
+
+
 def shrink_ffn(layer: Layer, keep: torch.Tensor, fold: torch.Tensor | None) -> None:
     """Keep neurons ``keep`` of ``layer`` in place; add ``fold`` (d_model) to ffn_out's bias, creating it if needed."""
-    for module, w in ((layer.ffn_in, layer.ffn_in_weight()), (layer.ffn_gate, layer.ffn_gate_weight())):
-        if module is None:
-            continue
-        set_weight(module, w[keep.to(w.device)], layer.conv1d)
-        if module.bias is not None:
-            module.bias = nn.Parameter(module.bias.detach()[keep.to(module.bias.device)].clone(),
-                                       requires_grad=module.bias.requires_grad)
+    for module in (layer.ffn_in, layer.ffn_gate):
+        if module is not None:
+            keep_rows(module, keep, layer.conv1d)
     out = layer.ffn_out
     w = layer.ffn_out_weight()
-    set_weight(out, w[:, keep.to(w.device)], layer.conv1d)
+    keep_columns(out, keep, layer.conv1d)
     if fold is not None:
         if out.bias is None:
             out.bias = nn.Parameter(torch.zeros(w.shape[0], dtype=w.dtype, device=w.device),
@@ -85,15 +102,6 @@ def make_config_plain(model: nn.Module, original_d_ff: int) -> bool:
 
 # ------------------------------------------------------------------------------------------ heads and layers
 
-def _keep_rows(module: nn.Module, rows: torch.Tensor, conv1d: bool) -> None:
-    w = module.weight.detach()
-    w = w.t() if conv1d else w
-    set_weight(module, w[rows.to(w.device)], conv1d)
-    if getattr(module, "bias", None) is not None:
-        module.bias = nn.Parameter(module.bias.detach()[rows.to(module.bias.device)].clone(),
-                                   requires_grad=module.bias.requires_grad)
-
-
 def remove_kv_groups(model: nn.Module, keep: list[torch.Tensor]) -> dict[str, int]:
     """Keep, in layer ``i``, the key/value heads ``keep[i]`` with their groups of query heads (GQA-aware:
     a group is removed whole), in place: rows of q/k/v and columns of the output projection go. Every layer
@@ -111,20 +119,17 @@ def remove_kv_groups(model: nn.Module, keep: list[torch.Tensor]) -> dict[str, in
     if len({len(k) for k in keep}) != 1:
         raise ConfigError("head pruning keeps the same number of key/value heads in every layer (one config)")
     hd, rep = geo.head_dim, geo.group
-    all_layers = layers(model)
-    for layer, kv in zip(all_layers, keep):
+    for layer, kv in zip(layers(model), keep):
         if layer.attn_q is None:
             raise ConfigError(f"{layer.name}: head pruning needs separate q/k/v projections (this family fuses them)")
         kv = kv.sort().values.long().cpu()
         q_heads = (kv[:, None] * rep + torch.arange(rep)).reshape(-1)
         kv_rows = (kv[:, None] * hd + torch.arange(hd)).reshape(-1)
         q_rows = (q_heads[:, None] * hd + torch.arange(hd)).reshape(-1)
-        _keep_rows(layer.attn_q, q_rows, layer.conv1d)
-        _keep_rows(layer.attn_k, kv_rows, layer.conv1d)
-        _keep_rows(layer.attn_v, kv_rows, layer.conv1d)
-        w = layer.attn_o.weight.detach()
-        w = w.t() if layer.conv1d else w
-        set_weight(layer.attn_o, w[:, q_rows.to(w.device)], layer.conv1d)
+        keep_rows(layer.attn_q, q_rows, layer.conv1d)
+        keep_rows(layer.attn_k, kv_rows, layer.conv1d)
+        keep_rows(layer.attn_v, kv_rows, layer.conv1d)
+        keep_columns(layer.attn_o, q_rows, layer.conv1d)
     n_kv = len(keep[0])
     config.num_key_value_heads = n_kv
     config.num_attention_heads = n_kv * rep

@@ -134,6 +134,28 @@ def llama_cpp_speed(gguf: str, prompt_ids: list[int], prefill_ids: list[int], *,
             "decode_runs_s": dec[1:]}
 
 
+def llama_cpp_rows(gguf: str, prompt_ids: list[int], prefill_ids: list[int], *, new_tokens: int = 16,
+                   repeats: int = 3, threads: int = 2) -> dict[str, dict[str, Any]]:
+    """:func:`llama_cpp_speed` and bytes of ``gguf`` as it is and of its Q8_0 rewrite, keyed ``llama.cpp Q8_0``
+    and ``llama.cpp <its type>``; {} where llama-cpp-python is not installed."""
+    import os
+    import tempfile
+
+    from gguf import GGUFReader, LlamaFileType
+
+    kind = LlamaFileType(int(GGUFReader(gguf).fields["general.file_type"].contents())).name.replace("MOSTLY_", "")
+    rows: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        q8 = llama_cpp_requantize(gguf, f"{tmp}/q8_0.gguf", "Q8_0")
+        if q8 is None:
+            return rows
+        for name, path in (("llama.cpp Q8_0", q8), (f"llama.cpp {kind}", str(gguf))):
+            speed = llama_cpp_speed(path, prompt_ids, prefill_ids, new_tokens=new_tokens, repeats=repeats,
+                                    threads=threads)
+            rows[name] = {**speed, "bytes": os.path.getsize(path)}
+    return rows
+
+
 def compare_lm_speed(contenders: dict[str, nn.Module], prompt_ids: torch.Tensor, prefill_ids: torch.Tensor, *,
                      new_tokens: int = 16, repeats: int = 3) -> dict[str, dict[str, float]]:
     """Decode tokens/s (batch 1, greedy) and prefill tokens/s of each causal LM, interleaved; medians."""

@@ -224,7 +224,7 @@ def cook(model: nn.Module, tokenizer: Any, config: CookConfig, *, texts: Sequenc
         else:
             info = quantize(model, stage.quant)
             model.eval()
-            save_quantized(model, folder, tokenizer=tokenizer)
+            _save(model, tokenizer, folder)
         row = {"stage": stage.kind, "folder": str(folder), "seconds": round(time.perf_counter() - start, 2),
                "params": n_params(model), "bytes_on_disk": folder_bytes(folder), **info}
         if evaluate:

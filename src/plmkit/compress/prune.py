@@ -272,19 +272,15 @@ def attach_gates(model: nn.Module, config: L0Config | None = None) -> L0Gates:
     layers = arch.layers(model)
     device = next(model.parameters()).device
     gates = L0Gates(_gate_sizes(model, cfg.unit), cfg).to(device)
-    if cfg.unit == "ffn":
+    if cfg.unit in ("ffn", "heads"):  # scale the input of ffn_out (per neuron) or of attn_o (per KV group)
+        geo = arch.attention(model) if cfg.unit == "heads" else None
+        spread = (lambda z: z) if geo is None else (lambda z: _head_scale(z, geo))
         for i, layer in enumerate(layers):
             def pre(module: nn.Module, args: tuple, i: int = i) -> tuple:
-                z = gates.gate(i, module.training).to(device=args[0].device, dtype=args[0].dtype)
+                z = spread(gates.gate(i, module.training)).to(device=args[0].device, dtype=args[0].dtype)
                 return (args[0] * z,) + tuple(args[1:])
-            gates._handles.append(layer.ffn_out.register_forward_pre_hook(pre))
-    elif cfg.unit == "heads":
-        geo = arch.attention(model)
-        for i, layer in enumerate(layers):
-            def pre_o(module: nn.Module, args: tuple, i: int = i) -> tuple:
-                z = _head_scale(gates.gate(i, module.training), geo).to(device=args[0].device, dtype=args[0].dtype)
-                return (args[0] * z,) + tuple(args[1:])
-            gates._handles.append(layer.attn_o.register_forward_pre_hook(pre_o))
+            target = layer.ffn_out if cfg.unit == "ffn" else layer.attn_o
+            gates._handles.append(target.register_forward_pre_hook(pre))
     else:
         for i, layer in enumerate(layers):
             def post(module: nn.Module, args: tuple, kwargs: dict, output: Any, i: int = i) -> Any:
@@ -347,8 +343,8 @@ def finalize_gates(model: nn.Module, unit: str = "ffn") -> dict[str, Any]:
             w.mul_(scale[:, None] if layer.conv1d else scale[None, :])
         info.update(remove_kv_groups(model, gates.kept()), plain_config=True)
     else:
-        info.update(remove_layers(model, gates.kept()[0].tolist()), kept_layers=gates.kept()[0].tolist(),
-                    plain_config=True)
+        kept = gates.kept()[0].tolist()
+        info.update(remove_layers(model, kept), kept_layers=kept, plain_config=True)
     info.update(params_before=before, params_after=n_params(model))
     return info
 

@@ -12,9 +12,7 @@
 from __future__ import annotations
 
 import copy
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -23,8 +21,7 @@ import torch
 
 from ..assets.models import gguf_file, load_model
 from ..compress.bench import (FP32, INT4, INT8, TORCH_DYNAMIC, TORCHAO, compare_lm_speed, compare_prefill,
-                              llama_cpp_requantize, llama_cpp_speed, peer_status, torch_dynamic_int8, torchao_int8,
-                              weight_bytes)
+                              llama_cpp_rows, peer_status, torch_dynamic_int8, torchao_int8, weight_bytes)
 from ..compress.cook import CookConfig, StageConfig, cook
 from ..compress.quant import QuantConfig, activation_sensitivity, cpu_description, quantize, sensitive_roles
 from ..data import geonames, text, token_batches
@@ -95,21 +92,6 @@ def stage_label(stage: dict[str, Any]) -> str:
     return kind
 
 
-def _llama_cpp_rows(tok: Any, prompt: torch.Tensor, prefill: torch.Tensor, S: LMSettings) -> dict[str, dict]:
-    """llama.cpp's speeds on the asset's own GGUF (Q4_1) and on a Q8_0 rewrite of it; {} without llama-cpp-python."""
-    src = gguf_file("smollm2")
-    rows: dict[str, dict] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        q8 = llama_cpp_requantize(src, f"{tmp}/q8_0.gguf", "Q8_0")
-        if q8 is None:
-            return rows
-        for name, path in (("llama.cpp Q8_0", q8), ("llama.cpp Q4_1", str(src))):
-            speed = llama_cpp_speed(path, prompt[0].tolist(), prefill[0].tolist(), new_tokens=S.new_tokens,
-                                    repeats=S.repeats, threads=torch.get_num_threads())
-            rows[name] = {**speed, "bytes": os.path.getsize(path)}
-    return rows
-
-
 def _lm(ctx: RecipeContext, S: LMSettings) -> dict[str, Any]:
     model, tok = load_model("smollm2")
     corpus = text.english_corpus(max_chars=S.corpus_chars, seed=ctx.seed)
@@ -166,7 +148,9 @@ def _lm(ctx: RecipeContext, S: LMSettings) -> dict[str, Any]:
     prefill_ids = tok(" ".join(held), return_tensors="pt").input_ids[:, :256]
     with ctx.phase("time SmolLM2 contenders"):
         speed = compare_lm_speed(contenders, ids, prefill_ids, new_tokens=S.new_tokens, repeats=S.repeats)
-        native = _llama_cpp_rows(tok, ids, prefill_ids, S) if S.peers else {}
+        native = llama_cpp_rows(str(gguf_file("smollm2")), ids[0].tolist(), prefill_ids[0].tolist(),
+                                new_tokens=S.new_tokens, repeats=S.repeats,
+                                threads=torch.get_num_threads()) if S.peers else {}
     rows = []
     base = speed[FP32]
     for k, m in contenders.items():
