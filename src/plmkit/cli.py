@@ -327,7 +327,7 @@ def _cmd_ask(args: argparse.Namespace) -> None:
 
 def _cmd_kepler(args: argparse.Namespace) -> None:
     from .knowledge.kepler import KEPLERConfig
-    from .knowledge.kepler_run import kepler_evaluate, kepler_train
+    from .knowledge.kepler_run import kepler_embed, kepler_evaluate, kepler_predict, kepler_train, read_descriptions
 
     if args.action == "train":
         _check_model(args.encoder)
@@ -336,11 +336,28 @@ def _cmd_kepler(args: argparse.Namespace) -> None:
         s = kepler_train(args.out, kg=args.kg, encoder=args.encoder, entities=args.entities or None,
                          inductive=args.inductive, config=config, steps=args.steps, batch_size=args.batch_size,
                          lr=args.lr, relation_lr=args.relation_lr, head_steps=args.head_steps,
-                         warm_start_steps=args.warm_start_steps, save_every=args.save_every, seed=args.seed)
+                         warm_start_steps=args.warm_start_steps, save_every=args.save_every, seed=args.seed,
+                         max_train=args.max_train)
         lm = (f"; held-out MLM loss {s['lm_loss_before']:.3f} -> {s['lm_loss_after']:.3f}"
               if s["lm_loss_before"] is not None else "")
         print(f"trained on {s['train_triples']} triples ({s['entities']} entities) in {s['train_seconds']} s{lm}")
         print(f"run: {Path(args.out).resolve()}")
+        return
+    if args.action == "embed":
+        labels, ents = kepler_embed(args.run, read_descriptions(args.descriptions), args.out, progress=True)
+        print(f"embedded {len(labels)} entities ({ents.shape[1]} dimensions) into {Path(args.out).resolve()}")
+        return
+    if args.action == "predict":
+        rows = kepler_predict(args.run, args.relation, head=args.head, tail=args.tail, head_text=args.head_text,
+                              tail_text=args.tail_text, k=args.k)
+        side = "tail" if args.head is not None or args.head_text is not None else "head"
+        if args.json:
+            print("\n".join(json.dumps(r, ensure_ascii=False) for r in rows))
+            return
+        for i, r in enumerate(rows, 1):
+            print(f"{i:>3}. {r['label']}  {r['score']:.3f}{'  (in the graph)' if r['known'] else ''}  "
+                  f"{r['description'][:80]}")
+        print(f"[{len(rows)} best {side}s of relation {args.relation}]")
         return
     m = kepler_evaluate(args.run, args.split, inductive=True if args.inductive else None)
     for side in ("head", "tail"):
@@ -556,9 +573,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     k = sub.add_parser("kepler", help="KEPLER: knowledge embeddings from entity descriptions; train a run or "
                                       "evaluate its link prediction (metrics on the last line)")
-    ksub = k.add_subparsers(dest="action", required=True, metavar="ACTION", title="actions", help="train or eval")
+    ksub = k.add_subparsers(dest="action", required=True, metavar="ACTION", title="actions",
+                            help="train, eval, embed or predict")
     kt = ksub.add_parser("train", help="train KEPLER on a graph and export entity embeddings")
-    kt.add_argument("--kg", default="wordnet", help="'wordnet' or a folder written by DescribedKG.save")
+    kt.add_argument("--kg", default="wordnet", help="'wordnet', a folder written by DescribedKG.save, or a folder "
+                                                    "with the extracted Wikidata5M release files")
+    kt.add_argument("--max-train", type=int, default=None,
+                    help="Wikidata5M only: sample this many training triples (valid and test stay whole)")
     kt.add_argument("--encoder", default="minilm", help="asset name, folder or hub id of the encoder")
     kt.add_argument("--out", required=True, help="run folder (graph/, model/, embeddings/, run.json)")
     kt.add_argument("--entities", type=int, default=10_000, help="size of the sampled subgraph (0: all of it)")
@@ -584,6 +605,21 @@ def build_parser() -> argparse.ArgumentParser:
     ke.add_argument("--run", required=True, help="a folder written by `plmkit kepler train`")
     ke.add_argument("--split", choices=("valid", "test"), default="test", help="split to rank (default test)")
     ke.add_argument("--inductive", action="store_true", help="require the run's split to be inductive")
+    kb = ksub.add_parser("embed", help="embed new entities from their descriptions with a run's encoder")
+    kb.add_argument("--run", required=True, help="a folder written by `plmkit kepler train`")
+    kb.add_argument("--descriptions", required=True,
+                    help="text file: 'label<TAB>description' a line, or one description a line")
+    kb.add_argument("--out", required=True, help="folder for embeddings.safetensors and the id maps")
+    kp = ksub.add_parser("predict", help="the best tails (or heads) of a query by a run's TransE score")
+    kp.add_argument("--run", required=True, help="a folder written by `plmkit kepler train`")
+    kp.add_argument("--relation", required=True, help="a relation label of the run's graph")
+    q = kp.add_mutually_exclusive_group(required=True)
+    q.add_argument("--head", help="head entity label: predict tails")
+    q.add_argument("--tail", help="tail entity label: predict heads")
+    q.add_argument("--head-text", help="describe a (new) head entity: predict tails")
+    q.add_argument("--tail-text", help="describe a (new) tail entity: predict heads")
+    kp.add_argument("-k", type=int, default=10, help="how many answers (default 10)")
+    kp.add_argument("--json", action="store_true", help="one JSON object a line (label, score, description, known)")
     k.set_defaults(fn=_cmd_kepler)
 
     rd = sub.add_parser("readin", help="READIN noisy Chinese input: write keyboard (pinyin IME) or speech noisy "

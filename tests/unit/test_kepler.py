@@ -1,5 +1,6 @@
 """KEPLER: scoring and loss against hand computations, negative filtering, batching, training,
 the link-prediction evaluator (by hand and against PyKEEN), splits, and save/load."""
+import json
 import math
 
 import pytest
@@ -26,8 +27,11 @@ from plmkit.knowledge.kepler import (
 from plmkit.knowledge.kepler_run import (
     evaluation_triples,
     kepler_evaluate,
+    kepler_predict,
     load_model,
+    read_descriptions,
     save_model,
+    to_pykeen,
     warm_start_relations,
 )
 from plmkit.testing import tiny_model, tiny_tokenizer
@@ -417,3 +421,143 @@ def test_training_refuses_a_pooling_that_collapses_descriptions(tmp_path):
     with pytest.raises(ConfigError, match="same embedding"):
         train_kepler(model, tok, ["a cat", "a dog", "the sea"], torch.tensor([[0, 0, 1], [1, 1, 2]]),
                      TrainConfig(out_dir=str(tmp_path), max_steps=1, batch_size=2))
+
+
+# --- the MLM-only control ---------------------------------------------------------------------------------
+
+def test_ke_weight_zero_trains_the_lm_objective_only(tmp_path):
+    with pytest.raises(ConfigError, match="both 0"):
+        KEPLERConfig(ke_weight=0.0, lm_weight=0.0)
+    torch.manual_seed(0)
+    before = _tiny_kepler().relation_embeddings.weight.clone()  # the same init as inside _train_tiny
+    model, res = _train_tiny(tmp_path, KEPLERConfig(ke_weight=0.0), steps=3)
+    assert torch.equal(model.relation_embeddings.weight, before)  # no KE gradient reaches the table
+    assert all(math.isfinite(x) for x in res.losses)
+    lm, ke = _lm_batch(), _ke_batch()
+    assert torch.allclose(model(ke, lm), lm_loss(model.lm, lm))
+    with pytest.raises(ConfigError, match="LM objective"):
+        model(ke, None)
+
+
+def _lm_batch() -> dict:
+    tok = tiny_tokenizer(chat=False)
+    torch.manual_seed(0)  # which tokens the collator masks
+    return dict(lm_collate(tok, False, 0.5)([{"input_ids": tok("a passage of text to mask")["input_ids"]}] * 2))
+
+
+def _ke_batch() -> dict:
+    tok = tiny_tokenizer(chat=False)
+    desc = tok.pad({"input_ids": [tok(f"entity {i}")["input_ids"] for i in range(3)]}, return_tensors="pt")
+    return {"input_ids": desc["input_ids"], "attention_mask": desc["attention_mask"], "rels": torch.tensor([0]),
+            "heads": torch.tensor([0]), "tails": torch.tensor([1]), "neg_heads": torch.tensor([[2]]),
+            "neg_tails": torch.tensor([[2]])}
+
+
+# --- using a run: embed, predict, PyKEEN export ---------------------------------------------------------
+
+def _run(tmp_path) -> tuple:
+    tok = tiny_tokenizer(chat=False)
+    graph = _described()
+    vocab = graph.vocab
+    model = _tiny_kepler(KEPLERConfig(gamma=5.0))
+    ents, rels = model.embed_texts(tok, graph.entity_texts(vocab)), model.relation_vectors()
+    run = tmp_path / "run"
+    graph.save(run / "graph")
+    save_embeddings(run / "embeddings", ents, rels, vocab, model.config)
+    save_model(model, tok, run / "model")
+    return run, graph, ents, rels
+
+
+def test_predict_ranks_by_the_runs_transe_score_and_embeds_descriptions(tmp_path, capsys):
+    run, graph, ents, rels = _run(tmp_path)
+    vocab = graph.vocab
+    h, r, _ = graph.split.train[0]
+    rows = kepler_predict(run, r, head=h, k=5)
+    scores = TransEScorer(ents, rels, 5.0).tails(torch.tensor([vocab.entity_id[h]]), torch.tensor([vocab.relation_id[r]]))[0]
+    assert [x["label"] for x in rows] == [vocab.entities[i] for i in torch.topk(scores, 5).indices.tolist()]
+    assert rows[0]["score"] == pytest.approx(scores.max().item(), abs=1e-4)
+    known = {t for hh, rr, t in graph.split.all_triples() if (hh, rr) == (h, r)}
+    assert all(x["known"] == (x["label"] in known) for x in rows)
+    by_text = kepler_predict(run, r, head_text=graph.descriptions[h], k=5)  # the same description, re-embedded
+    assert [x["label"] for x in by_text] == [x["label"] for x in rows]
+    heads = kepler_predict(run, r, tail=h, k=3)
+    hs = TransEScorer(ents, rels, 5.0).heads(torch.tensor([vocab.relation_id[r]]), torch.tensor([vocab.entity_id[h]]))[0]
+    assert [x["label"] for x in heads] == [vocab.entities[i] for i in torch.topk(hs, 3).indices.tolist()]
+    with pytest.raises(ConfigError, match="unknown entity"):
+        kepler_predict(run, r, head="nobody")
+    with pytest.raises(ConfigError, match="unknown relation"):
+        kepler_predict(run, "no-such-relation", head=h)
+    main(["kepler", "predict", "--run", str(run), "--relation", r, "--head", h, "-k", "2", "--json"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [json.loads(x)["label"] for x in lines] == [x["label"] for x in rows[:2]]
+
+
+def test_embed_new_entities_from_a_file(tmp_path, capsys):
+    run, graph, ents, _ = _run(tmp_path)
+    e0 = graph.vocab.entities[0]
+    (tmp_path / "new.tsv").write_text(f"fresh\ta brand new entity\n{e0}\t{graph.descriptions[e0]}\n")
+    (tmp_path / "plain.txt").write_text("only a description\n\nanother one\n")
+    assert list(read_descriptions(tmp_path / "plain.txt")) == ["line1", "line3"]
+    main(["kepler", "embed", "--run", str(run), "--descriptions", str(tmp_path / "new.tsv"), "--out",
+          str(tmp_path / "emb")])
+    assert "embedded 2 entities" in capsys.readouterr().out
+    new, _, vocab, _ = load_embeddings(tmp_path / "emb")
+    assert vocab.entities == ["fresh", e0]
+    assert torch.allclose(new[1], ents[0], atol=1e-5)
+    (tmp_path / "dup.tsv").write_text("a\tx\na\ty\n")
+    with pytest.raises(ConfigError, match="twice"):
+        read_descriptions(tmp_path / "dup.tsv")
+
+
+def test_pykeen_export_scores_like_the_run(tmp_path):
+    run, graph, ents, rels = _run(tmp_path)
+    factory, model = to_pykeen(run)
+    assert factory.num_triples == len(graph.split.train) and factory.entity_to_id == graph.vocab.entity_id
+    hr = factory.mapped_triples[:4, :2]
+    ours = TransEScorer(ents, rels, 5.0).tails(hr[:, 0], hr[:, 1])
+    with torch.no_grad():
+        theirs = model.score_t(hr)
+    assert torch.allclose(theirs + 5.0, ours, atol=1e-4)
+
+
+# --- Wikidata5M ------------------------------------------------------------------------------------------
+
+def _wikidata5m_fixture(d):
+    d.mkdir()
+    tr = ["Q1\tP31\tQ5", "Q2\tP31\tQ5", "Q3\tP17\tQ4", "Q1\tP17\tQ4", "Q2\tP17\tQ9"]  # Q9 has no description
+    (d / "wikidata5m_transductive_train.txt").write_text("\n".join(tr) + "\n")
+    (d / "wikidata5m_transductive_valid.txt").write_text("Q3\tP31\tQ5\n")
+    (d / "wikidata5m_transductive_test.txt").write_text("Q2\tP17\tQ4\n")
+    (d / "wikidata5m_inductive_train.txt").write_text("Q1\tP31\tQ5\nQ2\tP31\tQ5\n")
+    (d / "wikidata5m_inductive_valid.txt").write_text("Q3\tP17\tQ4\n")
+    (d / "wikidata5m_inductive_test.txt").write_text("Q6\tP31\tQ7\n")
+    text = {"Q1": "Douglas Adams was an English author .", "Q2": "Ada Lovelace was a mathematician .",
+            "Q3": "Paris is a city .", "Q4": "France is a country .", "Q5": "A human being .",
+            "Q6": "Ghent is a city in Belgium .", "Q7": "A city is a large settlement ."}
+    (d / "wikidata5m_text.txt").write_text("".join(f"{k}\t{v}\n" for k, v in text.items()))
+    (d / "wikidata5m_relation.txt").write_text("P31\tinstance of\tis a\nP17\tcountry\n")
+    return text
+
+
+def test_wikidata5m_loader_reads_the_release_layout(tmp_path):
+    from plmkit.data.wikidata5m import wikidata5m_kg
+    from plmkit.knowledge.kepler_run import load_kg
+
+    text = _wikidata5m_fixture(tmp_path / "w5m")
+    kg = wikidata5m_kg(tmp_path / "w5m")
+    assert len(kg.split.train) == 4 and kg.split.valid == [("Q3", "P31", "Q5")]  # Q9's triple dropped
+    assert kg.descriptions["Q1"] == text["Q1"] and "Q9" not in kg.descriptions
+    assert kg.relation_texts == {"P31": "instance of", "P17": "country"} and not kg.split.inductive
+    ind = load_kg(str(tmp_path / "w5m"), inductive=True)
+    assert ind.split.inductive and ind.split.test == [("Q6", "P31", "Q7")]
+    assert not ind.split.entities("test") & ind.split.entities("train")
+    small = wikidata5m_kg(tmp_path / "w5m", max_train=2, seed=1, max_description_words=2)
+    assert len(small.split.train) == 2 and small.split.train == wikidata5m_kg(tmp_path / "w5m", max_train=2,
+                                                                               seed=1).split.train
+    assert all(len(v.split()) <= 2 for v in small.descriptions.values())
+    (tmp_path / "w5m" / "wikidata5m_transductive_test.txt").unlink()
+    with pytest.raises(PlmkitError, match="wikidata5m_transductive_test.txt"):
+        wikidata5m_kg(tmp_path / "w5m")
+    (tmp_path / "w5m" / "wikidata5m_transductive_test.txt").write_text("Q1 P31 Q5\n")
+    with pytest.raises(ConfigError, match="head<TAB>relation<TAB>tail"):
+        wikidata5m_kg(tmp_path / "w5m")

@@ -196,6 +196,30 @@ def test_evaluate_readin_scores_every_version(tmp_path):
         evaluate_readin(lambda rows: [0], s, readin.label_accuracy)
 
 
+def test_nmt_corpus_bleu_beside_sentence_bleu():
+    import sacrebleu
+
+    gold = [{"id": 1, "zh": "今天天气很好", "en": "The weather is very nice today ."},
+            {"id": 2, "zh": "我喜欢读书", "en": "I like reading books very much ."}]
+    noisy = [[{**gold[0], "zh": "今天天气很号"}, gold[1]], [gold[0], {**gold[1], "zh": "我喜欢度书"}]]
+    s = readin.ReadinSet("nmt", gold, {"keyboard": noisy})
+    table = {"今天天气很好": "The weather is very nice today .", "今天天气很号": "Today the number is nice .",
+             "我喜欢读书": "I like reading books very much .", "我喜欢度书": "I like degree books ."}
+    m = readin.evaluate_nmt(lambda rows: [table[r["zh"]] for r in rows], s)
+    assert m["clean"] == pytest.approx(100.0)
+    k = m["keyboard"]["corpus"]
+    v1 = sacrebleu.corpus_bleu([table["今天天气很号"], gold[1]["en"]], [[g["en"] for g in gold]]).score
+    assert k["versions"][0] == pytest.approx(v1) and k["average"] == pytest.approx(sum(k["versions"]) / 2)
+    # the worst version of each example: version 1 for the first, version 2 for the second
+    worst = sacrebleu.corpus_bleu([table["今天天气很号"], table["我喜欢度书"]], [[g["en"] for g in gold]]).score
+    assert k["worst"] == pytest.approx(worst) and worst < min(k["versions"])
+    sent = m["keyboard"]["sentence"]
+    assert sent["clean"] == pytest.approx(100.0) and sent["worst"] < sent["average"] < 100
+    assert readin.sentence_bleu("I like reading books very much .", gold[1]) == pytest.approx(100.0)
+    with pytest.raises(ConfigError, match="evaluate_readin"):
+        readin.evaluate_nmt(lambda rows: [], readin.ReadinSet("afqmc", []))
+
+
 def test_cmrc_answer_scores():
     ex = {"answers": [{"text": "北京大学", "answer_start": 0}, {"text": "北大", "answer_start": 0}]}
     assert readin.answer_em("北京大学。", ex) == 1.0 and readin.answer_em("北京", ex) == 0.0

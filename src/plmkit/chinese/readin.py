@@ -307,10 +307,54 @@ def evaluate_readin(predict: Callable[[list[dict]], Sequence[Any]], readin_set: 
 
 
 def _scores(predict: Callable, rows: list[dict], gold: list[dict], score: Callable, where: str) -> list[float]:
+    return [float(score(p, g)) for p, g in zip(_predict(predict, rows, where), gold)]
+
+
+def _predict(predict: Callable, rows: list[dict], where: str) -> list[Any]:
     preds = list(predict(rows))
     if len(preds) != len(rows):
         raise ConfigError(f"predict returned {len(preds)} predictions for the {len(rows)} examples of {where}")
-    return [float(score(p, g)) for p, g in zip(preds, gold)]
+    return preds
+
+
+def sentence_bleu(prediction: str, example: dict) -> float:
+    """sacrebleu's sentence BLEU (0-100, ``13a`` tokenization) of a translation against the example's ``en``."""
+    import sacrebleu
+
+    return float(sacrebleu.sentence_bleu(str(prediction), [str(example["en"])]).score)
+
+
+def corpus_bleu(predictions: Sequence[str], examples: Sequence[dict]) -> float:
+    """sacrebleu's corpus BLEU (0-100) of translations against the examples' ``en`` references."""
+    import sacrebleu
+
+    if len(predictions) != len(examples):
+        raise ConfigError(f"{len(predictions)} translations for {len(examples)} references")
+    return float(sacrebleu.corpus_bleu([str(p) for p in predictions], [[str(e["en"]) for e in examples]]).score)
+
+
+def evaluate_nmt(translate: Callable[[list[dict]], Sequence[str]], readin_set: ReadinSet) -> dict[str, Any]:
+    """READIN's NMT numbers: corpus BLEU beside the sentence-level ones, on every version of a set.
+
+    ``translate`` maps examples (rows with ``zh``) to English strings and is called once per version.
+    Per noise kind: ``corpus`` holds corpus BLEU on clean input, per version, their ``average``, and
+    ``worst``, the corpus BLEU of each example's worst translation over versions (worst by sentence
+    BLEU); ``sentence`` holds :func:`average_worst` of sentence BLEU, as for the other tasks."""
+    if readin_set.task != "nmt":
+        raise ConfigError(f"evaluate_nmt scores translations; this set is {readin_set.task!r}: use evaluate_readin")
+    gold = readin_set.clean
+    clean = _predict(translate, gold, "test_clean")
+    clean_sent = [sentence_bleu(p, g) for p, g in zip(clean, gold)]
+    out: dict[str, Any] = {"n": len(gold), "clean": corpus_bleu(clean, gold)}
+    for kind, versions in readin_set.noisy.items():
+        preds = [_predict(translate, rows, split_name(kind, k)) for k, rows in enumerate(versions, 1)]
+        sent = [[sentence_bleu(p, g) for p, g in zip(v, gold)] for v in preds]
+        worst = [preds[min(range(len(preds)), key=lambda k: sent[k][i])][i] for i in range(len(gold))]
+        per_version = [corpus_bleu(v, gold) for v in preds]
+        out[kind] = {"corpus": {"clean": out["clean"], "versions": per_version, "average": fmean(per_version),
+                                "worst": corpus_bleu(worst, gold)},
+                     "sentence": average_worst(clean_sent, sent)}
+    return out
 
 
 def label_accuracy(prediction: Any, example: dict) -> float:

@@ -14,7 +14,8 @@ from ..data.kg import DescribedKG, KGVocab
 from ..errors import ConfigError, PlmkitError
 
 
-def _triples_factory(graph: DescribedKG, vocab: KGVocab, part: str):
+def triples_factory(graph: DescribedKG, vocab: KGVocab, part: str = "train"):
+    """A PyKEEN ``TriplesFactory`` of ``graph``'s ``part`` triples with ``vocab``'s ids."""
     from pykeen.triples import TriplesFactory
 
     return TriplesFactory(vocab.encode(getattr(graph.split, part)), entity_to_id=vocab.entity_id,
@@ -41,7 +42,7 @@ def pykeen_link_prediction(graph: DescribedKG, model: str = "TransE", *, epochs:
         raise ConfigError(f"{model} learns a vector per training entity and cannot embed the unseen entities "
                           "of an inductive split; evaluate it on a transductive split")
     vocab = graph.vocab
-    train, valid, test = (_triples_factory(graph, vocab, p) for p in ("train", "valid", "test"))
+    train, valid, test = (triples_factory(graph, vocab, p) for p in ("train", "valid", "test"))
     t0 = time.perf_counter()
     result = pipeline(
         training=train, validation=valid, testing=test, model=model,

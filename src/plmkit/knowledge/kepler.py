@@ -50,7 +50,9 @@ def default_pooling(lm: nn.Module) -> str:
 
 @dataclass
 class KEPLERConfig(JsonConfig):
-    """Method hyperparameters. ``lm_weight=0`` trains the KE objective alone (the ablation)."""
+    """Method hyperparameters. ``lm_weight=0`` trains the KE objective alone (the ablation);
+    ``ke_weight=0`` trains the LM objective alone on the same data and steps (the control for KEPLER's
+    language-modelling claim)."""
 
     gamma: float = 4.0  # TransE margin
     p_norm: float = 2.0  # norm of h + r - t
@@ -59,6 +61,7 @@ class KEPLERConfig(JsonConfig):
     pooling: str = "auto"  # entity embedding: "cls" (first token), "mean", "last" (last real token), "auto"
     relation_descriptions: bool = False  # relation embedding = encoding of a relation description
     lm_weight: float = 1.0
+    ke_weight: float = 1.0
     mlm_probability: float = 0.15
     max_description_tokens: int = 64
     max_text_tokens: int = 64  # LM passages are cut here (the LM side costs more than the KE side per step)
@@ -68,8 +71,10 @@ class KEPLERConfig(JsonConfig):
             raise ConfigError(f"pooling must be one of {POOLING}, got {self.pooling!r}")
         if self.negatives < 1:
             raise ConfigError("negatives must be >= 1")
-        if self.p_norm <= 0 or self.lm_weight < 0 or not 0 < self.mlm_probability < 1:
-            raise ConfigError("p_norm must be > 0, lm_weight >= 0 and mlm_probability in (0, 1)")
+        if self.p_norm <= 0 or self.lm_weight < 0 or self.ke_weight < 0 or not 0 < self.mlm_probability < 1:
+            raise ConfigError("p_norm must be > 0, lm_weight and ke_weight >= 0 and mlm_probability in (0, 1)")
+        if self.lm_weight == 0 and self.ke_weight == 0:
+            raise ConfigError("lm_weight and ke_weight are both 0: nothing would be trained")
 
 
 def transe_score(h: torch.Tensor, r: torch.Tensor, t: torch.Tensor, gamma: float, p: float = 2.0) -> torch.Tensor:
@@ -194,9 +199,13 @@ class KEPLER(nn.Module):
         return triple_loss(ents, rels, ke, self.config)
 
     def forward(self, ke: dict[str, torch.Tensor], lm: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-        loss = self.ke_loss(ke)
-        if lm is not None and self.config.lm_weight > 0:
-            loss = loss + self.config.lm_weight * lm_loss(self.lm, lm)
+        c = self.config
+        if c.ke_weight == 0 and (lm is None or c.lm_weight == 0):
+            raise ConfigError("ke_weight=0 trains the LM objective only: pass LM texts (and lm_weight > 0)")
+        loss = c.ke_weight * self.ke_loss(ke) if c.ke_weight > 0 else None
+        if lm is not None and c.lm_weight > 0:
+            part = c.lm_weight * lm_loss(self.lm, lm)
+            loss = part if loss is None else loss + part
         return loss
 
     @torch.no_grad()
