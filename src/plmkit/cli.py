@@ -278,6 +278,28 @@ def _notebook(args: argparse.Namespace, create: bool = False):
     return Notebook(args.db, encoder=args.encoder)
 
 
+def _read_items(path: str, keys: tuple[str, ...], what: str) -> list[dict]:
+    """Rows of a text file: one item a line, either plain text (``{keys[0]: line}``) or a JSON object."""
+    rows = []
+    for n, line in enumerate(read_text_utf8(Path(path), what).splitlines(), 1):
+        line = line.strip()
+        if not line:
+            continue
+        if line.startswith("{"):
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise PlmkitError(f"{path}:{n}: not a JSON object ({e.msg}); write one {what} a line") from None
+            if not isinstance(obj, dict) or not any(k in obj for k in keys):
+                raise PlmkitError(f"{path}:{n}: a JSON line needs the field {keys[0]!r}")
+            rows.append({keys[0]: next(obj[k] for k in keys if k in obj), **obj})
+        else:
+            rows.append({keys[0]: line})
+    if not rows:
+        raise PlmkitError(f"{path} is empty: write one {what} a line (plain text or JSON)")
+    return rows
+
+
 def _cmd_notes(args: argparse.Namespace) -> None:
     if args.action == "rm":
         if not args.text:
@@ -287,42 +309,110 @@ def _cmd_notes(args: argparse.Namespace) -> None:
         if len(args.text) != 2:
             raise PlmkitError(f"usage: plmkit notes --db {args.db} update ID 'new statement'")
         note_id = _note_id(args.text[0], args.db)
+    if args.action == "add":
+        texts = list(args.text) + ([r["text"] for r in _read_items(args.file, ("text", "statement"), "statement")]
+                                   if args.file else [])
+        if not texts:
+            raise PlmkitError(f"usage: plmkit notes --db {args.db} add 'a statement' ... (or --file FILE)")
+    if args.action == "search" and not args.text:
+        raise PlmkitError(f"usage: plmkit notes --db {args.db} search 'a question' [-k 5]")
+    if args.action == "tune" and not args.validation:
+        raise PlmkitError(f"usage: plmkit notes --db {args.db} tune --validation FILE (JSON lines with "
+                          "'question' and 'in_scope')")
     nb = _notebook(args, create=args.create or args.action == "add")
     if args.action == "add":
-        for i in nb.add(args.text):
+        for i in nb.add(texts):
             print(f"added note {i}")
     elif args.action == "rm":
         print(f"removed {nb.remove(ids)} note(s)")
     elif args.action == "update":
         nb.update(note_id, args.text[1])
         print(f"updated note {note_id}")
+    elif args.action == "search":
+        for query, hits in zip(args.text, nb.search(args.text, args.k)):
+            if len(args.text) > 1:
+                print(f"# {query}")
+            for h in hits:
+                print(f"{h.note.id}\t{h.score:.3f}\t{h.note.text}")
+    elif args.action == "tune":
+        _tune_notebook(args, nb)
     else:
         for n in nb.notes():
             print(f"{n.id}\t{n.text}")
 
 
-def _cmd_ask(args: argparse.Namespace) -> None:
-    from .editing import EREN, ERENConfig, Reader
+def _tune_notebook(args: argparse.Namespace, nb) -> None:
+    from .editing import EREN, Reader
+    from .editing.benchmark import tune_scope
 
-    overrides = {k: v for k, v in (("k", args.k), ("relevance", args.relevance), ("threshold", args.threshold))
-                 if v is not None}
-    config = ERENConfig(**overrides)
+    rows = _read_items(args.validation, ("question",), "validation question")
+    bad = [i for i, r in enumerate(rows, 1) if not isinstance(r.get("in_scope"), bool)]
+    if bad:
+        raise PlmkitError(f"{args.validation}: rows {bad[:5]} lack \"in_scope\": true|false (does a note bear on "
+                          "the question?)")
+    _check_model(args.model)
+    eren = EREN(Reader.load(args.model, dtype=args.dtype), nb)
+    tuned = tune_scope(eren, [r["question"] for r in rows], [r["in_scope"] for r in rows])
+    nb.save_settings({**tuned, "reader": args.model, "tuned_on": len(rows)})
+    print(f"tuned on {len(rows)} questions ({sum(r['in_scope'] for r in rows)} in scope) with reader {args.model}: "
+          f"threshold {tuned['threshold']:.4f}, similarity_threshold {tuned['similarity_threshold']:.4f} "
+          f"(stored in {args.db})")
+
+
+def _ask_config(args: argparse.Namespace, notebook):
+    """ERENConfig from the command line, else the thresholds `notes tune` stored, else the defaults."""
+    from .editing import ERENConfig
+
+    stored = notebook.settings()
+    if stored.get("reader") not in (None, args.model):
+        print(f"note: {args.db}'s thresholds were tuned with reader {stored['reader']}, not {args.model}; rerun "
+              "`plmkit notes tune` for this reader", file=sys.stderr)
+    config = {k: stored[k] for k in ("threshold", "similarity_threshold") if k in stored}
+    given = {"k": args.k, "relevance": args.relevance, "threshold": args.threshold, "max_notes": args.max_notes,
+             "hops": args.hops}
+    config.update({k: v for k, v in given.items() if v is not None})
+    if "threshold" not in config and (args.relevance or "reader") == "reader":
+        print(f"note: no tuned threshold in {args.db}; using the default {ERENConfig().threshold} (run `plmkit notes "
+              f"--db {args.db} tune --validation FILE` once)", file=sys.stderr)
+    return ERENConfig(**config)
+
+
+def _cmd_ask(args: argparse.Namespace) -> None:
+    from .editing import EREN, Reader
+
+    if (args.question is None) == (args.file is None):
+        raise PlmkitError("give one question (or claim) as an argument, or --file FILE with one a line")
     notebook = _notebook(args)
+    config = _ask_config(args, notebook)
     _check_model(args.model)
     eren = EREN(Reader.load(args.model, dtype=args.dtype), notebook, config)
+    questions = ([r["question"] for r in _read_items(args.file, ("question", "claim", "text"), "question")]
+                 if args.file else [args.question])
     if args.check:
-        v = eren.check(args.question)
-        for h in v.notes:
-            print(f"note {h.note.id}: {h.note.text}")
-        print(v.label)
+        for claim, v in zip(questions, eren.check_batch(questions)):
+            if args.json:
+                print(json.dumps({"claim": claim, "verdict": v.label, "source": v.source, "scores": v.scores,
+                                  "notes": [{"id": h.note.id, "text": h.note.text, "retrieval": h.score}
+                                            for h in v.notes]}, ensure_ascii=False))
+                continue
+            for h in v.notes:
+                print(f"note {h.note.id}: {h.note.text}")
+            print(v.label)
         return
-    a = eren.answer(args.question)
-    for h, score in zip(a.retrieved, a.relevance or [None] * len(a.retrieved)):
-        used = "read" if h in a.notes else "skipped"
-        print(f"note {h.note.id} ({used}, retrieval {h.score:.2f}"
-              + (f", relevance {score:.2f}" if score is not None else "") + f"): {h.note.text}")
-    print(f"[answered from {a.source}]")
-    print(a.text)
+    for q, a in zip(questions, eren.answer_batch(questions)):
+        relevance = a.relevance or [None] * len(a.retrieved)
+        if args.json:
+            print(json.dumps({"question": q, "answer": a.text, "source": a.source,
+                              "notes": [{"id": h.note.id, "text": h.note.text, "retrieval": h.score,
+                                         "relevance": r, "read": h in a.notes}
+                                        for h, r in zip(a.retrieved, relevance)]}, ensure_ascii=False))
+            continue
+        for h, score in zip(a.retrieved, relevance):
+            used = "read" if h in a.notes else "skipped"
+            print(f"note {h.note.id} ({used}, retrieval {h.score:.2f}"
+                  + (f", relevance {score:.2f}" if score is not None else "") + f"): {h.note.text}")
+        print(f"[answered from {a.source}]")
+        print(a.text)
 
 
 def _cmd_kepler(args: argparse.Namespace) -> None:
@@ -481,28 +571,47 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--out", required=True, help="folder for moefication.safetensors/.json and report.json")
     m.set_defaults(fn=_cmd_moefy)
 
-    n = sub.add_parser("notes", help="EREN's notebook of edits: add, list, rm, update",
+    n = sub.add_parser("notes", help="EREN's notebook of edits: add, list, rm, update, search, tune",
                        description="EREN's notebook of edits, a SQLite file. `add` creates the file if it is "
-                                   "missing; list, rm and update need an existing one (or --create).")
+                                   "missing; the other actions need an existing one (or --create).")
     n.add_argument("--db", required=True, help="SQLite notebook file (add creates it; the others need it to exist)")
     n.add_argument("--create", action="store_true", help="create an empty notebook if --db does not exist")
     n.add_argument("--encoder", default=None, help="sentence encoder for a new notebook (default minilm)")
-    n.add_argument("action", choices=("add", "list", "rm", "update"), help="what to do with the notes")
-    n.add_argument("text", nargs="*", help="statements to add, ids to remove, or ID TEXT to update")
+    n.add_argument("action", choices=("add", "list", "rm", "update", "search", "tune"),
+                   help="what to do: add statements, list them, rm IDs, update ID TEXT, search QUERY, or tune the "
+                        "scope thresholds on --validation questions and store them in the notebook")
+    n.add_argument("text", nargs="*", help="statements to add, ids to remove, ID TEXT to update, or queries")
+    n.add_argument("--file", default=None, help="add: statements from a file, one a line (plain text, or JSON "
+                                                "lines with 'text')")
+    n.add_argument("-k", type=int, default=5, help="search: notes per query (default 5)")
+    n.add_argument("--validation", default=None,
+                   help="tune: JSON lines {\"question\": ..., \"in_scope\": true|false}: whether a note bears on it")
+    n.add_argument("--model", default="smollm2", help="tune: the reader whose relevance is tuned (default smollm2)")
+    n.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"),
+                   help="tune: reader weights dtype (default bfloat16)")
     n.set_defaults(fn=_cmd_notes)
 
-    q = sub.add_parser("ask", help="answer a question with EREN (reads the notes when relevant); "
-                                   "the answer is the last line")
-    q.add_argument("question", help="the question (or, with --check, the claim to fact-check)")
+    q = sub.add_parser("ask", help="answer questions with EREN (reads the notes when relevant); "
+                                   "the answer is the last line, or one JSON object a line with --json")
+    q.add_argument("question", nargs="?", default=None,
+                   help="the question (or, with --check, the claim to fact-check); or use --file")
+    q.add_argument("--file", default=None, help="questions (or claims) from a file, one a line (plain text, or "
+                                                "JSON lines with 'question'), answered in one batch")
+    q.add_argument("--json", action="store_true",
+                   help="one JSON object a line: question, answer, source, and the notes retrieved with their "
+                        "retrieval and relevance scores and whether they were read")
     q.add_argument("--db", required=True, help="an existing notebook (plmkit notes --db FILE add ...)")
     q.add_argument("--model", default="smollm2", help="reader: asset name, folder or hub id (chat or seq2seq; "
                                                       "default smollm2)")
     q.add_argument("--encoder", default=None, help="sentence encoder (default: the one the notebook was made with)")
     q.add_argument("--k", type=int, default=None, help="notes retrieved per question (default 5)")
+    q.add_argument("--max-notes", type=int, default=None, help="read at most this many relevant notes per hop")
+    q.add_argument("--hops", type=int, default=None, help="2: retrieve again with the notes read (multi-hop)")
     q.add_argument("--relevance", choices=("reader", "generate", "similarity", "always"), default=None,
                    help="how notes are judged relevant: the reader's likelihood (default), the paper's generate "
                         "prompt, retrieval score, or always read")
-    q.add_argument("--threshold", type=float, default=None, help="reader relevance threshold (nats per token)")
+    q.add_argument("--threshold", type=float, default=None,
+                   help="reader relevance threshold (nats per token; default: the one `notes tune` stored)")
     q.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"),
                    help="reader weights dtype (default bfloat16)")
     q.add_argument("--check", action="store_true", help="fact-check the text: supports / refutes / not enough info")

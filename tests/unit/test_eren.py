@@ -341,3 +341,73 @@ def test_one_note_hits_give_each_probe_only_its_own_edits(tmp_path, encoder):
     assert {h.note.text for h in hits[1]} == {NOTES[0], NOTES[2]}
     q = encoder.encode([probes[0].question])[0]
     assert hits[0][0].score == pytest.approx(float(q @ encoder.encode([NOTES[0]])[0]), abs=1e-5)
+
+
+# ---- the notebook from scripts: add --file, search, tune, ask --file --json ---------------------------
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    """The tiny encoder and reader saved as model folders, as the CLI loads them."""
+    root = tmp_path_factory.mktemp("models")
+    enc, rd = root / "encoder", root / "reader"
+    tiny_model("bert", head="base").save_pretrained(enc)
+    tiny_tokenizer().save_pretrained(enc)
+    tiny_model("llama").save_pretrained(rd)
+    tiny_tokenizer().save_pretrained(rd)
+    return str(enc), str(rd)
+
+
+def test_cli_notebook_from_files_tune_and_batched_json_answers(tmp_path, folders, capsys):
+    import json
+
+    from plmkit.cli import main
+
+    enc, rd = folders
+    db = str(tmp_path / "nb.db")
+    (tmp_path / "notes.txt").write_text(NOTES[0] + "\n\n" + json.dumps({"text": NOTES[1]}) + "\n")
+    main(["notes", "--db", db, "--encoder", enc, "add", NOTES[2], "--file", str(tmp_path / "notes.txt")])
+    assert capsys.readouterr().out.count("added note") == 3
+    main(["notes", "--db", db, "search", "Which city is the capital of France?", "-k", "2"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    nb = Notebook(db)
+    hits = nb.search("Which city is the capital of France?", 2)[0]
+    assert [int(x.split("\t")[0]) for x in lines] == [h.note.id for h in hits]
+
+    val = [{"question": "What is the capital of France?", "in_scope": True},
+           {"question": "What currency does Peru use?", "in_scope": True},
+           {"question": "Who wrote Hamlet?", "in_scope": False},
+           {"question": "How tall is Mount Everest?", "in_scope": False}]
+    (tmp_path / "val.jsonl").write_text("".join(json.dumps(r) + "\n" for r in val))
+    main(["notes", "--db", db, "tune", "--validation", str(tmp_path / "val.jsonl"), "--model", rd,
+          "--dtype", "float32"])
+    assert "stored in" in capsys.readouterr().out
+    stored = nb.settings()
+    from plmkit.editing.benchmark import scope_scores, tune_scope
+
+    eren = EREN(Reader.load(rd, dtype="float32"), nb)
+    expected = tune_scope(eren, [r["question"] for r in val], [r["in_scope"] for r in val])
+    assert stored["threshold"] == pytest.approx(expected["threshold"]) and stored["reader"] == rd
+    assert stored["similarity_threshold"] == pytest.approx(expected["similarity_threshold"])
+    scores = scope_scores(eren, [r["question"] for r in val])
+    assert scores[0] >= stored["threshold"] or scores[1] >= stored["threshold"]  # some in-scope question reads
+
+    (tmp_path / "q.txt").write_text("What is the capital of France?\nWho wrote Hamlet?\n")
+    main(["ask", "--db", db, "--model", rd, "--dtype", "float32", "--file", str(tmp_path / "q.txt"), "--json",
+          "--max-notes", "1"])
+    captured = capsys.readouterr()
+    rows = [json.loads(x) for x in captured.out.strip().splitlines()]
+    assert [r["question"] for r in rows] == ["What is the capital of France?", "Who wrote Hamlet?"]
+    assert "no tuned threshold" not in captured.err  # the stored one is used
+    cfg = ERENConfig(threshold=stored["threshold"], max_notes=1)
+    want = EREN(Reader.load(rd, dtype="float32"), nb, cfg).answer_batch([r["question"] for r in rows])
+    for r, a in zip(rows, want):
+        assert r["answer"] == a.text and r["source"] == a.source
+        assert sum(n["read"] for n in r["notes"]) == len(a.notes) <= 1
+        assert [n["relevance"] for n in r["notes"]] == pytest.approx(a.relevance)
+    with pytest.raises(SystemExit):
+        main(["ask", "--db", db, "--model", rd])  # neither a question nor --file
+    with pytest.raises(SystemExit):
+        main(["notes", "--db", db, "tune"])  # no --validation
+    (tmp_path / "one-sided.jsonl").write_text(json.dumps(val[0]) + "\n")
+    with pytest.raises(SystemExit):
+        main(["notes", "--db", db, "tune", "--validation", str(tmp_path / "one-sided.jsonl"), "--model", rd])

@@ -6,6 +6,7 @@ from typing import Sequence
 import numpy as np
 
 from ..data.edits import EditSet, Probe
+from ..errors import ConfigError
 from ..eval.editing import IN_SCOPE, OUT_OF_SCOPE, edit_scores, harmonic_mean
 from ..eval.metrics import answer_contained
 from .eren import EREN
@@ -60,14 +61,32 @@ def best_threshold(in_scope: Sequence[float], out_of_scope: Sequence[float]) -> 
     return float(best)
 
 
-def scope_scores(eren: EREN, probes: Sequence[Probe], hits: Sequence[Sequence[Hit]] | None = None,
+def scope_scores(eren: EREN, probes: Sequence[Probe] | Sequence[str], hits: Sequence[Sequence[Hit]] | None = None,
                  kind: str = "reader") -> list[float]:
-    """Per probe, the largest relevance score of its retrieved notes (reader PMI or retrieval score)."""
-    questions = [p.question for p in probes]
+    """Per probe (or question), the largest relevance score of its retrieved notes (reader PMI or
+    retrieval score)."""
+    questions = [p if isinstance(p, str) else p.question for p in probes]
     hits = eren._retrieve(questions) if hits is None else hits
     if kind == "similarity":
         return [max((h.score for h in r), default=-np.inf) for r in hits]
     return [max(s, default=-np.inf) for s in eren.relevance_scores(questions, hits)]
+
+
+def tune_scope(eren: EREN, questions: Sequence[str], in_scope: Sequence[bool]) -> dict[str, float]:
+    """Both scope thresholds from labelled questions against ``eren``'s notebook: ``threshold`` (the
+    reader's relevance) and ``similarity_threshold`` (retrieval score), each the one that best separates
+    questions the notes bear on from the others (:func:`best_threshold`). Sets them on ``eren.config``."""
+    if len(questions) != len(in_scope):
+        raise ValueError("one in_scope flag per question")
+    if not any(in_scope) or all(in_scope):
+        raise ConfigError("tuning needs questions the notes answer (in scope) and questions they do not")
+    out = {}
+    for kind, key in (("reader", "threshold"), ("similarity", "similarity_threshold")):
+        scores = scope_scores(eren, list(questions), kind=kind)
+        out[key] = best_threshold([x for x, s in zip(scores, in_scope) if s],
+                                  [x for x, s in zip(scores, in_scope) if not s])
+        setattr(eren.config, key, out[key])
+    return out
 
 
 def tune(eren: EREN, probes: Sequence[Probe], hits=None, kind: str = "reader") -> float:

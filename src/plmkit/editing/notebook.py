@@ -267,7 +267,25 @@ class Notebook:
         """Delete every note (the encoder stays recorded)."""
         return self.remove([n.id for n in self.notes()]) if len(self) else 0
 
+    @_locked
+    def save_settings(self, settings: dict) -> None:
+        """Store settings that belong with these notes (e.g. tuned scope thresholds) in one transaction;
+        keys given replace stored ones, other stored keys stay."""
+        import json
+
+        with self._transaction():
+            for key, value in settings.items():
+                self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (f"setting.{key}", json.dumps(value)))
+
     # ---- reading --------------------------------------------------------------------------
+    @_locked
+    def settings(self) -> dict:
+        """Settings stored by :meth:`save_settings` (``plmkit notes tune`` stores the thresholds there)."""
+        import json
+
+        rows = self._db.execute("SELECT key, value FROM meta WHERE key LIKE 'setting.%' ORDER BY key").fetchall()
+        return {k[len("setting."):]: json.loads(v) for k, v in rows}
+
     @_locked
     def notes(self) -> list[Note]:
         return [Note(*r) for r in self._db.execute("SELECT id, text, created FROM notes ORDER BY id")]
