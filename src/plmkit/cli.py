@@ -415,6 +415,33 @@ def _cmd_ask(args: argparse.Namespace) -> None:
         print(a.text)
 
 
+def _cmd_eren(args: argparse.Namespace) -> None:
+    import tempfile
+
+    from .data.edit_benchmarks import load_edit_benchmark
+    from .editing import Notebook, Reader
+    from .editing.benchmark import edit_benchmark
+
+    edit_set = load_edit_benchmark(args.data, layout=args.layout, limit=args.limit, seed=args.seed)
+    _check_model(args.model)
+    reader = Reader.load(args.model, dtype=args.dtype)
+    with tempfile.TemporaryDirectory() as tmp, Notebook(Path(tmp) / "bench.db", encoder=args.encoder) as nb:
+        out = edit_benchmark(reader, nb, edit_set, n_eval=args.n_eval, notebook_size=args.notebook_size,
+                             seed=args.seed, progress=not args.no_progress)
+    out.update(data=str(args.data), layout=edit_set.meta["layout"], model=args.model, encoder=args.encoder,
+               dropped_shared_validation_probes=edit_set.meta["dropped_shared_validation_probes"])
+    if args.json:
+        from ._io import write_json
+
+        write_json(args.json, out)
+    print(f"{edit_set.meta['layout']}: {out['n_eval']} test edits, notebook of {out['notebook_size']} notes; "
+          f"thresholds tuned on {out['thresholds']['n_probes']} validation probes: reader "
+          f"{out['thresholds']['reader']:.3f}, similarity {out['thresholds']['similarity']:.3f}")
+    for name, sc in out["scores"].items():
+        c = sc["contained"]
+        print(f"{name:<28} ES {c['ES']:.3f}  BP {c['BP']:.3f}  EQ {c['EQ']:.3f}")
+
+
 def _cmd_kepler(args: argparse.Namespace) -> None:
     from .knowledge.kepler import KEPLERConfig
     from .knowledge.kepler_run import kepler_embed, kepler_evaluate, kepler_predict, kepler_train, read_descriptions
@@ -679,6 +706,26 @@ def build_parser() -> argparse.ArgumentParser:
     add_neurons(sub)
     add_generate(sub)
     add_cook(sub)
+
+    e = sub.add_parser("eren", help="EREN on a standard editing benchmark (CounterFact or zsRE JSON): ES/BP/EQ")
+    esub = e.add_subparsers(dest="action", required=True, metavar="ACTION", title="actions", help="bench")
+    eb = esub.add_parser("bench", help="tune thresholds on validation edits, then score editors on test edits")
+    eb.add_argument("--data", required=True, help="counterfact.json (ROME/MEMIT), zsre_mend_eval.json (MEND/ROME) or "
+                                                  "a file in EasyEdit's flat layout")
+    eb.add_argument("--layout", choices=("counterfact", "zsre", "easyedit"), default=None,
+                    help="the file's layout (default: detected from the first record)")
+    eb.add_argument("--limit", type=int, default=None, help="read only the first N records")
+    eb.add_argument("--n-eval", type=int, default=100, help="test edits scored (default 100)")
+    eb.add_argument("--notebook-size", type=int, default=None,
+                    help="notes in the notebook while scoring (default: every test edit)")
+    eb.add_argument("--model", default="smollm2", help="reader: asset name, folder or hub id (default smollm2)")
+    eb.add_argument("--encoder", default="minilm", help="sentence encoder of the notebook (default minilm)")
+    eb.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"),
+                    help="reader weights dtype (default bfloat16)")
+    eb.add_argument("--seed", type=int, default=0, help="seed of the validation split and the samples (default 0)")
+    eb.add_argument("--json", default=None, help="also write the full results (both matching protocols) here")
+    eb.add_argument("--no-progress", action="store_true", help="no progress bars")
+    e.set_defaults(fn=_cmd_eren)
 
     k = sub.add_parser("kepler", help="KEPLER: knowledge embeddings from entity descriptions; train a run or "
                                       "evaluate its link prediction (metrics on the last line)")

@@ -411,3 +411,89 @@ def test_cli_notebook_from_files_tune_and_batched_json_answers(tmp_path, folders
     (tmp_path / "one-sided.jsonl").write_text(json.dumps(val[0]) + "\n")
     with pytest.raises(SystemExit):
         main(["notes", "--db", db, "tune", "--validation", str(tmp_path / "one-sided.jsonl"), "--model", rd])
+
+
+# ---- standard benchmarks: CounterFact and zsRE files ---------------------------------------------------
+
+def _counterfact(n: int = 10) -> list[dict]:
+    return [{"case_id": i, "pararel_idx": i,
+             "requested_rewrite": {"prompt": "The mother tongue of {} is", "relation_id": "P103",
+                                   "target_new": {"str": "English", "id": "Q1860"},
+                                   "target_true": {"str": "French", "id": "Q150"}, "subject": f"Person {i}"},
+             "paraphrase_prompts": [f"Person {i} grew up speaking"],
+             "neighborhood_prompts": ["The mother tongue of Léon Blum is", f"The mother tongue of Other {i} is"],
+             "attribute_prompts": [], "generation_prompts": []} for i in range(n)]
+
+
+def test_counterfact_zsre_and_easyedit_files_become_edit_sets(tmp_path):
+    import json
+
+    from plmkit.data.edit_benchmarks import load_edit_benchmark
+
+    (tmp_path / "cf.json").write_text(json.dumps(_counterfact()))
+    es = load_edit_benchmark(tmp_path / "cf.json", validation_share=0.3, seed=1)
+    e0 = es.edits[0]
+    assert (e0.subject, e0.old, e0.new, e0.statement) == ("Person 0", "French", "English",
+                                                          "The mother tongue of Person 0 is English.")
+    kinds = {p.kind for p in es.probes if p.edit_ids == [0]}
+    assert kinds == {"direct", "paraphrase", "same-relation"}
+    assert [p.answers for p in es.probes if p.edit_ids == [0] and p.kind == "same-relation"][0] == ["French"]
+    assert len(es.split("validation")) == 3 and len(es.split("test")) == 7
+    # "Léon Blum" is every edit's neighbour: kept for test edits, dropped from validation ones
+    shared = [p for p in es.probes if "Léon Blum" in p.question]
+    assert shared and all(p.split == "test" for p in shared)
+    assert es.meta["dropped_shared_validation_probes"] == 3
+    val_q = {p.question for p in es.probes if p.split == "validation"}
+    assert not val_q & {p.question for p in es.probes if p.split == "test"}
+
+    zsre = [{"subject": "Watts Humphrey", "src": "What university did Watts Humphrey attend?",
+             "pred": "Trinity College", "rephrase": "What university did Watts Humphrey take part in?",
+             "alt": "University of Michigan", "answers": ["Illinois Institute of Technology"],
+             "loc": "nq question: who played desmond doss father in hacksaw ridge", "loc_ans": "Hugo Weaving",
+             "cond": "..."}]
+    (tmp_path / "zsre.json").write_text(json.dumps(zsre))
+    z = load_edit_benchmark(tmp_path / "zsre.json", validation_share=0.0)
+    assert z.edits[0].statement == "What university did Watts Humphrey attend? University of Michigan"
+    loc = [p for p in z.probes if p.kind == "unrelated"][0]
+    assert loc.question == "Who played desmond doss father in hacksaw ridge?" and loc.answers == ["Hugo Weaving"]
+    rows = [{"kind": p.kind, "prediction": p.answers[0], "answers": p.answers} for p in z.probes]
+    assert edit_scores(rows)["BP"] == 1.0 and edit_scores(rows)["n"]["unrelated"] == 1  # unrelated is out of scope
+
+    flat = [{"subject": "Watts Humphrey", "prompt": "What university did Watts Humphrey attend?",
+             "target_new": "University of Michigan", "ground_truth": "Illinois Institute of Technology",
+             "rephrase_prompt": "Where did Watts Humphrey study?", "locality_prompt": "nq question: who is the pope",
+             "locality_ground_truth": "Leo XIV"}]
+    (tmp_path / "flat.json").write_text(json.dumps(flat))
+    f = load_edit_benchmark(tmp_path / "flat.json")
+    assert f.meta["layout"] == "easyedit" and {p.kind for p in f.probes} == {"direct", "paraphrase", "unrelated"}
+    (tmp_path / "bad.json").write_text(json.dumps([{"question": "x"}]))
+    with pytest.raises(ConfigError, match="unknown editing record"):
+        load_edit_benchmark(tmp_path / "bad.json")
+    with pytest.raises(PlmkitError, match="does not exist"):
+        load_edit_benchmark(tmp_path / "none.json")
+
+
+def test_geonames_validation_and_test_share_no_probe_question():
+    from plmkit.data.edits import build_edit_set
+
+    es = build_edit_set(300, n_two_hop=10, seed=3)
+    val = {p.question for p in es.probes if p.split == "validation"}
+    assert val and not val & {p.question for p in es.probes if p.split == "test"}
+
+
+def test_eren_bench_cli_scores_a_counterfact_file(tmp_path, folders, capsys):
+    import json
+
+    from plmkit.cli import main
+
+    enc, rd = folders
+    (tmp_path / "cf.json").write_text(json.dumps(_counterfact(12)))
+    main(["eren", "bench", "--data", str(tmp_path / "cf.json"), "--model", rd, "--encoder", enc, "--dtype",
+          "float32", "--n-eval", "4", "--json", str(tmp_path / "out.json"), "--no-progress"])
+    out = capsys.readouterr().out
+    assert out.startswith("counterfact: 4 test edits") and "SERAC-like scope" in out
+    res = json.loads((tmp_path / "out.json").read_text())
+    assert res["n_probes"] == {"direct": 4, "paraphrase": 4, "same-subject": 0, "same-relation": 8, "unrelated": 0}
+    unedited = res["scores"]["unedited"]["contained"]
+    assert set(res["scores"]) == {"unedited", "one-step reading", "SERAC-like scope", "EREN (reader relevance)"}
+    assert 0 <= unedited["ES"] <= 1 and res["notebook_size"] == 10  # every test edit (12 less 2 validation)

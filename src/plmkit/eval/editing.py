@@ -6,7 +6,7 @@ from typing import Iterable, Mapping, Sequence
 from .metrics import answer_contained, exact_match, normalize_answer
 
 IN_SCOPE = ("direct", "paraphrase")
-OUT_OF_SCOPE = ("same-subject", "same-relation")
+OUT_OF_SCOPE = ("same-subject", "same-relation", "unrelated")  # unrelated: zsRE's Natural Questions
 MATCHES = {"contained": answer_contained, "exact": exact_match}
 
 

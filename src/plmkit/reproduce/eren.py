@@ -20,14 +20,22 @@ from ..device import fast_dtype
 from ..data.edits import EditSet, Probe, build_edit_set, fact_claims
 from ..editing import EREN, ERENConfig, Notebook, Reader
 from ..editing.baselines import fine_tune_on_statements
-from ..editing.benchmark import fill_notebook, one_note_hits, probe_rows, scope_scores, score, tune
+from ..editing.benchmark import (
+    METHODS as READING_METHODS,
+    ONE_HOP,
+    editors,
+    fill_notebook,
+    one_note_hits,
+    probe_rows,
+    scope_scores,
+    score,
+    tune_on_validation,
+)
 from ..eval import answer_contained
 from ..eval.editing import IN_SCOPE, OUT_OF_SCOPE
 from .registry import Budgets, RecipeContext, recipe
 
-METHODS = ("unedited", "one-step reading", "SERAC-like scope", "EREN (paper prompt)", "EREN (reader relevance)",
-           "EREN (reader relevance, top note)", "fine-tuning")
-ONE_HOP = IN_SCOPE + OUT_OF_SCOPE  # every probe kind but two-hop
+METHODS = READING_METHODS + ("fine-tuning",)
 PAPER = {  # flan-t5-xl reader, CounterFact-Hard: ES / BP / EQ
     "one-step MRC": (98.4, 24.5, 39.2), "SERAC": (96.9, 51.4, 67.2), "EREN": (96.9, 96.8, 96.9)}
 
@@ -54,16 +62,7 @@ FULL = ErenSettings(n_eval=100, sizes=(1, 10, 100, 1000), tune_edits=150, tune_p
 
 def _editors(reader: Reader, nb: Notebook, thresholds: dict[str, float],
              methods: tuple[str, ...] = METHODS) -> dict[str, EREN]:
-    editors = {
-        "unedited": EREN(reader, None),
-        "one-step reading": EREN(reader, nb, ERENConfig(relevance="always")),
-        "SERAC-like scope": EREN(reader, nb, ERENConfig(relevance="similarity",
-                                                        similarity_threshold=thresholds["similarity"])),
-        "EREN (paper prompt)": EREN(reader, nb, ERENConfig(relevance="generate")),
-        "EREN (reader relevance)": EREN(reader, nb, ERENConfig(threshold=thresholds["reader"])),
-        "EREN (reader relevance, top note)": EREN(reader, nb, ERENConfig(threshold=thresholds["reader"], max_notes=1)),
-    }
-    return {k: v for k, v in editors.items() if k in methods}
+    return editors(reader, nb, thresholds, methods)
 
 
 def _auc(scores: list[float], probes: list[Probe]) -> float:
@@ -74,16 +73,11 @@ def _auc(scores: list[float], probes: list[Probe]) -> float:
 
 
 def _tune(reader: Reader, nb: Notebook, es: EditSet, S: ErenSettings, rng: random.Random) -> dict[str, Any]:
-    val = rng.sample([e.id for e in es.split("validation")], S.tune_edits)
-    fill_notebook(nb, es, val)
-    probes = es.probes_for(val, ONE_HOP)
-    probes = rng.sample(probes, min(S.tune_probes, len(probes)))
-    eren = EREN(reader, nb)
-    serac = EREN(reader, nb, ERENConfig(relevance="similarity"))
-    out = {"reader": tune(eren, probes), "similarity": tune(serac, probes, kind="similarity")}
-    out["auc"] = {"reader": _auc(scope_scores(eren, probes), probes),
-                  "similarity": _auc(scope_scores(serac, probes, kind="similarity"), probes)}
-    out["n_probes"] = len(probes)
+    out: dict[str, Any] = tune_on_validation(reader, nb, es, S.tune_edits, S.tune_probes, rng)
+    probes = out.pop("probes")
+    out["auc"] = {"reader": _auc(scope_scores(EREN(reader, nb), probes), probes),
+                  "similarity": _auc(scope_scores(EREN(reader, nb, ERENConfig(relevance="similarity")), probes,
+                                                  kind="similarity"), probes)}
     return out
 
 
@@ -196,7 +190,7 @@ def _read_rate(rows: list[dict]) -> dict[str, float]:
     def rate(kinds):
         xs = [r["source"] == "notes" for r in rows if r["kind"] in kinds]
         return float(np.mean(xs)) if xs else float("nan")
-    return {"in_scope": rate(("direct", "paraphrase")), "out_of_scope": rate(("same-subject", "same-relation"))}
+    return {"in_scope": rate(IN_SCOPE), "out_of_scope": rate(OUT_OF_SCOPE)}
 
 
 def _plots(ctx: RecipeContext, ev: dict) -> list[str]:
