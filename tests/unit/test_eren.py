@@ -288,6 +288,27 @@ def test_fact_checking_picks_the_most_likely_option(tmp_path, encoder, reader):
     assert v.source == "closed-book" and set(v.scores) == {"supports", "refutes"}
 
 
+def test_fact_check_scorings_by_hand(tmp_path, encoder, reader):
+    nb = Notebook(tmp_path / "n.db", encoder)
+    nb.add(NOTES[:1])
+    claim = "the capital of France is Lyon."
+    c = ERENConfig(threshold=-math.inf, k=1)
+    prompt = c.check_template.format(notes=NOTES[0], claim=claim)
+    free = c.check_template.format(notes="N/A", claim="N/A")
+    opts = list(c.check_options)
+    raw = reader.logprob([prompt] * 3, opts)
+    prior = reader.logprob([free] * 3, opts)
+    lengths = torch.tensor([len(reader.tokenizer(o, add_special_tokens=False)["input_ids"]) for o in opts])
+    want = {"sum": raw, "mean": raw / lengths, "calibrated": raw - prior}
+    for scoring, values in want.items():
+        v = EREN(reader, nb, ERENConfig(threshold=-math.inf, k=1, check_scoring=scoring)).check(claim)
+        got = torch.tensor([v.scores[c.check_options[o]] for o in opts])
+        assert torch.allclose(got, values, atol=1e-5), scoring
+        assert v.label == c.check_options[opts[int(values.argmax())]]
+    with pytest.raises(ConfigError, match="check_scoring"):
+        ERENConfig(check_scoring="max")
+
+
 def test_config_validates_and_round_trips():
     c = ERENConfig(k=3, relevance="similarity", similarity_threshold=0.7)
     assert ERENConfig.from_json(c.to_json()) == c

@@ -27,6 +27,7 @@ from .reader import Reader
 
 RELEVANCE = ("reader", "generate", "similarity", "always")
 VERDICTS = ("supports", "refutes", "not enough info")
+CHECK_SCORING = ("sum", "mean", "calibrated")
 
 
 @dataclass
@@ -49,6 +50,11 @@ class ERENConfig(JsonConfig):
     closed_check_template: str = "Is it true that {claim}\nOptions: Yes / No"
     check_options: dict = field(default_factory=lambda: {"Yes": "supports", "No": "refutes",
                                                          "It's impossible to say": "not enough info"})
+    # how options of different lengths are compared: "sum" of token log-probabilities, their "mean" per
+    # token, or "calibrated": the sum minus the option's log-probability under the same template with
+    # content-free notes and claim ("N/A"), so an option's prior is not mistaken for evidence
+    check_scoring: str = "calibrated"
+    content_free: str = "N/A"
 
     def __post_init__(self) -> None:
         if self.relevance not in RELEVANCE:
@@ -62,6 +68,8 @@ class ERENConfig(JsonConfig):
             raise ConfigError("closed_template and relevance_template need {question}")
         if set(self.check_options.values()) - set(VERDICTS):
             raise ConfigError(f"check_options must map option text to one of {VERDICTS}")
+        if self.check_scoring not in CHECK_SCORING:
+            raise ConfigError(f"check_scoring must be one of {CHECK_SCORING}, got '{self.check_scoring}'")
 
 
 
@@ -205,22 +213,32 @@ class EREN:
         """supports / refutes / not enough info, by the reader's likelihood of each option.
 
         With relevant notes the three-way template is scored; without, the closed-book fallback
-        asks the reader's own knowledge (Yes / No)."""
+        asks the reader's own knowledge (Yes / No). ``check_scoring`` sets how options of different
+        token lengths are compared (see :class:`ERENConfig`)."""
         c = self.config
         claims = list(claims)
         hits = self._retrieve(claims)
         chosen, _ = self._select(claims, hits) if c.relevance != "generate" else (hits, None)
-        asks = []  # (prompt, {option text: verdict}) per claim
+        free = c.content_free
+        asks = []  # (prompt, content-free prompt, {option text: verdict}) per claim
         for claim, notes in zip(claims, chosen):
             if notes:
-                asks.append((c.check_template.format(notes=_join(notes), claim=claim), dict(c.check_options)))
+                asks.append((c.check_template.format(notes=_join(notes), claim=claim),
+                             c.check_template.format(notes=free, claim=free), dict(c.check_options)))
             else:
-                asks.append((c.closed_check_template.format(claim=claim),
+                asks.append((c.closed_check_template.format(claim=claim), c.closed_check_template.format(claim=free),
                              {o: v for o, v in c.check_options.items() if v != "not enough info"}))
-        flat = self.reader.logprob([p for p, opts in asks for _ in opts], [o for _, opts in asks for o in opts]).tolist()
+        options = [o for _, _, opts in asks for o in opts]
+        flat = self.reader.logprob([p for p, _, opts in asks for _ in opts], options)
+        if c.check_scoring == "mean":
+            lengths = [len(self.reader.tokenizer(o, add_special_tokens=False)["input_ids"]) for o in options]
+            flat = flat / torch.tensor(lengths, dtype=flat.dtype).clamp_min(1)
+        elif c.check_scoring == "calibrated":
+            flat = flat - self.reader.logprob([q for _, q, opts in asks for _ in opts], options)
+        flat = flat.tolist()
         verdicts, i = [], 0
-        for (_, options), notes in zip(asks, chosen):
-            scores = dict(zip(options.values(), flat[i:i + len(options)]))
-            i += len(options)
+        for (_, _, opts), notes in zip(asks, chosen):
+            scores = dict(zip(opts.values(), flat[i:i + len(opts)]))
+            i += len(opts)
             verdicts.append(Verdict(max(scores, key=scores.get), "notes" if notes else "closed-book", notes, scores))
         return verdicts

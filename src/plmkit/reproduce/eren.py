@@ -19,6 +19,7 @@ from ..assets import load_model
 from ..device import fast_dtype
 from ..data.edits import EditSet, Probe, build_edit_set, fact_claims
 from ..editing import EREN, ERENConfig, Notebook, Reader
+from ..editing.eren import CHECK_SCORING, VERDICTS
 from ..editing.baselines import fine_tune_on_statements
 from ..editing.benchmark import (
     METHODS as READING_METHODS,
@@ -55,7 +56,7 @@ class ErenSettings:
 
 QUICK = ErenSettings(n_eval=12, sizes=(1000,), tune_edits=12, tune_probes=40, two_hop=0, ft_sizes=(), ft_epochs=3,
                      methods=("unedited", "one-step reading", "SERAC-like scope", "EREN (reader relevance)",
-                              "EREN (reader relevance, top note)"), fact_check=False)
+                              "EREN (reader relevance, top note)"))
 FULL = ErenSettings(n_eval=100, sizes=(1, 10, 100, 1000), tune_edits=150, tune_probes=500, two_hop=50,
                     ft_sizes=(10, 100, 1000), ft_epochs=3)
 
@@ -164,25 +165,66 @@ def _evaluate(ctx: RecipeContext, reader: Reader, nb: Notebook, es: EditSet, S: 
     return out
 
 
+def _verdict_stats(verdicts: list[str], before: list[str], claims: list[dict]) -> dict[str, Any]:
+    """Accuracy per claim kind; 3-way accuracy and macro-F1 on the claims an edit decides (its statement
+    supports, the fact it overrides refutes); unrelated claims: verdict unchanged from the unedited reader."""
+    from sklearn.metrics import f1_score
+
+    decided = [(v, c["label"]) for v, c in zip(verdicts, claims) if c["kind"] in ("edited", "old fact")]
+    gold = sorted({g for _, g in decided})
+    acc = {k: float(np.mean([v == c["label"] for v, c in zip(verdicts, claims) if c["kind"] == k]))
+           for k in ("edited", "old fact")}
+    same = float(np.mean([v == b for v, b, c in zip(verdicts, before, claims) if c["kind"] == "unrelated"]))
+    return {**acc, "unrelated_unchanged": same, "accuracy": float(np.mean([v == g for v, g in decided])),
+            "macro_f1": float(f1_score([g for _, g in decided], [v for v, _ in decided], labels=gold,
+                                       average="macro", zero_division=0)),
+            "labels": {lab: verdicts.count(lab) / len(verdicts) for lab in VERDICTS}}
+
+
+def _majority(claims: list[dict]) -> dict[str, float]:
+    """The majority-class baseline on the claims an edit decides."""
+    from sklearn.metrics import f1_score
+
+    gold = [c["label"] for c in claims if c["kind"] in ("edited", "old fact")]
+    top = max(sorted(set(gold)), key=gold.count)
+    return {"label": top, "accuracy": gold.count(top) / len(gold),
+            "macro_f1": float(f1_score(gold, [top] * len(gold), labels=sorted(set(gold)), average="macro",
+                                       zero_division=0))}
+
+
 def _fact_check(reader: Reader, nb: Notebook, es: EditSet, S: ErenSettings, thresholds: dict,
                 rng: random.Random) -> dict[str, Any]:
-    """Verdicts on claims about 100-note notebooks' edits: accuracy in scope, unchanged out of scope."""
+    """Verdicts on claims built from edits. The option scoring (sum, per-token mean, or calibrated against a
+    content-free prompt) is chosen by EREN's macro-F1 on validation edits; test claims come from a
+    100-note notebook of test edits."""
+    val = rng.sample([e.id for e in es.split("validation")], min(S.n_eval, len(es.split("validation"))))
+    fill_notebook(nb, es, val)
+    vclaims = fact_claims(es, val)
+    vtexts = [c["claim"] for c in vclaims]
+    validation = {}
+    for scoring in CHECK_SCORING:
+        before = [v.label for v in EREN(reader, None, ERENConfig(check_scoring=scoring)).check_batch(vtexts)]
+        ed = EREN(reader, nb, ERENConfig(threshold=thresholds["reader"], check_scoring=scoring))
+        validation[scoring] = _verdict_stats([v.label for v in ed.check_batch(vtexts)], before, vclaims)
+    best = max(CHECK_SCORING, key=lambda k: validation[k]["macro_f1"])
+
     groups = _groups(es, 100, S, rng)
     fill_notebook(nb, es, groups[0][0])
     claims = fact_claims(es, groups[0][1])
     texts = [c["claim"] for c in claims]
-    before = [v.label for v in EREN(reader, None).check_batch(texts)]
+    befores = {sc: [v.label for v in EREN(reader, None, ERENConfig(check_scoring=sc)).check_batch(texts)]
+               for sc in CHECK_SCORING}
     out = {}
     for name, editor in _editors(reader, nb, thresholds, S.methods).items():
         if name == "EREN (paper prompt)":
             continue  # its relevance is a generated answer; fact checking scores options instead
-        verdicts = [v.label for v in editor.check_batch(texts)]
-        acc = {k: float(np.mean([v == c["label"] for v, c in zip(verdicts, claims) if c["kind"] == k]))
-               for k in ("edited", "old fact")}
-        same = float(np.mean([v == b for v, b, c in zip(verdicts, before, claims) if c["kind"] == "unrelated"]))
-        labels = {lab: verdicts.count(lab) / len(verdicts) for lab in ("supports", "refutes", "not enough info")}
-        out[name] = {**acc, "unrelated_unchanged": same, "labels": labels}
-    return {"n_claims": len(claims), "methods": out}
+        for scoring in (CHECK_SCORING if name == "EREN (reader relevance)" else (best,)):
+            editor.config.check_scoring = scoring
+            row = f"{name}, {scoring}" + (" (chosen on validation)" if scoring == best else "")
+            out[row] = _verdict_stats([v.label for v in editor.check_batch(texts)], befores[scoring], claims)
+    return {"n_claims": len(claims), "n_validation_claims": len(vclaims), "scoring": best,
+            "validation_macro_f1": {k: v["macro_f1"] for k, v in validation.items()},
+            "majority": _majority(claims), "methods": out}
 
 
 def _read_rate(rows: list[dict]) -> dict[str, float]:
@@ -269,19 +311,31 @@ def run(ctx: RecipeContext) -> dict[str, Any]:
                        "rows": [[m, pct(v)] for m, v in ev["two_hop"].items()]})
     fc = ev["fact_check"]
     if fc:
-        tables.append({"title": f"Fact checking ({fc['n_claims']} claims, notebook of 100 edits): accuracy on edited "
-                                "statements (supports) and old facts (refutes); verdicts on unrelated true claims "
-                                "unchanged from the unedited reader; share of each verdict",
-                       "columns": ["method", "edited", "old fact", "unrelated unchanged", "supports", "refutes",
-                                   "not enough info"],
-                       "rows": [[m, pct(r["edited"]), pct(r["old fact"]), pct(r["unrelated_unchanged"]),
-                                 *(pct(x) for x in r["labels"].values())] for m, r in fc["methods"].items()]})
+        maj = fc["majority"]
+        tables.append({"title": f"Fact checking ({fc['n_claims']} test claims, notebook of 100 edits): accuracy on "
+                                "edited statements (supports) and the facts they override (refutes), 3-way accuracy "
+                                "and macro-F1 on those; verdicts on unrelated true claims unchanged from the "
+                                "unedited reader; share of each verdict. Option scoring chosen by macro-F1 on "
+                                f"{fc['n_validation_claims']} validation claims: "
+                                + ", ".join(f"{k} {v:.3f}" for k, v in fc["validation_macro_f1"].items()),
+                       "columns": ["method, option scoring", "edited", "old fact", "3-way accuracy", "macro-F1",
+                                   "unrelated unchanged", "supports", "refutes", "not enough info"],
+                       "rows": [[m, pct(r["edited"]), pct(r["old fact"]), pct(r["accuracy"]), f"{r['macro_f1']:.3f}",
+                                 pct(r["unrelated_unchanged"]), *(pct(x) for x in r["labels"].values())]
+                                for m, r in fc["methods"].items()]
+                               + [[f"majority class ({maj['label']})", "", "", pct(maj["accuracy"]),
+                                   f"{maj['macro_f1']:.3f}", "", "", "", ""]]})
     big = ev["regimes"][sizes[-1]]["scores"]
     measured = {f"N={n}.{m}.{k}": ev["regimes"][n]["scores"][m]["contained"][k]
                 for n in sizes for m in ev["regimes"][n]["scores"]
                 for k in ("ES", "BP_unchanged", "EQ_unchanged", "BP", "BP_known", "EQ_known")}
     measured.update({"threshold.reader": tuned["reader"], "threshold.similarity": tuned["similarity"],
                      "scope_auc.reader": tuned["auc"]["reader"], "scope_auc.similarity": tuned["auc"]["similarity"]})
+    if fc:
+        measured.update({f"fact_check.{m}.{k}": r[k] for m, r in fc["methods"].items()
+                         for k in ("accuracy", "macro_f1", "edited", "old fact", "unrelated_unchanged")})
+        measured.update({"fact_check.majority.accuracy": fc["majority"]["accuracy"],
+                         "fact_check.majority.macro_f1": fc["majority"]["macro_f1"]})
     eq = {m: big[m]["contained"]["EQ_unchanged"] for m in big}
     main = big["EREN (reader relevance)"]["contained"]
     serac = big.get("SERAC-like scope", {}).get("contained")
