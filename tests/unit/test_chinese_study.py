@@ -35,6 +35,21 @@ def test_homophone_typos_swap_one_character_for_a_same_pinyin_one(corpus):
         assert set(readings[a]) & set(readings[b])
 
 
+def test_unihan_homophone_typos_use_an_independent_lexicon(corpus):
+    from plmkit.data.chinese import unihan
+
+    mandarin = unihan("kMandarin")
+    pairs = homophone_typos(corpus["news"], seed=3, lexicon="unihan")
+    assert len(pairs) > 40 and pairs == homophone_typos(corpus["news"], seed=3, lexicon="unihan")
+    for clean, typo in pairs:
+        diff = [(a, b) for a, b in zip(clean, typo) if a != b]
+        assert len(clean) == len(typo) and len(diff) == 1
+        a, b = diff[0]
+        assert mandarin[a].split()[0] == mandarin[b].split()[0]  # the same Unihan reading, tone included
+    with pytest.raises(ConfigError, match="lexicon"):
+        homophone_typos(corpus["news"], lexicon="cedict")
+
+
 def test_tokenizer_measurements(tmp_path, corpus):
     noidx = train_tokenizer(corpus["train"], "pinyin", tmp_path / "p", vocab_size=1500, index=False, progress=False)
     char = train_tokenizer(corpus["train"], "char", tmp_path / "c", vocab_size=2500, progress=False)

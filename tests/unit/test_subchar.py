@@ -51,6 +51,45 @@ def test_codes_use_their_alphabet_and_read_heteronyms_in_context():
     assert "xing2" in enc.encode("行走")
 
 
+def _reference_spelling(enc: SubCharEncoder, text: str) -> str:
+    """Spelling as plmkit did it before the fast path: pypinyin's lazy_pinyin on every covered run."""
+    from pypinyin import lazy_pinyin
+
+    from plmkit.chinese.subchar import _SHIFT, ESCAPE, SEPARATOR, _index_suffix
+    text = normalize(text)
+    out = [enc.codes[ch][0] if ch in enc.codes else None for ch in text]
+    start = None
+    for i in range(len(text) + 1):
+        inside = i < len(text) and out[i] is not None
+        if inside and start is None:
+            start = i
+        elif not inside and start is not None:
+            read = lazy_pinyin(text[start:i], style=codes._style(enc.encoding), neutral_tone_with_five=True)
+            if len(read) == i - start:
+                for j, r in enumerate(read, start):
+                    if r in enc.codes[text[j]]:
+                        out[j] = r
+            start = None
+    parts = []
+    for ch, code in zip(text, out):
+        if code is not None:
+            parts.append(code + (_index_suffix(enc._position[(ch, code)]) if enc.index else "") + SEPARATOR)
+        else:
+            parts.append(_SHIFT.get(ch) or (ESCAPE + ch if 0xE000 <= ord(ch) <= 0xE0FF else ch))
+    return "".join(parts)
+
+
+@pytest.mark.parametrize("encoding", ["pinyin", "zhuyin"])
+def test_fast_spelling_equals_reading_every_run_with_pypinyin(encoding):
+    from plmkit.data.chinese import tokenizer_corpus
+
+    data = tokenizer_corpus(0, 10, 800)  # held-out news and reviews
+    texts = data["news"] + data["reviews"][:200] + VARIED
+    for index in (True, False):
+        enc = SubCharEncoder.build(encoding, index=index)
+        assert enc.encode_batch(texts) == [_reference_spelling(enc, t) for t in texts]
+
+
 def test_stroke_sequences_mostly_have_unihan_stroke_counts():
     chars = {ch for r in peoples_daily()[:2000] for ch in r["text"] if codes.is_han(ch)}
     check = codes.stroke_count_agreement(chars)

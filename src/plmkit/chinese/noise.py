@@ -392,24 +392,54 @@ def noise_rate(clean: str | Sequence[str], noisy: str | Sequence[str]) -> float:
     return sum(changed_chars(c, n) for c, n in zip(clean, noisy)) / total if total else 0.0
 
 
-def homophone_typos(texts: Sequence[str], seed: int = 0, top: int = 5) -> list[tuple[str, str]]:
-    """One controlled typo per text: a Chinese character swapped for a homophone (the character's toned
-    pinyin in context is the other's main reading), one of the ``top`` commonest such characters. Texts without such a character are
-    skipped. Returns ``(clean, typo)`` pairs; the same seed gives the same pairs."""
-    from .subchar import SubCharEncoder, char_frequencies
+def homophone_typos(texts: Sequence[str], seed: int = 0, top: int = 5,
+                    lexicon: str = "pypinyin") -> list[tuple[str, str]]:
+    """One controlled typo per text: a Chinese character swapped for a homophone, one of the ``top``
+    commonest such characters in use (jieba frequency > 0). Texts without such a character are skipped.
+    Returns ``(clean, typo)`` pairs; the same seed gives the same pairs.
 
-    enc = SubCharEncoder.build("pinyin", index=False)
+    ``lexicon`` says what "homophone" means: ``pypinyin`` (the character's toned pinyin in context is the
+    other's main reading: the table the pinyin tokenizers spell with) or ``unihan`` (both characters have
+    the same Unihan ``kMandarin`` reading, a lexicon independent of the tokenizers, read without context),
+    so robustness is not true by construction."""
+    from .subchar import char_frequencies
+
+    if lexicon not in ("pypinyin", "unihan"):
+        raise ConfigError(f"lexicon must be 'pypinyin' or 'unihan', not {lexicon!r}")
     freq = char_frequencies()
+    readings, groups = _homophone_lexicon(lexicon)
     pairs = []
     for text in texts:
-        rng = _rng("homophone", seed, text)
+        rng = _rng("homophone" if lexicon == "pypinyin" else "homophone-unihan", seed, text)
         spots = []
-        for i, r in enumerate(enc._readings(text)):
-            if r is not None:  # characters in use (jieba frequency > 0) whose main reading is r
-                choices = [c for c in enc.groups[r] if c != text[i] and freq.get(c, 0) > 0 and enc.codes[c][0] == r]
+        for i, r in enumerate(readings(text)):
+            if r is not None:
+                choices = [c for c in groups.get(r, ()) if c != text[i] and freq.get(c, 0) > 0]
                 if choices:
                     spots.append((i, choices[:top]))
         if spots:
             i, choices = spots[rng.randrange(len(spots))]
             pairs.append((text, text[:i] + rng.choice(choices) + text[i + 1:]))
     return pairs
+
+
+def _homophone_lexicon(lexicon: str):
+    """``(readings(text) -> reading or None per character, {reading: characters whose main reading it is,
+    commonest first})`` for :func:`homophone_typos`."""
+    from .subchar import SubCharEncoder, char_frequencies
+
+    if lexicon == "pypinyin":
+        enc = SubCharEncoder.build("pinyin", index=False)
+        groups = {r: [c for c in chars if enc.codes[c][0] == r] for r, chars in enc.groups.items()}
+        return enc._readings, groups
+    from pypinyin.contrib.tone_convert import to_tone3
+
+    from ..data.chinese import unihan
+
+    freq = char_frequencies()
+    main = {ch: to_tone3(v.split()[0], neutral_tone_with_five=True) for ch, v in unihan("kMandarin").items()}
+    groups: dict[str, list[str]] = {}
+    for ch, r in main.items():
+        groups.setdefault(r, []).append(ch)
+    groups = {r: sorted(chs, key=lambda c: (-freq.get(c, 0), c)) for r, chs in groups.items()}
+    return (lambda text: [main.get(ch) for ch in text]), groups

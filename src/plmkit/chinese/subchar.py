@@ -74,6 +74,60 @@ def _fragment(code: list[str], digits: list[str]) -> str:
     return "".join(code) + "".join(INDEX_DIGITS[int(d)] for d in digits)
 
 
+def _escaped(ch: str) -> str:
+    """A character no code covers and :data:`RESERVED` does not hold: escaped if it lies in the shift range."""
+    return ESCAPE + ch if _SHIFT_BASE <= ord(ch) <= ord(ESCAPE) else ch
+
+
+class _ContextReader:
+    """Contextual readings of runs of Chinese characters, as ``pypinyin.lazy_pinyin(run, style,
+    neutral_tone_with_five=True)`` gives them, faster: one converter for every call, and each word of
+    pypinyin's own segmentation converted once (a word's reading does not depend on its neighbours, so
+    the result is the same list). Runs without a heteronym are not read at all."""
+
+    def __init__(self, encoding: str):
+        from pypinyin.converter import UltimateConverter
+        from pypinyin.core import Pinyin
+
+        from .codes import _style
+
+        self._converter = UltimateConverter(neutral_tone_with_five=True)
+        self._pinyin = Pinyin(self._converter)
+        self._style = _style(encoding)
+        self._words: dict[str, list[str]] = {}
+
+    def clear(self) -> None:
+        self._words.clear()
+
+    def read(self, run: str) -> list[str]:
+        out: list[str] = []
+        for word in self._pinyin.seg(run):
+            r = self._words.get(word)
+            if r is None:
+                r = [py for item in self._converter.convert(word, self._style, False, "default", strict=True)
+                     for py in item]
+                if len(self._words) < 200_000:
+                    self._words[word] = r
+            out.extend(r)
+        return out
+
+    def runs(self, text: str, codes: list, heteronyms: frozenset):
+        """``(start, end, readings)`` for each maximal run of covered characters holding a heteronym whose
+        reading has one entry per character."""
+        start = None
+        for i in range(len(text) + 1):
+            inside = i < len(text) and codes[i] is not None
+            if inside and start is None:
+                start = i
+            elif not inside and start is not None:
+                run = text[start:i]
+                if not heteronyms.isdisjoint(run):
+                    read = self.read(run)
+                    if len(read) == i - start:
+                        yield start, i, read
+                start = None
+
+
 class SubCharVersionWarning(UserWarning):
     """A saved SubChar tokenizer is used with other versions of what its encoding depends on."""
 
@@ -106,6 +160,14 @@ class SubCharEncoder:
         self._code_set = set(self.groups)
         self._position = {(ch, code): i for code, chars in self.groups.items() for i, ch in enumerate(chars)}
         self._alphabet = set(ALPHABETS.get(self.encoding, ""))
+        # what encode writes, precomputed: a covered character's piece under each of its codes, and the
+        # pieces of every other character (shifted, escaped or kept); looked up per character at encode time
+        self._pieces = {(ch, code): code + (_index_suffix(i) if self.index else "") + SEPARATOR
+                        for (ch, code), i in self._position.items()}
+        self._default = {ch: self._pieces[(ch, cs[0])] for ch, cs in self.codes.items() if (ch, cs[0]) in self._pieces}
+        self._fixed = {**_SHIFT, **self._default}
+        self._heteronyms = frozenset(ch for ch, cs in self.codes.items() if len(cs) > 1)
+        self._reader = _ContextReader(self.encoding) if self.encoding in CONTEXTUAL else None
 
     # ------------------------------------------------------------ building and saving
     @classmethod
@@ -162,40 +224,27 @@ class SubCharEncoder:
         """One code per character (``None``: not Chinese or not in the table); heteronyms read in context."""
         codes = self.codes
         out: list[str | None] = [codes[ch][0] if ch in codes else None for ch in text]
-        if self.encoding in CONTEXTUAL:
-            from pypinyin import lazy_pinyin
-
-            from .codes import _style
-
-            style = _style(self.encoding)
-            start = None
-            for i in range(len(text) + 1):
-                inside = i < len(text) and out[i] is not None
-                if inside and start is None:
-                    start = i
-                elif not inside and start is not None:
-                    read = lazy_pinyin(text[start:i], style=style, neutral_tone_with_five=True)
-                    if len(read) == i - start:
-                        for j, r in enumerate(read, start):
-                            if r in codes[text[j]]:
-                                out[j] = r
-                    start = None
+        if self._reader is not None:
+            for start, end, read in self._reader.runs(text, out, self._heteronyms):
+                for j, r in enumerate(read, start):
+                    if r in codes[text[j]]:
+                        out[j] = r
         return out
 
     def encode(self, text: str) -> str:
         """Spell ``normalize(text)``: code (+ index) + separator per covered character; the rest shifted."""
         text = normalize(text)
-        parts = []
-        for ch, code in zip(text, self._readings(text)):
-            if code is not None:
-                parts.append(code + (_index_suffix(self._position[(ch, code)]) if self.index else "") + SEPARATOR)
-            elif ch in _SHIFT:
-                parts.append(_SHIFT[ch])
-            elif _SHIFT_BASE <= ord(ch) <= ord(ESCAPE):
-                parts.append(ESCAPE + ch)
-            else:
-                parts.append(ch)
-        return "".join(parts)
+        fixed = self._fixed
+        if self._reader is None or not self._heteronyms.intersection(text):
+            return "".join([fixed.get(ch) or _escaped(ch) for ch in text])
+        pieces = self._pieces
+        return "".join([fixed.get(ch) or _escaped(ch) if code is None else pieces[(ch, code)]
+                        for ch, code in zip(text, self._readings(text))])
+
+    def clear_cache(self) -> None:
+        """Forget the contextual readings of words seen so far (they are cached per word as text is encoded)."""
+        if self._reader is not None:
+            self._reader.clear()
 
     def encode_batch(self, texts: Iterable[str]) -> list[str]:
         return [self.encode(t) for t in texts]

@@ -90,8 +90,10 @@ def run(ctx: RecipeContext) -> dict[str, Any]:
     rows: list[dict] = []
     with ctx.phase("corpus and typo pairs"):
         data = tokenizer_corpus(ctx.seed, S.train_sentences, S.test_sentences)
-        pairs = homophone_typos(data["news"][: S.typo_pairs // 2] + data["reviews"][: S.typo_pairs // 2],
-                                seed=ctx.seed)
+        typo_texts = data["news"][: S.typo_pairs // 2] + data["reviews"][: S.typo_pairs // 2]
+        pairs = homophone_typos(typo_texts, seed=ctx.seed)
+        # the same texts, homophones by a lexicon no tokenizer spells with (Unihan's kMandarin, no context)
+        unihan_pairs = homophone_typos(typo_texts, seed=ctx.seed, lexicon="unihan")
     for encoding, index, model_type, vocab in S.runs:
         name = name_of(encoding, index, model_type)
         t = time.perf_counter()
@@ -102,10 +104,13 @@ def run(ctx: RecipeContext) -> dict[str, Any]:
         seconds = time.perf_counter() - t
         with ctx.phase("measure"):
             typo = perturbation_effect(tok, pairs)
+            typo_u = perturbation_effect(tok, unihan_pairs)
             rows.append({"tokenizer": name, "vocab": vocab, "train_seconds": round(seconds, 1),
                          "news_tpc": tokens_per_char(tok, data["news"]),
                          "reviews_tpc": tokens_per_char(tok, data["reviews"]),
                          "typo_identical": typo["identical"], "typo_tokens_changed": typo["tokens_changed"],
+                         "unihan_typo_identical": typo_u["identical"],
+                         "unihan_typo_tokens_changed": typo_u["tokens_changed"],
                          "chars_per_s": throughput(tok, data["news"][:S.throughput_sentences], repeats=2)})
     base = {(r["vocab"], r["tokenizer"]): r for r in rows}
     for r in rows:
@@ -122,13 +127,16 @@ def run(ctx: RecipeContext) -> dict[str, Any]:
     tables = [{
         "title": f"Tokens per character on held-out text ({len(data['news'])} news sentences, "
                  f"{len(data['reviews'])} reviews; a character tokenizer = 1.000), homophone-typo robustness "
-                 f"({len(pairs)} pairs, one character swapped for a same-pinyin one) and speed; trained on "
-                 f"{len(data['train'])} sentences",
+                 f"({len(pairs)} pairs, one character swapped for a same-pinyin one by pypinyin in context; "
+                 f"{len(unihan_pairs)} pairs by Unihan kMandarin, a lexicon no tokenizer spells with) and speed; "
+                 f"trained on {len(data['train'])} sentences",
         "columns": ["tokenizer", "vocab", "news tok/char", "reviews tok/char", "news vs char subword",
-                    "reviews vs char subword", "typo: identical", "typo: tokens changed", "chars/s",
+                    "reviews vs char subword", "typo: identical", "typo: tokens changed",
+                    "Unihan typo: identical", "Unihan typo: tokens changed", "chars/s",
                     "speed vs char subword", "paper (vs char-level)"],
         "rows": [[r["tokenizer"], r["vocab"], f3(r["news_tpc"]), f3(r["reviews_tpc"]), f3(r["news_vs_char_subword"]),
                   f3(r["reviews_vs_char_subword"]), f3(r["typo_identical"]), f"{r['typo_tokens_changed']:.2f}",
+                  f3(r["unihan_typo_identical"]), f"{r['unihan_typo_tokens_changed']:.2f}",
                   f"{r['chars_per_s']:.0f}", f"{r['speed_vs_char_subword']:.2f}",
                   PAPER_RATIO.get(r["tokenizer"], "")] for r in rows]}, {
         "title": "Code-table coverage: Chinese characters of the training text (distinct, and by occurrence) and "
@@ -142,7 +150,8 @@ def run(ctx: RecipeContext) -> dict[str, Any]:
                   ", ".join(f"{k[5:]} {v}" for k, v in c.items() if k.startswith("from_")),
                   c["most_frequent_missing"]] for c in cov]}]
     measured = {f"{r['tokenizer']}@{r['vocab']}.{k}": r[k] for r in rows
-                for k in ("news_tpc", "reviews_tpc", "news_vs_char_subword", "typo_identical")}
+                for k in ("news_tpc", "reviews_tpc", "news_vs_char_subword", "typo_identical",
+                          "unihan_typo_identical", "speed_vs_char_subword")}
     v0 = S.runs[0][3]
     by = {r["tokenizer"]: r for r in rows if r["vocab"] == v0}
     robust = next((r for r in rows if "no index" in r["tokenizer"]), None)
@@ -158,7 +167,8 @@ def run(ctx: RecipeContext) -> dict[str, Any]:
         "headline": headline,
         "measured": measured, "tables": tables, "plots": _plot(ctx, rows, sorted({r[3] for r in S.runs})),
         "details": {"rows": rows, "coverage": cov,
-                    "stroke_count_agreement": strokes, "typo_examples": pairs[:10]},
+                    "stroke_count_agreement": strokes, "typo_examples": pairs[:10],
+                    "unihan_typo_examples": unihan_pairs[:10]},
         "notes": [
             "Tokens per character: SentencePiece (unigram unless marked BPE; character coverage 1.0, byte "
             "fallback, no script or digit splitting) on the spelled text; special tokens not counted. 'char' is "
