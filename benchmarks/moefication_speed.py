@@ -11,8 +11,12 @@ each speed-up beside its Amdahl bound:
 - model bound: 1 / ((1 - p) + p*f + r_model), p = the FFN share of the dense step time, measured
   by timing the same step with every FFN replaced by a zero function.
 It also plots how the union of selected experts grows with the number of tokens in a batch.
-The last line is ``ffn_speedup=<x> bound=<y> model_speedup=<z>`` for 25% active at batch 1 with
-the default (first) layout.
+Every ratio is the median of ``repeats`` interleaved (dense, MoE) pairs (``plmkit.eval.measure_speedup``)
+and is printed with its spread (the pairs' interquartile range over the median); a cell whose ratio
+exceeds its bound or whose spread exceeds ``--tolerance`` is measured again, and flagged if it stays so.
+A 100%-active row per layout is the control: the MoE path with every expert on, against dense.
+The last line is ``ffn_speedup=<x> ffn_spread=... bound=<y> model_speedup=<z> ... flagged_cells=n/N``
+for 25% active at batch 1 with the default (first) layout.
 """
 from __future__ import annotations
 
@@ -28,7 +32,7 @@ from torch import nn
 from plmkit import arch, load_model
 from plmkit.compress.moefication import MoEficationConfig, moe_layers, moefy, set_selection
 from plmkit.data import text, token_batches
-from plmkit.eval.timing import interleaved
+from plmkit.eval.timing import compare, interleaved, measure_speedup
 
 
 def median_time(fns: dict[str, callable], repeats: int, inner: int) -> dict[str, float]:
@@ -123,7 +127,7 @@ def run_model(name: str, args, rows: list[dict], union: dict) -> dict:
         print(f"-- E={E}: {moe.size} neurons per expert; router recall at 25% (mean over layers) "
               f"{rep.mean('router_recall'):.3f}, random {rep.mean('random_recall'):.3f}, "
               f"oracle {rep.mean('oracle_recall'):.3f}")
-        for f in args.fractions:
+        for f in [*args.fractions, 1.0]:  # 1.0: the control, every expert active (what the MoE path costs)
             set_selection(moe_model, active=f)
             k = moe.k
             fa = k / E
@@ -137,26 +141,19 @@ def run_model(name: str, args, rows: list[dict], union: dict) -> dict:
                     fns = {"dense": lambda: dense_ffn(x), "moe": lambda: moe(x), "router": lambda: moe.router(x)}
                     per = 1
                 with torch.no_grad():
-                    t = median_time(fns, args.repeats, 1 if per > 1 else 3)
-                t = {k: v / per for k, v in t.items()}
-                r = t["router"] / t["dense"]
-                row = {"model": name, "experts": E, "k": k, "active": fa, "scope": "ffn", "case": label,
-                       "dense_ms": t["dense"] * 1e3, "moe_ms": t["moe"] * 1e3, "speedup": t["dense"] / t["moe"],
-                       "bound": bound(1.0, fa, r)}
-                rows.append(row)
-                print(f"E={E:3d} k={k:2d} ({fa:5.1%}) FFN   {label:16s} dense {row['dense_ms']:8.3f} ms  "
-                      f"moe {row['moe_ms']:8.3f} ms  speed-up {row['speedup']:.2f}x  bound {row['bound']:.2f}x")
+                    r = 1.0 / compare(fns["dense"], fns["router"], repeats=args.repeats, warmup=1).ratio
+                    sp = measure_speedup(fns["dense"], fns["moe"], repeats=args.repeats, bound=bound(1.0, fa, r),
+                                         tolerance=args.tolerance, retries=args.retries)
+                rows.append(_row(name, E, k, fa, "ffn", label, sp, per))
+                _print(rows[-1], "FFN  ", 3)
             r_layer = rows[-2]["bound"]  # the decode row's bound encodes its router ratio
             cases = [("prefill", whole_pre, p_prefill)] + ([("decode", whole, p_decode)] if is_lm else [])
             for label, fn_of, p in cases:
-                t = median_time({"dense": fn_of(model), "moe": fn_of(moe_model)}, args.repeats, 1)
                 router_share = (1 / r_layer - fa) * p  # router time as a share of the dense model step
-                row = {"model": name, "experts": E, "k": k, "active": fa, "scope": "model", "case": label,
-                       "dense_ms": t["dense"] * 1e3, "moe_ms": t["moe"] * 1e3, "speedup": t["dense"] / t["moe"],
-                       "bound": bound(p, fa, router_share)}
-                rows.append(row)
-                print(f"E={E:3d} k={k:2d} ({fa:5.1%}) MODEL {label:16s} dense {row['dense_ms']:8.1f} ms  "
-                      f"moe {row['moe_ms']:8.1f} ms  speed-up {row['speedup']:.2f}x  bound {row['bound']:.2f}x")
+                sp = measure_speedup(fn_of(model), fn_of(moe_model), repeats=args.repeats,
+                                     bound=bound(p, fa, router_share), tolerance=args.tolerance, retries=args.retries)
+                rows.append(_row(name, E, k, fa, "model", label, sp, 1))
+                _print(rows[-1], "MODEL", 1)
         set_selection(moe_model, active=0.25)
         with torch.no_grad():
             sel = moe.select(x_all)
@@ -164,6 +161,20 @@ def run_model(name: str, args, rows: list[dict], union: dict) -> dict:
                                              .float().mean()) for b in (1, 2, 4, 8, 16, 32, 64, 128)}
         del moe_model
     return result
+
+
+def _row(model: str, E: int, k: int, fa: float, scope: str, case: str, sp, per: int) -> dict:
+    c = sp.comparison
+    return {"model": model, "experts": E, "k": k, "active": fa, "scope": scope, "case": case,
+            "dense_ms": c.baseline_s / per * 1e3, "moe_ms": c.candidate_s / per * 1e3, "speedup": sp.ratio,
+            "spread": sp.spread, "bound": sp.bound, "attempts": sp.attempts, "flagged": sp.flagged}
+
+
+def _print(row: dict, scope: str, digits: int) -> None:
+    print(f"E={row['experts']:3d} k={row['k']:2d} ({row['active']:5.1%}) {scope} {row['case']:16s} "
+          f"dense {row['dense_ms']:8.{digits}f} ms  moe {row['moe_ms']:8.{digits}f} ms  speed-up {row['speedup']:.2f}x "
+          f"±{row['spread']:.0%}  bound {row['bound']:.2f}x" + (f"  [FLAG after {row['attempts']} tries: "
+                                                               f"{row['flagged']}]" if row["flagged"] else ""))
 
 
 def plot_union(union: dict, path: Path) -> None:
@@ -192,6 +203,10 @@ def main() -> None:
                     help="weights' dtype; auto: bfloat16 only where this CPU runs it natively (plmkit.device)")
     ap.add_argument("--models", nargs="+", default=["smollm2", "minilm"])
     ap.add_argument("--out", default="reports/benchmarks", help="where the JSON and the union plot go")
+    ap.add_argument("--tolerance", type=float, default=0.25,
+                    help="re-measure a cell whose ratios spread wider than this (relative IQR), or whose speed-up "
+                         "exceeds its bound by more (default 0.25)")
+    ap.add_argument("--retries", type=int, default=2, help="re-measurements of a suspect cell before it is flagged")
     args = ap.parse_args()
     from plmkit.device import cpu_info, fast_dtype
 
@@ -202,7 +217,7 @@ def main() -> None:
     torch.manual_seed(0)
     args.experts = [8, 16] if args.quick else [8, 16, 32, 48]
     args.fractions = [0.1, 0.25, 0.5]
-    args.repeats = 5 if args.quick else 11
+    args.repeats = 5 if args.quick else 11  # each ratio: the median of this many interleaved pairs
     args.inner = 64  # distinct real tokens per batch-1 timing call
     args.decode_steps = 16 if args.quick else 32
     args.prefill_batch, args.prefill_tokens = 4, 256
@@ -220,7 +235,12 @@ def main() -> None:
     pick = lambda scope, case: next(r for r in rows if r["model"] == args.models[0] and r["experts"] == args.experts[0]  # noqa: E731
                                     and abs(r["active"] - 0.25) < 1e-9 and r["scope"] == scope and case in r["case"])
     ffn, model = pick("ffn", "decode"), pick("model", "decode" if args.models[0] == "smollm2" else "prefill")
-    print(f"ffn_speedup={ffn['speedup']:.2f} bound={ffn['bound']:.2f} model_speedup={model['speedup']:.2f}")
+    control = next(r for r in rows if r["model"] == args.models[0] and r["experts"] == args.experts[0]
+                   and r["active"] == 1.0 and r["scope"] == "ffn" and "decode" in r["case"])
+    flagged = sum(bool(r["flagged"]) for r in rows)
+    print(f"ffn_speedup={ffn['speedup']:.2f} ffn_spread={ffn['spread']:.2f} bound={ffn['bound']:.2f} "
+          f"model_speedup={model['speedup']:.2f} model_spread={model['spread']:.2f} "
+          f"all_active_ffn_speedup={control['speedup']:.2f} flagged_cells={flagged}/{len(rows)}")
 
 
 if __name__ == "__main__":

@@ -48,3 +48,13 @@ def test_filtered_ranks_and_ties():
 def test_compare_measures_a_real_difference():
     c = ev.compare(lambda: time.sleep(0.004), lambda: time.sleep(0.001), repeats=5, warmup=1)
     assert c.ratio > 1.5 and c.baseline_s > c.candidate_s and len(c.baseline_all) == 5
+
+
+def test_measure_speedup_flags_a_figure_above_its_bound_after_retrying():
+    slow, fast = (lambda: time.sleep(0.006)), (lambda: time.sleep(0.002))
+    ok = ev.measure_speedup(slow, fast, repeats=3, bound=6.0, tolerance=0.5)
+    assert 2.0 < ok.ratio < 4.0 and not ok.flagged and ok.attempts == 1 and "bound 6.00x" in str(ok)
+    bad = ev.measure_speedup(slow, fast, repeats=3, bound=1.2, tolerance=0.5, retries=1)
+    assert bad.attempts == 2 and "above the bound" in bad.flagged and "FLAG" in str(bad)
+    with pytest.raises(ValueError, match="3 repeats"):
+        ev.measure_speedup(slow, fast, repeats=2)

@@ -47,6 +47,57 @@ def compare(baseline: Callable[[], object], candidate: Callable[[], object], rep
     return Comparison(ma, mb, ma / mb, repeats, a, b)
 
 
+@dataclass
+class Speedup:
+    """A speed-up measured side by side, with how far to trust it.
+
+    ``ratio`` is the median of the paired per-repeat ratios (baseline run / the candidate run right after
+    it); ``spread`` their interquartile range relative to the median; ``flagged`` says why the figure is
+    suspect after every retry (above its bound, or spread over the tolerance), empty when it is not."""
+
+    ratio: float
+    spread: float
+    bound: float | None
+    attempts: int
+    flagged: str
+    comparison: Comparison
+
+    def __str__(self) -> str:
+        b = f", bound {self.bound:.2f}x" if self.bound is not None else ""
+        return f"{self.ratio:.2f}x ±{self.spread:.0%}{b}" + (f"  [FLAG: {self.flagged}]" if self.flagged else "")
+
+
+def measure_speedup(baseline: Callable[[], object], candidate: Callable[[], object], *, repeats: int = 5,
+                    warmup: int = 1, bound: float | None = None, tolerance: float = 0.25, retries: int = 2,
+                    sync: Callable[[], None] | None = None) -> Speedup:
+    """``baseline`` time / ``candidate`` time by :func:`compare` (interleaved), re-measured up to ``retries``
+    more times while the figure exceeds ``bound`` (by more than ``tolerance``) or the paired ratios spread
+    wider than ``tolerance``; the attempt with the smallest spread is kept, and flagged if still suspect
+    (a busy machine reads as a speed-up above what the work allows)."""
+    if repeats < 3:
+        raise ValueError("measure_speedup needs at least 3 repeats for a median and a spread")
+    best: Speedup | None = None
+    for attempt in range(1, retries + 2):
+        c = compare(baseline, candidate, repeats=repeats, warmup=warmup, sync=sync)
+        pairs = sorted(a / b for a, b in zip(c.baseline_all, c.candidate_all))
+        ratio = statistics.median(pairs)
+        q = statistics.quantiles(pairs, n=4, method="inclusive")
+        spread = (q[2] - q[0]) / ratio
+        why = []
+        if bound is not None and ratio > bound * (1 + tolerance):
+            why.append(f"{ratio:.2f}x is above the bound {bound:.2f}x")
+        if spread > tolerance:
+            why.append(f"spread {spread:.0%} over the tolerance {tolerance:.0%}")
+        m = Speedup(ratio, spread, bound, attempt, "; ".join(why), c)
+        if best is None or m.spread < best.spread:
+            best = m
+        if not why:
+            best = m
+            break
+    best.attempts = attempt
+    return best
+
+
 def interleaved(fns: dict[str, Callable[[], object]], repeats: int = 5, warmup: int = 1,
                 sync: Callable[[], None] | None = None) -> dict[str, list[float]]:
     """Seconds of every run of each callable, run in turns (A, B, C, A, B, C, ...) so that drifts in machine
