@@ -48,7 +48,7 @@ _ROWS = [
      "overlap, LoRA/BitFit transfer, pruning into a real smaller model; recipe 'skill-neurons'",
      "plmkit.analysis.skill_neurons.skill_scores"),
     ("bmcook", "BMCook: composable compression", "compress",
-     "partial: full run not recorded yet; int8 / group-wise int4 weight-only with kernels chosen by timing, int8 inputs where they do not "
+     "implemented: int8 / group-wise int4 weight-only with kernels chosen by timing, int8 inputs where they do not "
      "lose, 2:4 / unstructured masks, L0 pruning of FFN neurons, KV-head groups and layers into plain smaller "
      "models, distillation, MoEfication as a stage, stages composed by one config; plmkit cook; recipe 'bmcook'; "
      "benchmarks/cook_speed.py", "plmkit.compress.cook.cook"),
