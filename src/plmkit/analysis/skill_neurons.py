@@ -30,7 +30,7 @@ from ..device import model_device
 from ..errors import ConfigError
 from . import neurons
 
-TUNINGS = ("prompt", "lora", "bitfit")
+TUNINGS = ("prompt", "lora", "bitfit", "full")
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,7 @@ class SkillConfig:
     batch_size: int = 16
     lr: float = 3e-2  # prompt tuning; LoRA and BitFit use ``delta_lr``
     delta_lr: float = 1e-3
+    full_lr: float = 5e-5  # tuning="full"
     lora_rank: int = 8
     max_length: int = 64
     mixed_precision: str = "auto"
@@ -55,7 +56,9 @@ def tune(model_name: str, task: BinaryTask, config: SkillConfig = SkillConfig(),
          tuning: str = "prompt", out_dir: str | Path | None = None) -> tuple[nn.Module, Any]:
     """A frozen backbone tuned on ``task.train`` with a classification head (seeded): ``prompt`` (peft prompt
     tuning, ``virtual_tokens`` soft tokens), ``lora`` (peft LoRA on the attention projections) or ``bitfit``
-    (biases only). The head always trains. Returns (model in eval mode, tokenizer)."""
+    (biases only); ``full`` fine-tunes every weight (at ``delta_lr``). The head always trains. ``task`` is any
+    object with ``train`` rows and ``label_names`` (a :class:`~plmkit.data.tasks.ClassificationTask`, a few-shot
+    split). Returns (model in eval mode, tokenizer)."""
     import tempfile
 
     from peft import LoraConfig, PromptTuningConfig, TaskType, get_peft_model
@@ -65,7 +68,7 @@ def tune(model_name: str, task: BinaryTask, config: SkillConfig = SkillConfig(),
 
     if tuning not in TUNINGS:
         raise ConfigError(f"unknown tuning '{tuning}'; choose from {', '.join(TUNINGS)}")
-    model, tok = load_model(model_name, task="sequence-classification", num_labels=2, seed=seed)
+    model, tok = load_model(model_name, task="sequence-classification", num_labels=len(task.label_names), seed=seed)
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tok.pad_token_id
     if arch.is_causal(model):  # the head reads the last position: padding goes on the left
@@ -79,12 +82,12 @@ def tune(model_name: str, task: BinaryTask, config: SkillConfig = SkillConfig(),
         with torch.random.fork_rng(devices=[]):  # the new prompt / LoRA weights come from ``seed``
             torch.manual_seed(seed)
             model = get_peft_model(model, peft_config)
-    else:
+    elif tuning == "bitfit":
         head = classification_head(model)
         head_params = {id(p) for p in head.parameters()}
         for name, p in model.named_parameters():
             p.requires_grad_(name.endswith(".bias") or id(p) in head_params)
-    lr = config.lr if tuning == "prompt" else config.delta_lr
+    lr = {"prompt": config.lr, "full": config.full_lr}.get(tuning, config.delta_lr)
     with contextlib.ExitStack() as stack:
         out = Path(out_dir) if out_dir else Path(stack.enter_context(tempfile.TemporaryDirectory()))
         fine_tune_classifier(model, tok, task.train, out, steps=config.steps, batch_size=config.batch_size, lr=lr,

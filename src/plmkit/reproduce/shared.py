@@ -21,8 +21,7 @@ import torch
 
 from ..assets import load_model
 from ..cache import cached, model_identity
-
-TOPICS = ("computers", "politics", "science", "songs-poems")
+from ..data.tasks import FORTUNE_TOPICS as TOPICS
 
 
 @dataclass(frozen=True)
@@ -37,21 +36,18 @@ class TopicSplit:
 def fortune_topics(split: TopicSplit = TopicSplit()) -> dict[str, list[dict]]:
     """``{"train", "validation", "test"}`` rows of ``{"text", "label"}``, stratified by category; a text
     filed under several categories is dropped (its label is ambiguous and it would straddle splits)."""
-    from collections import Counter
-
-    from ..data import text
+    from ..data.tasks import fortune_topic_rows
 
     rng = np.random.default_rng(split.seed)
-    by_cat = {cat: list(dict.fromkeys(" ".join(r["text"].split()) for r in text.fortunes(cat))) for cat in TOPICS}
-    seen = Counter(t for texts in by_cat.values() for t in texts)
     parts: dict[str, list[dict]] = {"train": [], "validation": [], "test": []}
-    for label, cat in enumerate(TOPICS):
-        rows = [{"text": t, "label": label} for t in by_cat[cat] if seen[t] == 1]
-        order = rng.permutation(len(rows))
-        n_test, n_val = round(split.test_share * len(rows)), round(split.validation_share * len(rows))
-        parts["test"] += [rows[i] for i in order[:n_test]]
-        parts["validation"] += [rows[i] for i in order[n_test:n_test + n_val]]
-        parts["train"] += [rows[i] for i in order[n_test + n_val:]]
+    rows = fortune_topic_rows(TOPICS)
+    for label in range(len(TOPICS)):
+        mine = [r for r in rows if r["label"] == label]
+        order = rng.permutation(len(mine))
+        n_test, n_val = round(split.test_share * len(mine)), round(split.validation_share * len(mine))
+        parts["test"] += [mine[i] for i in order[:n_test]]
+        parts["validation"] += [mine[i] for i in order[n_test:n_test + n_val]]
+        parts["train"] += [mine[i] for i in order[n_test + n_val:]]
     return {k: [v[i] for i in rng.permutation(len(v))] for k, v in parts.items()}
 
 

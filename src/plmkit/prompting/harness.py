@@ -1,0 +1,158 @@
+"""Run few-shot methods side by side on the same LM-BFF splits.
+
+Methods (:data:`METHODS`):
+
+- ``manual``: prompt-based fine-tuning of a language model with the task's manual label words (``tune.steps=0``:
+  zero-shot), scored by the label words' log-probability;
+- ``autoseq`` / ``single-word``: the same, with label sequences (or single tokens) found by
+  :func:`plmkit.prompting.autoseq.search` on the split's train and dev examples;
+- ``dpt``: :mod:`plmkit.prompting.dpt` on a discriminator;
+- ``finetune`` / ``prompt-tuning`` / ``lora``: a classification head on the backbone, trained with every weight,
+  a peft soft prompt (frozen backbone) or peft LoRA (:func:`plmkit.analysis.skill_neurons.tune`).
+
+>>> from plmkit.prompting.harness import FewShotConfig, run_fewshot
+>>> results = run_fewshot("polarity", ["manual", "finetune"], k=16, seeds=range(5))   # doctest: +SKIP
+>>> results["manual"].summary()["mean"]                                             # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import copy
+import tempfile
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Sequence
+
+from ..errors import ConfigError
+from .autoseq import AutoSeqConfig
+from .dpt import DPTConfig
+from .fewshot import FewShotSplit, MethodResult, few_shot_splits
+from .prompts import Prompt, load_prompt
+from .scoring import PromptTuneConfig
+
+METHODS = ("manual", "autoseq", "single-word", "dpt", "finetune", "prompt-tuning", "lora")
+LM_METHODS = ("manual", "autoseq", "single-word")
+HEAD_TUNINGS = {"finetune": "full", "prompt-tuning": "prompt", "lora": "lora"}
+
+Loader = Callable[[], tuple[Any, Any]]  # () -> (fresh model, tokenizer)
+
+
+@dataclass(frozen=True)
+class FewShotConfig:
+    """Settings shared by every method of a run (each method reads its own part)."""
+
+    model: str = "smollm2"  # backbone of the LM methods and the classification-head baselines
+    tune: PromptTuneConfig = PromptTuneConfig()  # prompt-based fine-tuning (LM methods)
+    autoseq: AutoSeqConfig = AutoSeqConfig()
+    dpt: DPTConfig = DPTConfig()
+    head_steps: int = 30  # classification-head baselines
+    head_lr: dict = field(default_factory=lambda: {"full": 5e-5, "prompt": 3e-2, "lora": 1e-3})
+    virtual_tokens: int = 16
+    batch_size: int = 8
+    max_length: int = 128
+    mixed_precision: str = "auto"
+
+
+def fresh_copies(load: Loader) -> Loader:
+    """A loader that builds once and hands out deep copies (every run starts from the same weights)."""
+    held: list = []
+
+    def fresh() -> tuple[Any, Any]:
+        if not held:
+            held.extend(load())
+        return copy.deepcopy(held[0]), held[1]
+
+    return fresh
+
+
+def default_lm_loader(name: str) -> Loader:
+    from ..assets import load_model
+
+    return fresh_copies(lambda: load_model(name))
+
+
+def run_method(method: str, split: FewShotSplit, prompt: Prompt, config: FewShotConfig, *,
+               lm_loader: Loader | None = None, discriminator_loader: Loader | None = None,
+               seed: int = 0) -> tuple[float, dict]:
+    """Train ``method`` on ``split.train`` (choosing on ``split.dev``), return (test accuracy, extra)."""
+    if method not in METHODS:
+        raise ConfigError(f"unknown few-shot method '{method}'; choose from {', '.join(METHODS)}")
+    with tempfile.TemporaryDirectory() as tmp:
+        if method in LM_METHODS:
+            return _lm_method(method, split, prompt, config, lm_loader or default_lm_loader(config.model), tmp, seed)
+        if method == "dpt":
+            if discriminator_loader is None:
+                raise ConfigError("the dpt method needs a discriminator: pass --discriminator DIR (an ELECTRA "
+                                  "discriminator, or one made by `plmkit dpt pretrain-discriminator`)")
+            return _dpt_method(split, prompt, config, discriminator_loader, tmp, seed)
+        return _head_method(HEAD_TUNINGS[method], split, config, tmp, seed)
+
+
+def _lm_method(method, split, prompt, config, loader, tmp, seed) -> tuple[float, dict]:
+    from . import autoseq
+    from .scoring import accuracy, prompt_finetune
+
+    model, tok = loader()
+    extra: dict = {}
+    if method != "manual":
+        search_cfg = replace(config.autoseq, single_token=method == "single-word", max_length=config.max_length)
+        found = autoseq.search(model, tok, prompt, split, search_cfg, seed=seed)
+        prompt = prompt.with_words(found.sequences)
+        extra = {"sequences": list(found.sequences), "search_dev_accuracy": found.dev_accuracy,
+                 "search_seconds": round(found.seconds, 2), "search_forward_passes": found.forward_passes,
+                 "combinations_scored": found.combinations_scored}
+    if config.tune.steps > 0:
+        prompt_finetune(model, tok, prompt, split.train, tmp, config.tune, seed=seed)
+    extra["dev_accuracy"] = accuracy(model, tok, prompt, split.dev, max_length=config.max_length)
+    extra["label_words"] = list(prompt.label_words)
+    return accuracy(model, tok, prompt, split.test, max_length=config.max_length), extra
+
+
+def _dpt_method(split, prompt, config, loader, tmp, seed) -> tuple[float, dict]:
+    from .dpt import DPTClassifier, dpt_accuracy, train_dpt
+
+    disc, tok = loader()
+    clf = DPTClassifier(disc, split.num_labels)
+    train_dpt(clf, tok, prompt, split.train, tmp, replace(config.dpt, max_length=config.max_length), seed=seed)
+    return dpt_accuracy(clf, tok, prompt, split.test, max_length=config.max_length), {
+        "dev_accuracy": dpt_accuracy(clf, tok, prompt, split.dev, max_length=config.max_length),
+        "class_bias": clf.class_bias.detach().tolist()}
+
+
+def _head_method(tuning, split, config, tmp, seed) -> tuple[float, dict]:
+    from ..analysis import skill_neurons as sn
+
+    cfg = sn.SkillConfig(virtual_tokens=config.virtual_tokens, steps=config.head_steps, batch_size=config.batch_size,
+                         lr=config.head_lr["prompt"], delta_lr=config.head_lr["lora"], full_lr=config.head_lr["full"],
+                         max_length=config.max_length, mixed_precision=config.mixed_precision)
+    model, tok = sn.tune(config.model, split, cfg, seed=seed, tuning=tuning, out_dir=tmp)
+    return sn.accuracy(model, tok, split.test, max_length=config.max_length), {
+        "dev_accuracy": sn.accuracy(model, tok, split.dev, max_length=config.max_length)}
+
+
+def run_fewshot(task: str, methods: Sequence[str], k: int | None = 16, seeds: Sequence[int] = range(5),
+                config: FewShotConfig = FewShotConfig(), *, prompt: Prompt | None = None, max_test: int | None = None,
+                lm_loader: Loader | None = None, discriminator_loader: Loader | None = None,
+                progress: bool = True) -> dict[str, MethodResult]:
+    """Every method on the same splits of ``task`` (one per seed); returns {method: MethodResult}."""
+    from tqdm.auto import tqdm
+
+    from ..data.tasks import classification_task
+
+    bad = [m for m in methods if m not in METHODS]
+    if bad:
+        raise ConfigError(f"unknown few-shot method(s) {bad}; choose from {', '.join(METHODS)}")
+    prompt = prompt or load_prompt(task)
+    splits = few_shot_splits(classification_task(task), k, list(seeds), max_test)
+    lm_loader = lm_loader or (default_lm_loader(config.model) if set(methods) & set(LM_METHODS) else None)
+    results = {m: MethodResult(m, task, k) for m in methods}
+    bar = tqdm(total=len(methods) * len(splits), desc=f"few-shot {task}", disable=not progress)
+    for split in splits:
+        for m in methods:
+            t = time.perf_counter()
+            acc, extra = run_method(m, split, prompt, config, lm_loader=lm_loader,
+                                    discriminator_loader=discriminator_loader, seed=split.seed)
+            results[m].add(acc, split, time.perf_counter() - t, extra)
+            bar.update(1)
+            bar.set_postfix(method=m, acc=f"{acc:.3f}")
+    bar.close()
+    return results
