@@ -55,12 +55,19 @@ _ROWS = [
     ("moefication", "MoEfication: FFNs into mixtures of experts", "compress",
      "implemented: moefy, sparse expert path, routers, ReLU-fication; recipes 'moefication', 'sparsity'",
      "plmkit.compress.moefication.moefy"),
-    ("dpt", "DPT: prompt tuning for discriminative PLMs", "prompting", "not yet", "plmkit.prompting.dpt"),
+    ("dpt", "DPT: prompt tuning for discriminative PLMs", "prompting",
+     "implemented: DPT classification (class bias inside the sigmoid) and span-tagging QA on any ELECTRA "
+     "discriminator, one made from MiniLM by replaced-token detection, LM-BFF few-shot harness with CLS / "
+     "MLM-prompt / soft-prompt / LoRA baselines; plmkit fewshot, plmkit dpt; recipe 'dpt'",
+     "plmkit.prompting.dpt.DPTClassifier"),
     ("bminf", "BMInf: inference under a memory budget", "infer",
      "implemented: a scheduler that keeps as many blocks resident as a byte budget allows and streams the rest "
      "(zero-copy from mapped safetensors, or copied into buffers), loading ahead; int8 weights; generate and LoRA "
      "through it; recipe 'bminf'", "plmkit.infer.offload"),
-    ("autoseq", "AutoSeq: automatic label sequences", "prompting", "not yet", "plmkit.prompting.autoseq"),
+    ("autoseq", "AutoSeq: automatic label sequences", "prompting",
+     "implemented: averaged-logit beam search (decoder-only and T5), contrastive re-ranking, combination search "
+     "on dev, prompt-based fine-tuning and summed log-probability scoring, single-word baseline; plmkit autoseq "
+     "search; recipe 'autoseq'", "plmkit.prompting.autoseq.search"),
     ("knowledge_inheritance", "Knowledge Inheritance", "pretrain", "not yet",
      "plmkit.pretrain.knowledge_inheritance"),
     ("kepler", "KEPLER: knowledge embedding + LM", "knowledge",

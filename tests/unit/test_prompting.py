@@ -7,7 +7,9 @@ import torch
 
 from plmkit.data.tasks import ClassificationTask
 from plmkit.errors import ConfigError
-from plmkit.prompting import autoseq, dpt, scoring
+import plmkit.prompting.autoseq as autoseq
+import plmkit.prompting.dpt as dpt
+from plmkit.prompting import scoring
 from plmkit.prompting.fewshot import MethodResult, few_shot_split
 from plmkit.prompting.prompts import Prompt, load_prompt
 from plmkit.testing import tiny_config, tiny_model, tiny_tokenizer
@@ -243,3 +245,77 @@ def test_corruption_and_rtd_accuracy():
     m = dpt.rtd_accuracy(_electra(), gen, tok, ["hello there world", "a b c d e f"], mask_probability=0.5)
     assert 0 <= m["accuracy"] <= 1 and m["replaced_share"] > 0
     assert m["all_original_baseline"] == pytest.approx(1 - m["replaced_share"])
+
+
+# --- the harness ------------------------------------------------------------------------------------------------
+
+def test_every_method_runs_on_the_same_splits(tmp_path):
+    from plmkit.prompting.harness import METHODS, FewShotConfig, fresh_copies, run_fewshot, summary_table
+
+    tok = tiny_tokenizer(chat=False)
+    folder = tmp_path / "tiny-llama"
+    tiny_model("llama").save_pretrained(folder)
+    tok.save_pretrained(folder)
+    cfg = FewShotConfig(model=str(folder), tune=scoring.PromptTuneConfig(steps=2, batch_size=4, mixed_precision="no"),
+                        autoseq=autoseq.AutoSeqConfig(beam=3, max_tokens=2, rerank_pool=4, per_label=2),
+                        dpt=dpt.DPTConfig(steps=2, batch_size=4, mixed_precision="no"), head_steps=2,
+                        virtual_tokens=2, batch_size=4, max_length=32, mixed_precision="no")
+    task = _task(n_per_class=8, classes=2)
+    res = run_fewshot(task, METHODS, k=2, seeds=[0, 1], config=cfg, prompt=PROMPT, progress=False,
+                      lm_loader=fresh_copies(lambda: (tiny_model("llama"), tok)),
+                      discriminator_loader=fresh_copies(lambda: (_electra(), tok)))
+    assert set(res) == set(METHODS)
+    for m, r in res.items():
+        s = r.summary()
+        assert s["runs"] == 2 and 0 <= s["mean"] <= 1 and s["majority"] == res["manual"].majorities
+    assert res["autoseq"].extra[0]["sequences"] and res["single-word"].extra[0]["label_words"]
+    table = summary_table([r.summary() for r in res.values()], "t")
+    assert len(table["rows"]) == len(METHODS)
+    with pytest.raises(ConfigError, match="needs a discriminator"):
+        run_fewshot(task, ["dpt"], k=2, seeds=[0], config=cfg, prompt=PROMPT, progress=False)
+
+
+# --- DPT extractive QA --------------------------------------------------------------------------------------------
+
+QA_ROWS = [{"question": "capital of ab?", "passage": "ab has cd. ef has gh.", "answer": "cd", "answer_start": 7,
+            "country": "ab"},
+           {"question": "capital of ef?", "passage": "ab has cd. ef has gh.", "answer": "gh", "answer_start": 18,
+            "country": "ef"}]
+
+
+def test_best_span_maximises_the_summed_scores_within_the_passage():
+    from plmkit.prompting.dpt_qa import best_span
+
+    scores = np.array([5.0, -1.0, 2.0, 2.0, -3.0, 4.0])
+    allowed = np.array([False, True, True, True, True, True])
+    assert best_span(scores, allowed, 8) == (2, 5)  # 2 + 2 - 3 + 4 = 5; position 0 is not passage
+    assert best_span(scores, allowed, 2) == (2, 3)  # 4, tied with (5, 5): the first is kept
+    assert best_span(np.array([-2.0, -1.0, -3.0]), np.array([True, True, True]), 3) == (1, 1)
+
+
+def test_span_encoding_training_and_scores(tmp_path):
+    from plmkit.prompting import dpt_qa
+
+    tok = tiny_tokenizer(chat=False)
+    rec = dpt_qa.encode_span(tok, QA_ROWS[0], 64)
+    tokens = tok.convert_ids_to_tokens(rec["input_ids"])
+    assert "".join(t for t, a in zip(tokens, rec["answer_mask"]) if a) == "cd"
+    assert all(p for p, a in zip(rec["passage_mask"], rec["answer_mask"]) if a)
+    tagger = dpt_qa.SpanTagger(_electra())
+    dpt_qa.train_span_tagger(tagger, tok, QA_ROWS * 4, tmp_path, dpt_qa.SpanConfig(steps=40, batch_size=4, lr=1e-3,
+                                                                                  max_length=64, mixed_precision="no"))
+    preds = dpt_qa.predict_spans(tagger, tok, QA_ROWS, max_length=64, max_answer_tokens=3)
+    assert all(p in r["passage"] for p, r in zip(preds, QA_ROWS))
+    assert dpt_qa.span_scores(["cd", "gh x"], QA_ROWS) == {"exact_match": 0.5, "f1": pytest.approx(0.5 + 1 / 3),
+                                                           "n": 2}
+    with pytest.raises(ConfigError, match="raise it"):
+        dpt_qa.encode_span(tok, QA_ROWS[0], 10)
+
+
+def test_split_by_country_keeps_test_countries_unseen():
+    from plmkit.prompting.dpt_qa import split_by_country
+
+    rows = [{"country": f"c{i % 10}", "q": i} for i in range(100)]
+    train, test = split_by_country(rows, 20, 20, seed=3)
+    assert not {r["country"] for r in train} & {r["country"] for r in test}
+    assert len(train) == len(test) == 20

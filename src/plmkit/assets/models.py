@@ -12,7 +12,7 @@ from ..errors import MissingAssetError, PlmkitError
 from .registry import ASSETS, get, plmkit_home
 
 MODEL_ASSETS = tuple(n for n, a in ASSETS.items() if a.kind == "model")
-TASKS = ("auto", "base", "causal-lm", "masked-lm", "seq2seq-lm", "sequence-classification")
+TASKS = ("auto", "base", "causal-lm", "masked-lm", "seq2seq-lm", "sequence-classification", "question-answering")
 
 
 def _auto_class(task: str):
@@ -24,6 +24,7 @@ def _auto_class(task: str):
         "masked-lm": tf.AutoModelForMaskedLM,
         "seq2seq-lm": tf.AutoModelForSeq2SeqLM,
         "sequence-classification": tf.AutoModelForSequenceClassification,
+        "question-answering": tf.AutoModelForQuestionAnswering,
     }[task]
 
 
@@ -113,8 +114,8 @@ def load_model(
     folder or ``.gguf`` file, or a hub id (needs a network unless cached).
 
     ``task`` picks the head: ``auto`` (the checkpoint's own class), ``base``, ``causal-lm``,
-    ``masked-lm``, ``seq2seq-lm`` or ``sequence-classification`` (pass ``num_labels=``; the new head
-    is randomly initialised, from ``seed``: the global RNG is left alone).  Remote code runs only with
+    ``masked-lm``, ``seq2seq-lm``, ``question-answering`` or ``sequence-classification`` (pass
+    ``num_labels=``; a new head is randomly initialised, from ``seed``: the global RNG is left alone).  Remote code runs only with
     ``trust_remote_code=True``.
     """
     from transformers import AutoConfig, AutoTokenizer

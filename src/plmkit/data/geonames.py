@@ -71,3 +71,37 @@ def city_facts(min_population: int = 500_000) -> list[dict]:
          for c in cities if c["population"] >= min_population and c["countrycode"] in names),
         key=lambda r: -r["population"],
     )
+
+
+QA_RELATIONS = {"capital": "What is the capital of {}?", "currency": "What is the currency of {}?",
+                "continent": "On which continent is {}?"}
+
+
+def fact_passages(countries_per_passage: int = 3, seed: int = 0) -> list[dict]:
+    """Extractive questions over short passages of country facts (capital, currency, continent), each passage
+    describing ``countries_per_passage`` countries so the question's country must be found in it:
+    ``{"question", "passage", "answer", "answer_start", "country"}``; every country is asked about once per
+    relation it has, in a seeded order. Split by ``country`` to keep test countries unseen."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    facts = [c for c in countries() if c["capital"] and c["currency"] and c["continent"]]
+
+    def sentence(c: dict) -> str:
+        return f"{c['name']} lies in {c['continent']}; its capital is {c['capital']} and its currency is the " \
+               f"{c['currency']}."
+
+    out = []
+    for i in rng.permutation(len(facts)):
+        c = facts[i]
+        others = [facts[j] for j in rng.choice(len(facts), countries_per_passage, replace=False) if j != i]
+        group = [c, *others[:countries_per_passage - 1]]
+        group = [group[j] for j in rng.permutation(len(group))]
+        passage = " ".join(sentence(g) for g in group)
+        start_of = passage.index(sentence(c))
+        for rel, question in QA_RELATIONS.items():
+            answer = c[rel]
+            at = start_of + sentence(c).index(answer, len(c["name"]))
+            out.append({"question": question.format(c["name"]), "passage": passage, "answer": answer,
+                        "answer_start": at, "country": c["name"]})
+    return out

@@ -78,15 +78,19 @@ class SearchResult:
 
 def allowed_tokens(tokenizer, vocab_size: int, single_token: bool = False) -> torch.Tensor:
     """``(vocab_size,)`` bool: tokens a label sequence may use (no special tokens, no line breaks, printable);
-    ``single_token``: only tokens that start a word (a space, then a letter)."""
+    ``single_token``: only tokens that start a word (a space, then a letter; alphabetic tokens where the
+    vocabulary has no such token)."""
     special = set(tokenizer.all_special_ids)
     texts = tokenizer.batch_decode([[i] for i in range(min(vocab_size, len(tokenizer)))])
     ok = torch.zeros(vocab_size, dtype=torch.bool)
     for i, t in enumerate(texts):
-        good = i not in special and t.strip() != "" and "\n" not in t and t.isprintable() and "\ufffd" not in t
-        if single_token:
-            good = good and t[:1] == " " and t[1:2].isalpha()
-        ok[i] = good
+        ok[i] = i not in special and t.strip() != "" and "\n" not in t and t.isprintable() and "\ufffd" not in t
+    if single_token:
+        word_start = torch.tensor([t[:1] == " " and t[1:2].isalpha() for t in texts]
+                                  + [False] * (vocab_size - len(texts)))
+        # a vocabulary without word-initial tokens (characters, say) falls back to alphabetic ones
+        alpha = torch.tensor([t.isalpha() for t in texts] + [False] * (vocab_size - len(texts)))
+        ok &= word_start if (ok & word_start).any() else alpha
     if not ok.any():
         raise ConfigError("no token of the vocabulary may start a label sequence")
     return ok

@@ -30,6 +30,7 @@ from torch import nn
 from ..data.tasks import Row
 from ..device import model_device
 from ..errors import ConfigError
+from ..train.loop import TuneConfig
 from .prompts import Prompt
 from .scoring import continuation
 
@@ -262,20 +263,15 @@ def dpt_collate(tokenizer):
 
 
 @dataclass(frozen=True)
-class DPTConfig:
-    steps: int = 30
-    batch_size: int = 8
+class DPTConfig(TuneConfig):
     lr: float = 2e-5
     bias_lr: float = 1e-2  # the class biases learn faster (they start at zero)
-    max_length: int = 128
-    mixed_precision: str = "auto"
-    progress: bool = False
 
 
 def train_dpt(classifier: DPTClassifier, tokenizer, prompt: Prompt, rows: Sequence[Row], out_dir: str | Path,
               config: DPTConfig = DPTConfig(), *, seed: int = 0):
     """Tune the whole discriminator and the class biases on ``rows`` with :func:`dpt_loss` (via plmkit.train)."""
-    from ..train import TrainConfig, train
+    from ..train import train
 
     if len(prompt.label_words) != classifier.class_bias.numel():
         raise ConfigError(f"the prompt has {len(prompt.label_words)} label words for "
@@ -290,11 +286,8 @@ def train_dpt(classifier: DPTClassifier, tokenizer, prompt: Prompt, rows: Sequen
         return dpt_loss(model(**batch), labels)
 
     classifier.train()
-    result = train(classifier, data, TrainConfig(out_dir=str(out_dir), max_steps=config.steps,
-                                                 batch_size=config.batch_size, lr=config.lr,
-                                                 warmup_steps=max(1, config.steps // 10), resume=False, seed=seed,
-                                                 mixed_precision=config.mixed_precision, progress=config.progress),
-                   loss_fn, collate_fn=dpt_collate(tokenizer), optimizer=optimizer)
+    result = train(classifier, data, config.train_config(out_dir, seed), loss_fn, collate_fn=dpt_collate(tokenizer),
+                   optimizer=optimizer)
     classifier.eval()
     return result
 

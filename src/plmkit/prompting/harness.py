@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Sequence
 
+from ..data.tasks import ClassificationTask
 from ..errors import ConfigError
 from .autoseq import AutoSeqConfig
 from .dpt import DPTConfig
@@ -102,7 +103,10 @@ def _lm_method(method, split, prompt, config, loader, tmp, seed) -> tuple[float,
                  "combinations_scored": found.combinations_scored}
     if config.tune.steps > 0:
         prompt_finetune(model, tok, prompt, split.train, tmp, config.tune, seed=seed)
-    extra["dev_accuracy"] = accuracy(model, tok, prompt, split.dev, max_length=config.max_length)
+        extra["dev_accuracy"] = accuracy(model, tok, prompt, split.dev, max_length=config.max_length)
+    else:  # zero-shot: the search already scored these sequences on dev
+        extra["dev_accuracy"] = extra.get("search_dev_accuracy") if method != "manual" else accuracy(
+            model, tok, prompt, split.dev, max_length=config.max_length)
     extra["label_words"] = list(prompt.label_words)
     return accuracy(model, tok, prompt, split.test, max_length=config.max_length), extra
 
@@ -129,11 +133,12 @@ def _head_method(tuning, split, config, tmp, seed) -> tuple[float, dict]:
         "dev_accuracy": sn.accuracy(model, tok, split.dev, max_length=config.max_length)}
 
 
-def run_fewshot(task: str, methods: Sequence[str], k: int | None = 16, seeds: Sequence[int] = range(5),
-                config: FewShotConfig = FewShotConfig(), *, prompt: Prompt | None = None, max_test: int | None = None,
-                lm_loader: Loader | None = None, discriminator_loader: Loader | None = None,
-                progress: bool = True) -> dict[str, MethodResult]:
-    """Every method on the same splits of ``task`` (one per seed); returns {method: MethodResult}."""
+def run_fewshot(task: str | ClassificationTask, methods: Sequence[str], k: int | None = 16,
+                seeds: Sequence[int] = range(5), config: FewShotConfig = FewShotConfig(), *,
+                prompt: Prompt | None = None, max_test: int | None = None, lm_loader: Loader | None = None,
+                discriminator_loader: Loader | None = None, progress: bool = True) -> dict[str, MethodResult]:
+    """Every method on the same splits of ``task`` (an asset task's name, or a task; one split per seed);
+    returns {method: MethodResult}."""
     from tqdm.auto import tqdm
 
     from ..data.tasks import classification_task
@@ -141,11 +146,12 @@ def run_fewshot(task: str, methods: Sequence[str], k: int | None = 16, seeds: Se
     bad = [m for m in methods if m not in METHODS]
     if bad:
         raise ConfigError(f"unknown few-shot method(s) {bad}; choose from {', '.join(METHODS)}")
-    prompt = prompt or load_prompt(task)
-    splits = few_shot_splits(classification_task(task), k, list(seeds), max_test)
+    task = classification_task(task) if isinstance(task, str) else task
+    prompt = prompt or load_prompt(task.name)
+    splits = few_shot_splits(task, k, list(seeds), max_test)
     lm_loader = lm_loader or (default_lm_loader(config.model) if set(methods) & set(LM_METHODS) else None)
-    results = {m: MethodResult(m, task, k) for m in methods}
-    bar = tqdm(total=len(methods) * len(splits), desc=f"few-shot {task}", disable=not progress)
+    results = {m: MethodResult(m, task.name, k) for m in methods}
+    bar = tqdm(total=len(methods) * len(splits), desc=f"few-shot {task.name}", disable=not progress)
     for split in splits:
         for m in methods:
             t = time.perf_counter()
@@ -156,3 +162,50 @@ def run_fewshot(task: str, methods: Sequence[str], k: int | None = 16, seeds: Se
             bar.set_postfix(method=m, acc=f"{acc:.3f}")
     bar.close()
     return results
+
+
+# --- tables and plots -----------------------------------------------------------------------------------------
+
+def summary_table(summaries: Sequence[dict], title: str) -> dict:
+    """A report table (title, columns, rows) of :meth:`MethodResult.summary` dicts: mean (std), failures."""
+    from .fewshot import format_summary
+
+    return {"title": title,
+            "columns": ["task", "K", "method", "test accuracy, mean (std) %", "failures (<= majority)",
+                        "majority %", "dev accuracy %", "s per run"],
+            "rows": [[s["task"], "full" if s["k"] is None else s["k"], s["method"], format_summary(s).split(",")[0],
+                      f"{round(s['failure_rate'] * s['runs'])}/{s['runs']}",
+                      f"{100 * sum(s['majority']) / len(s['majority']):.1f}",
+                      f"{100 * _mean([e.get('dev_accuracy') for e in s['extra']]):.1f}",
+                      f"{sum(s['seconds']) / len(s['seconds']):.1f}"] for s in summaries]}
+
+
+def _mean(xs: Sequence[float | None]) -> float:
+    vals = [x for x in xs if x is not None]
+    return sum(vals) / len(vals) if vals else float("nan")
+
+
+def plot_summaries(summaries: Sequence[dict], title: str):
+    """A matplotlib figure: per task, each method's mean test accuracy (bar), every split (dots) and the
+    majority-class line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups: dict[tuple, list[dict]] = {}
+    for s in summaries:
+        groups.setdefault((s["task"], s["k"]), []).append(s)
+    fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 3.6), squeeze=False)
+    for ax, ((task, k), ss) in zip(axes[0], groups.items()):
+        xs = range(len(ss))
+        ax.bar(xs, [100 * s["mean"] for s in ss], yerr=[100 * s["std"] for s in ss], color="#9ab", capsize=3)
+        for x, s in zip(xs, ss):
+            ax.scatter([x] * len(s["accuracies"]), [100 * a for a in s["accuracies"]], s=10, color="#234", zorder=3)
+        ax.axhline(100 * _mean(ss[0]["majority"]), ls="--", color="#b55", lw=1, label="majority class")
+        ax.set_xticks(list(xs), [s["method"] for s in ss], rotation=30, ha="right")
+        ax.set_title(f"{task}, K={'full' if k is None else k}")
+        ax.set_ylabel("test accuracy %")
+        ax.legend(fontsize=7, loc="lower right")
+    fig.suptitle(title, fontsize=10)
+    return fig

@@ -27,6 +27,7 @@ from torch import nn
 from ..data.tasks import Row
 from ..device import model_device
 from ..errors import ConfigError
+from ..train.loop import TuneConfig
 from .prompts import Prompt
 
 KINDS = ("causal", "seq2seq", "masked")
@@ -209,15 +210,8 @@ def accuracy(model: nn.Module, tokenizer, prompt: Prompt, rows: Sequence[Row], *
 # --- prompt-based fine-tuning -------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class PromptTuneConfig:
+class PromptTuneConfig(TuneConfig):
     """Prompt-based fine-tuning: the whole model, the LM loss on the gold label's words."""
-
-    steps: int = 30
-    batch_size: int = 8
-    lr: float = 1e-5
-    max_length: int = 128
-    mixed_precision: str = "auto"
-    progress: bool = False
 
 
 def lm_records(tokenizer, prompt: Prompt, rows: Sequence[Row], kind: str, max_length: int = 128,
@@ -255,18 +249,13 @@ def prompt_finetune(model: nn.Module, tokenizer, prompt: Prompt, rows: Sequence[
     """Fine-tune ``model`` on ``rows`` with the LM loss on each gold verbalization (through :func:`plmkit.train`).
 
     The tokenizer pads on the right here; the model is left in eval mode."""
-    from ..train import TrainConfig, train
+    from ..train import train
 
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
     data = lm_records(tokenizer, prompt, rows, model_kind(model), config.max_length, words)
     model.train()
-    result = train(model, data, TrainConfig(out_dir=str(out_dir), max_steps=config.steps,
-                                            batch_size=config.batch_size, lr=config.lr,
-                                            warmup_steps=max(1, config.steps // 10), resume=False,
-                                            progress=config.progress, seed=seed,
-                                            mixed_precision=config.mixed_precision),
-                   collate_fn=lm_collate(tokenizer))
+    result = train(model, data, config.train_config(out_dir, seed), collate_fn=lm_collate(tokenizer))
     model.eval()
     return result

@@ -62,6 +62,24 @@ class TrainConfig:
             raise ConfigError("mixed_precision must be 'no', 'fp16', 'bf16' or 'auto'")
 
 
+@dataclass(frozen=True)
+class TuneConfig:
+    """A short fine-tune of a method (prompt-based fine-tuning, DPT, span heads ...): ``steps`` optimizer steps
+    with a 10% linear warm-up, no checkpoints kept, not resumed."""
+
+    steps: int = 30
+    batch_size: int = 8
+    lr: float = 1e-5
+    max_length: int = 128
+    mixed_precision: str = "auto"
+    progress: bool = False
+
+    def train_config(self, out_dir: str | os.PathLike, seed: int = 0) -> "TrainConfig":
+        return TrainConfig(out_dir=str(out_dir), max_steps=self.steps, batch_size=self.batch_size, lr=self.lr,
+                           warmup_steps=max(1, self.steps // 10), resume=False, seed=seed,
+                           mixed_precision=self.mixed_precision, progress=self.progress)
+
+
 @dataclass
 class TrainResult:
     step: int
