@@ -60,6 +60,9 @@ CASES = {
                         ["latin1.jsonl is not UTF-8", "iconv"]),
     "text not utf-8": (["readin", "noise", "--input", "latin1.txt", "--out", "rd"], ["latin1.txt is not UTF-8"]),
     "unknown recipe": (["reproduce", "nosuchrecipe", "--quick"], ["unknown recipe 'nosuchrecipe'", "moefication"]),
+    "dpt without discriminator": (["fewshot", "--method", "dpt", "--out", "fs"],
+                                  ["--method dpt needs --discriminator", "pretrain-discriminator"]),
+    "missing prompt file": (["fewshot", "--prompt", "nope.json", "--out", "fs"], ["no prompt file 'nope.json'"]),
 }
 
 

@@ -119,9 +119,8 @@ def corrupt(generator: nn.Module, tokenizer, input_ids: torch.Tensor, attention_
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """ELECTRA's corruption: mask ``mask_probability`` of the real (non-special) tokens, let ``generator`` sample
     a token at each, and return (corrupted ids, replaced labels 0/1 as float, the scored positions)."""
-    special = torch.tensor([[t in tokenizer.all_special_ids for t in row] for row in input_ids.tolist()],
-                           device=input_ids.device)
-    scored = attention_mask.bool() & ~special
+    special = torch.tensor(sorted(set(tokenizer.all_special_ids)), device=input_ids.device)
+    scored = attention_mask.bool() & ~torch.isin(input_ids, special)
     draw = torch.rand(input_ids.shape, generator=generator_rng, device="cpu").to(input_ids.device)
     where = scored & (draw < mask_probability)
     masked = input_ids.masked_fill(where, tokenizer.mask_token_id)
