@@ -184,7 +184,12 @@ def test_dpt_inputs_point_at_every_label_word():
     enc = dpt.encode_dpt(tok, PROMPT, "a film", 64)
     tokens = tok.convert_ids_to_tokens(enc["input_ids"])
     assert [tokens[i] for i in enc["label_positions"]] == ["b", "g"]  # first token of "bad", "good"
-    assert dpt.label_sequence(PROMPT) == "it was bad good."
+    assert dpt.label_sequence(PROMPT) == ("it was bad good.", [7, 11])
+    tricky = Prompt("{text} it was {label}.", ("was", "it"))  # label words that also occur in the template
+    enc = dpt.encode_dpt(tok, tricky, "a film", 64)
+    tokens = tok.convert_ids_to_tokens(enc["input_ids"])
+    first, second = enc["label_positions"]
+    assert first > tokens.index("w") + 2 and second > first and tokens[second] == "i"
 
 
 def test_dpt_loss_matches_a_hand_computation():

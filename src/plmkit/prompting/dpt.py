@@ -224,22 +224,25 @@ def dpt_loss(original_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
     return F.binary_cross_entropy_with_logits(original_logits, target)
 
 
-def label_sequence(prompt: Prompt) -> str:
-    """The second segment: the template after the text, its blank holding every label word in class order."""
-    words = " ".join(continuation(w).strip() for w in prompt.label_words)
-    return (prompt.before + " " + words + prompt.after).strip()
+def label_sequence(prompt: Prompt) -> tuple[str, list[int]]:
+    """The second segment, the template after the text with its blank holding every label word in class order,
+    and the character offset of each word in it."""
+    text, starts = prompt.before.strip(), []
+    for w in prompt.label_words:
+        text += " " if text else ""
+        starts.append(len(text))
+        text += continuation(w).strip()
+    return text + prompt.after.rstrip(), starts
 
 
 def encode_dpt(tokenizer, prompt: Prompt, text: str, max_length: int = 128) -> dict:
     """``{"input_ids", "attention_mask", ["token_type_ids"], "label_positions"}`` for one text: the text is the
     first segment (truncated first), the template with all label words the second."""
-    second = label_sequence(prompt)
+    second, starts = label_sequence(prompt)
     enc = tokenizer(text, second, truncation="only_first", max_length=max_length, return_offsets_mapping=True)
     seq_ids, offsets = enc.sequence_ids(), enc["offset_mapping"]
-    positions, cursor = [], 0
-    for w in prompt.label_words:
-        start = second.index(continuation(w).strip(), cursor)
-        cursor = start + 1
+    positions = []
+    for w, start in zip(prompt.label_words, starts):
         hit = [i for i, (s, o) in enumerate(zip(seq_ids, offsets)) if s == 1 and o[0] <= start < o[1]]
         if not hit:
             raise ConfigError(f"label word '{w}' has no token in the prompt (max_length {max_length} too small?)")

@@ -19,7 +19,7 @@ from __future__ import annotations
 import copy
 import tempfile
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Sequence
 
 from ..data.tasks import ClassificationTask
@@ -45,8 +45,10 @@ class FewShotConfig:
     tune: PromptTuneConfig = PromptTuneConfig()  # prompt-based fine-tuning (LM methods)
     autoseq: AutoSeqConfig = AutoSeqConfig()
     dpt: DPTConfig = DPTConfig()
-    head_steps: int = 30  # classification-head baselines
-    head_lr: dict = field(default_factory=lambda: {"full": 5e-5, "prompt": 3e-2, "lora": 1e-3})
+    head_steps: int = 30  # classification-head baselines: steps, learning rates, soft-prompt length, batch
+    finetune_lr: float = 5e-5
+    prompt_lr: float = 3e-2
+    lora_lr: float = 1e-3
     virtual_tokens: int = 16
     batch_size: int = 8
     max_length: int = 128
@@ -126,7 +128,7 @@ def _head_method(tuning, split, config, tmp, seed) -> tuple[float, dict]:
     from ..analysis import skill_neurons as sn
 
     cfg = sn.SkillConfig(virtual_tokens=config.virtual_tokens, steps=config.head_steps, batch_size=config.batch_size,
-                         lr=config.head_lr["prompt"], delta_lr=config.head_lr["lora"], full_lr=config.head_lr["full"],
+                         lr=config.prompt_lr, delta_lr=config.lora_lr, full_lr=config.finetune_lr,
                          max_length=config.max_length, mixed_precision=config.mixed_precision)
     model, tok = sn.tune(config.model, split, cfg, seed=seed, tuning=tuning, out_dir=tmp)
     return sn.accuracy(model, tok, split.test, max_length=config.max_length), {
