@@ -198,7 +198,7 @@ def plot_summaries(summaries: Sequence[dict], title: str):
     groups: dict[tuple, list[dict]] = {}
     for s in summaries:
         groups.setdefault((s["task"], s["k"]), []).append(s)
-    fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(groups), figsize=(max(6.0, 4.2 * len(groups)), 3.8), squeeze=False)
     for ax, ((task, k), ss) in zip(axes[0], groups.items()):
         xs = range(len(ss))
         ax.bar(xs, [100 * s["mean"] for s in ss], yerr=[100 * s["std"] for s in ss], color="#9ab", capsize=3)
@@ -209,5 +209,7 @@ def plot_summaries(summaries: Sequence[dict], title: str):
         ax.set_title(f"{task}, K={'full' if k is None else k}")
         ax.set_ylabel("test accuracy %")
         ax.legend(fontsize=7, loc="lower right")
-    fig.suptitle(title, fontsize=10)
+    import textwrap
+
+    fig.suptitle("\n".join(textwrap.wrap(title, 90)), fontsize=9)
     return fig
