@@ -115,8 +115,8 @@ def load_model(
 
     ``task`` picks the head: ``auto`` (the checkpoint's own class), ``base``, ``causal-lm``,
     ``masked-lm``, ``seq2seq-lm``, ``question-answering`` or ``sequence-classification`` (pass
-    ``num_labels=``; a new head is randomly initialised, from ``seed``: the global RNG is left alone).  Remote code runs only with
-    ``trust_remote_code=True``.
+    ``num_labels=``; a new head is randomly initialised, from ``seed``: the global RNG is left alone).
+    Remote code runs only with ``trust_remote_code=True``.
     """
     from transformers import AutoConfig, AutoTokenizer
 

@@ -121,6 +121,27 @@ def _cmd_dpt(args: argparse.Namespace) -> None:
     print(f"wrote an ElectraForPreTraining to {out}; checkpoints under {out / '_train'} (rerun to resume)")
 
 
+def _cmd_dpt_qa(args: argparse.Namespace) -> None:
+    from .._io import write_json
+    from ..device import cpu_info
+    from . import dpt_qa
+    from .dpt import load_discriminator
+
+    disc, tok = load_discriminator(args.discriminator)
+    config = dpt_qa.SpanConfig(steps=args.steps, lr=args.lr, max_length=args.max_length)
+    runs = dpt_qa.compare_on_fact_passages(disc, tok, encoder=args.encoder, n_train=args.n_train, n_test=args.n_test,
+                                           seeds=range(args.seeds), config=config, progress=not args.no_progress)
+    table = dpt_qa.qa_table(runs, f"geonames fact passages, {args.n_train} train / {args.n_test} test questions, "
+                                  f"{args.steps} steps, {args.seeds} seeds")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "qa.json", {"runs": runs, "table": table, "cpu": cpu_info(),
+                                 "config": {k: v for k, v in vars(args).items() if k != "fn"}})
+    for row in table["rows"]:
+        print(f"{row[0]:>28}  EM {row[1]}  F1 {row[2]}")
+    print(f"wrote {out / 'qa.json'}")
+
+
 def _common(p: argparse.ArgumentParser, default_model: str) -> None:
     from ..data.tasks import ALL_TASKS
 
@@ -166,7 +187,7 @@ def add_parser(sub: Any) -> None:
 
     d = sub.add_parser("dpt", help="DPT: make an ELECTRA-style discriminator from MiniLM")
     dsub = d.add_subparsers(dest="action", required=True, metavar="ACTION", title="actions",
-                            help="pretrain-discriminator")
+                            help="pretrain-discriminator or qa")
     pd = dsub.add_parser("pretrain-discriminator",
                          help="continue MiniLM on replaced-token detection (generator: MiniLM + fitted MLM head)")
     pd.add_argument("--out", required=True, help="folder for the ElectraForPreTraining, its tokenizer and rtd.json")
@@ -179,4 +200,16 @@ def add_parser(sub: Any) -> None:
                                                                      "(default 300, cached)")
     pd.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     pd.add_argument("--no-progress", action="store_true", help="no progress bars")
-    d.set_defaults(fn=_cmd_dpt)
+    pd.set_defaults(fn=_cmd_dpt)
+    qa = dsub.add_parser("qa", help="extractive QA on geonames fact passages: DPT span tagging vs a start/end head")
+    qa.add_argument("--discriminator", required=True, help="ELECTRA discriminator folder (or 'minilm': converted)")
+    qa.add_argument("--encoder", default="minilm", help="encoder of the start/end-head baseline (default minilm)")
+    qa.add_argument("--n-train", type=int, default=64, help="training questions (default 64)")
+    qa.add_argument("--n-test", type=int, default=200, help="test questions, on unseen countries (default 200)")
+    qa.add_argument("--steps", type=int, default=150, help="tuning steps of each method (default 150)")
+    qa.add_argument("--lr", type=float, default=1e-4, help="learning rate (default 1e-4)")
+    qa.add_argument("--max-length", type=int, default=192, help="tokens per question + passage (default 192)")
+    qa.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1: country split and training (default 3)")
+    qa.add_argument("--out", required=True, help="folder for qa.json")
+    qa.add_argument("--no-progress", action="store_true", help="no progress bars")
+    qa.set_defaults(fn=_cmd_dpt_qa)

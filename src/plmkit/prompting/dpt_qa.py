@@ -207,3 +207,44 @@ def split_by_country(rows: Sequence[dict], n_train: int, n_test: int, seed: int 
     rng = np.random.default_rng(seed + 1)
     pick = lambda xs, n: [xs[i] for i in sorted(rng.permutation(len(xs))[:n])]  # noqa: E731
     return pick(train, n_train), pick(test, n_test)
+
+
+def compare_on_fact_passages(discriminator: nn.Module, tokenizer, *, encoder: str = "minilm", n_train: int = 64,
+                             n_test: int = 200, seeds: Sequence[int] = (0, 1, 2), config: SpanConfig = SpanConfig(),
+                             progress: bool = False) -> list[dict]:
+    """Per seed (the country split and the training): DPT span tagging on a copy of ``discriminator`` and a
+    start/end head on ``encoder``, trained on the same questions, scored on the same unseen countries.
+    Returns ``[{"seed", "dpt": {...}, "span_head": {...}, "n_train", "n_test"}]``."""
+    import copy
+    import tempfile
+
+    from tqdm.auto import tqdm
+
+    from ..assets import load_model
+    from ..data.geonames import fact_passages
+
+    rows, runs = fact_passages(), []
+    for seed in tqdm(list(seeds), desc="span QA", disable=not progress):
+        train, test = split_by_country(rows, n_train, n_test, seed=seed)
+        with tempfile.TemporaryDirectory() as tmp:
+            tagger = SpanTagger(copy.deepcopy(discriminator))
+            train_span_tagger(tagger, tokenizer, train, tmp, config, seed=seed)
+            d = span_scores(predict_spans(tagger, tokenizer, test, max_length=config.max_length,
+                                          max_answer_tokens=config.max_answer_tokens), test)
+            del tagger
+            head, _ = load_model(encoder, task="question-answering", seed=seed)
+            train_span_head(head, tokenizer, train, Path(tmp) / "head", config, seed=seed)
+            h = span_scores(predict_spans(head, tokenizer, test, max_length=config.max_length,
+                                          max_answer_tokens=config.max_answer_tokens), test)
+        runs.append({"seed": seed, "dpt": d, "span_head": h, "n_train": len(train), "n_test": len(test)})
+    return runs
+
+
+def qa_table(runs: Sequence[dict], title: str) -> dict:
+    """A report table of :func:`compare_on_fact_passages` runs: EM and F1, mean (std) over seeds."""
+    def ms(xs: list[float]) -> str:
+        return f"{100 * np.mean(xs):.1f} ({100 * np.std(xs, ddof=1) if len(xs) > 1 else 0:.1f})"
+
+    return {"title": title, "columns": ["method", "exact match %", "token F1 %"],
+            "rows": [[name, ms([r[key]["exact_match"] for r in runs]), ms([r[key]["f1"] for r in runs])]
+                     for key, name in (("dpt", "DPT span tagging (RTD head)"), ("span_head", "start/end head"))]}

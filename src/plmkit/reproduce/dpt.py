@@ -129,33 +129,15 @@ def run(ctx: RecipeContext) -> dict[str, Any]:
 
 def _qa(ctx: RecipeContext, Q: QASettings, disc, tok) -> dict[str, Any]:
     """DPT span tagging on the RTD discriminator vs a start/end head on MiniLM, per seed (split and training)."""
-    import copy
-    import tempfile
-
     import numpy as np
 
-    from ..assets import load_model
-    from ..data.geonames import fact_passages
-
-    rows, runs = fact_passages(), []
-    span = replace(Q.span, progress=False)
-    for seed in Q.seeds:
-        train, test = dpt_qa.split_by_country(rows, Q.n_train, Q.n_test, seed=ctx.seed + seed)
-        with ctx.phase("qa"), tempfile.TemporaryDirectory() as tmp:
-            tagger = dpt_qa.SpanTagger(copy.deepcopy(disc))
-            dpt_qa.train_span_tagger(tagger, tok, train, tmp, span, seed=seed)
-            d = dpt_qa.span_scores(dpt_qa.predict_spans(tagger, tok, test, max_length=span.max_length), test)
-            head, _ = load_model("minilm", task="question-answering", seed=seed)
-            dpt_qa.train_span_head(head, tok, train, tmp + "/head", span, seed=seed)
-            h = dpt_qa.span_scores(dpt_qa.predict_spans(head, tok, test, max_length=span.max_length), test)
-        runs.append({"seed": seed, "dpt": d, "span_head": h})
-    ms = lambda xs: f"{100 * np.mean(xs):.1f} ({100 * np.std(xs, ddof=1) if len(xs) > 1 else 0:.1f})"  # noqa: E731
-    table = {"title": f"Extractive QA on geonames fact passages (3 countries per passage; capital, currency, continent "
-                      f"questions; {Q.n_train} train / {Q.n_test} test questions, countries disjoint; {span.steps} "
-                      f"steps), mean (std) over {len(Q.seeds)} seeds",
-             "columns": ["method", "exact match %", "token F1 %"],
-             "rows": [[name, ms([r[key]["exact_match"] for r in runs]), ms([r[key]["f1"] for r in runs])]
-                      for key, name in (("dpt", "DPT span tagging (RTD head)"), ("span_head", "start/end head"))]}
+    with ctx.phase("qa"):
+        runs = dpt_qa.compare_on_fact_passages(disc, tok, n_train=Q.n_train, n_test=Q.n_test,
+                                               seeds=[ctx.seed + s for s in Q.seeds],
+                                               config=replace(Q.span, progress=False), progress=ctx.progress)
+    table = dpt_qa.qa_table(runs, f"Extractive QA on geonames fact passages (3 countries per passage; capital, "
+                                  f"currency, continent questions; {Q.n_train} train / {Q.n_test} test questions, "
+                                  f"countries disjoint; {Q.span.steps} steps), mean (std) over {len(Q.seeds)} seeds")
     measured = {f"qa.{key}.{m}": float(np.mean([r[key][m] for r in runs]))
                 for key in ("dpt", "span_head") for m in ("exact_match", "f1")}
     return {"table": table, "measured": measured, "runs": runs}
