@@ -36,8 +36,8 @@ FULL = AutoSeqSettings(
     tasks=("polarity", "sentiment3", "topics4"), k=16, seeds=(0, 1, 2, 3, 4), max_test=300,
     methods=("manual", "single-word", "autoseq", "prompt-tuning", "lora", "finetune"),
     fewshot=FewShotConfig(model="smollm2", tune=PromptTuneConfig(steps=40, lr=1e-5), head_steps=40, max_length=128,
-                          # beam 20 and <= 10 tokens (the paper: 50, <= 20) keep a full run within about two hours on
-                          # 2 CPU cores; `plmkit autoseq search` defaults to the paper's values
+                          # beam 20 and <= 10 tokens (the paper: 50, <= 20) keep the search affordable on 2 CPU cores;
+                          # `plmkit autoseq search` defaults to the paper's values
                           autoseq=AutoSeqConfig(beam=20, max_tokens=10, rerank_pool=30, per_label=4, finetune_combos=3,
                                                 finetune=PromptTuneConfig(steps=10, lr=1e-5))))
 
