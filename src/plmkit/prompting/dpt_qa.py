@@ -79,19 +79,20 @@ def span_tag_loss(original_logits: torch.Tensor, passage_mask: torch.Tensor, ans
     return F.binary_cross_entropy_with_logits(original_logits[where], answer_mask[where].float())
 
 
-def best_span(scores: np.ndarray, allowed: np.ndarray, max_tokens: int) -> tuple[int, int]:
-    """(start, end) inclusive over ``allowed`` positions maximising the summed ``scores`` (at most ``max_tokens``)."""
-    best, arg = -np.inf, (0, 0)
-    idx = np.flatnonzero(allowed)
-    for a in idx:
-        total = 0.0
-        for b in range(a, min(a + max_tokens, len(scores))):
+def _spans(allowed: np.ndarray, max_tokens: int):
+    """(start, end) inclusive of every run of at most ``max_tokens`` ``allowed`` positions, in order."""
+    for a in np.flatnonzero(allowed):
+        for b in range(a, min(a + max_tokens, len(allowed))):
             if not allowed[b]:
                 break
-            total += scores[b]
-            if total > best:
-                best, arg = total, (int(a), b)
-    return arg
+            yield int(a), b
+
+
+def best_span(scores: np.ndarray, allowed: np.ndarray, max_tokens: int) -> tuple[int, int]:
+    """(start, end) inclusive over ``allowed`` positions maximising the summed ``scores`` (at most ``max_tokens``);
+    the first of equal spans."""
+    total = np.concatenate([[0.0], np.cumsum(scores)])
+    return max(_spans(allowed, max_tokens), key=lambda ab: total[ab[1] + 1] - total[ab[0]], default=(0, 0))
 
 
 @dataclass(frozen=True)
@@ -147,14 +148,7 @@ def predict_spans(model: nn.Module, tokenizer, rows: Sequence[dict], *, max_leng
 
 
 def _best_start_end(start: np.ndarray, end: np.ndarray, allowed: np.ndarray, max_tokens: int) -> tuple[int, int]:
-    best, arg = -np.inf, (0, 0)
-    for a in np.flatnonzero(allowed):
-        for b in range(a, min(a + max_tokens, len(end))):
-            if not allowed[b]:
-                break
-            if start[a] + end[b] > best:
-                best, arg = start[a] + end[b], (int(a), b)
-    return arg
+    return max(_spans(allowed, max_tokens), key=lambda ab: start[ab[0]] + end[ab[1]], default=(0, 0))
 
 
 def _tokens(text: str) -> list[str]:
