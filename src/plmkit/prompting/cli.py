@@ -93,29 +93,20 @@ def _cmd_autoseq(args: argparse.Namespace) -> None:
 
 def _cmd_dpt(args: argparse.Namespace) -> None:
     from .._io import write_json
-    from ..assets import load_model
-    from ..reproduce.shared import DiscriminatorSettings, MLMHeadSettings, minilm_mlm, rtd_texts
-    from . import dpt
+    from ..reproduce.shared import DiscriminatorSettings, MLMHeadSettings, minilm_mlm, train_discriminator
 
     settings = DiscriminatorSettings(generator=MLMHeadSettings(steps=args.generator_steps), rtd_steps=args.steps,
                                      batch_size=args.batch_size, lr=args.lr, max_length=args.max_length,
                                      corpus_chars=args.corpus_chars, seed=args.seed)
     generator, tok, _ = minilm_mlm(settings.generator, progress=not args.no_progress)
-    encoder, _ = load_model("minilm", task="base")
-    disc = dpt.discriminator_from_encoder(encoder, seed=args.seed)
-    train, held = rtd_texts(settings)
     out = Path(args.out)
-    kw = dict(max_length=args.max_length, seed=args.seed)
-    before = dpt.rtd_accuracy(disc, generator, tok, held, **kw)
-    dpt.rtd_pretrain(disc, generator, tok, train, out / "_train",
-                     dpt.RTDConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                                   max_length=args.max_length, seed=args.seed, progress=not args.no_progress))
-    after = dpt.rtd_accuracy(disc, generator, tok, held, **kw)
+    disc, meta = train_discriminator(settings, generator, tok, out / "_train", progress=not args.no_progress)
     disc.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
-    write_json(out / "rtd.json", {"before": before, "after": after, "train_passages": len(train),
-                                  "heldout_passages": len(held), "settings": vars(args) | {"fn": None}})
-    print(f"RTD accuracy on {len(held)} held-out passages: {100 * before['accuracy']:.1f}% -> "
+    before, after = meta["rtd_before"], meta["rtd_after"]
+    write_json(out / "rtd.json", {"before": before, "after": after, "train_passages": meta["train_passages"],
+                                  "heldout_passages": meta["heldout_passages"], "settings": vars(args) | {"fn": None}})
+    print(f"RTD accuracy on {meta['heldout_passages']} held-out passages: {100 * before['accuracy']:.1f}% -> "
           f"{100 * after['accuracy']:.1f}% (all-original baseline {100 * after['all_original_baseline']:.1f}%, "
           f"recall on replaced {100 * after['replaced_recall']:.1f}%)")
     print(f"wrote an ElectraForPreTraining to {out}; checkpoints under {out / '_train'} (rerun to resume)")

@@ -201,32 +201,39 @@ def rtd_texts(settings: DiscriminatorSettings) -> tuple[list[str], list[str]]:
     return [t for i, t in enumerate(texts) if i % settings.heldout_every], held
 
 
-def minilm_discriminator(settings: DiscriminatorSettings, progress: bool = False) -> tuple[Any, Any, dict[str, Any]]:
-    """MiniLM as an ``ElectraForPreTraining`` trained on replaced-token detection over English text, the
-    replacements sampled from the frozen :func:`minilm_mlm`; its held-out RTD accuracy before and after is
-    kept in the entry's metadata (``built_with``)."""
+def train_discriminator(settings: DiscriminatorSettings, generator: Any, tokenizer: Any, train_dir: Path,
+                        progress: bool = False) -> tuple[Any, dict[str, Any]]:
+    """MiniLM converted to an ``ElectraForPreTraining`` and trained on replaced-token detection over
+    :func:`rtd_texts` (checkpoints in ``train_dir``, so a rerun resumes), the replacements sampled from the frozen
+    ``generator``. Returns (discriminator in eval mode, {held-out RTD accuracy before and after, passages, fit})."""
     from ..prompting import dpt
 
+    encoder, _ = load_model("minilm", task="base")
+    disc = dpt.discriminator_from_encoder(encoder, seed=settings.seed)
+    train, held = rtd_texts(settings)
+    kw = dict(max_length=settings.max_length, seed=settings.seed)
+    before = dpt.rtd_accuracy(disc, generator, tokenizer, held, **kw)
+    t = time.perf_counter()
+    res = dpt.rtd_pretrain(disc, generator, tokenizer, train, train_dir,
+                           dpt.RTDConfig(steps=settings.rtd_steps, batch_size=settings.batch_size, lr=settings.lr,
+                                         max_length=settings.max_length, seed=settings.seed,
+                                         mixed_precision=settings.mixed_precision, progress=progress))
+    fit = _fit_summary(res, t)
+    after = dpt.rtd_accuracy(disc, generator, tokenizer, held, **kw)
+    return disc.eval(), {"rtd_before": before, "rtd_after": after, "heldout_passages": len(held),
+                         "train_passages": len(train), **fit}
+
+
+def minilm_discriminator(settings: DiscriminatorSettings, progress: bool = False) -> tuple[Any, Any, dict[str, Any]]:
+    """:func:`train_discriminator` with :func:`minilm_mlm` as the generator, from the cache when built before;
+    its held-out RTD accuracy before and after is kept in the entry's metadata (``built_with``)."""
     settings = _resolved(settings)
     generator, tok, gen_info = minilm_mlm(settings.generator, progress=progress)
 
     def build(tmp: Path) -> None:
-        encoder, _ = load_model("minilm", task="base")
-        disc = dpt.discriminator_from_encoder(encoder, seed=settings.seed)
-        train, held = rtd_texts(settings)
-        kw = dict(max_length=settings.max_length, seed=settings.seed)
-        before = dpt.rtd_accuracy(disc, generator, tok, held, **kw)
-        t = time.perf_counter()
-        res = dpt.rtd_pretrain(disc, generator, tok, train, tmp / "_train",
-                               dpt.RTDConfig(steps=settings.rtd_steps, batch_size=settings.batch_size, lr=settings.lr,
-                                             max_length=settings.max_length, seed=settings.seed,
-                                             mixed_precision=settings.mixed_precision, progress=progress))
-        seconds = time.perf_counter() - t
-        after = dpt.rtd_accuracy(disc, generator, tok, held, **kw)
+        disc, meta = train_discriminator(settings, generator, tok, tmp / "_train", progress)
         _discard(tmp / "_train")
-        _save(disc.eval(), tok, tmp, {"rtd_before": before, "rtd_after": after, "heldout_passages": len(held),
-                                      "train_passages": len(train), **_fit_summary(res, t),
-                                      "train_seconds": round(seconds, 1)})
+        _save(disc, tok, tmp, meta)
 
     entry = cached("minilm-rtd-discriminator", asdict(settings),
                    {"model": model_identity("minilm"), "data": "english_corpus", "generator": gen_info["key"]}, build)
