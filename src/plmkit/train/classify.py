@@ -7,7 +7,7 @@ from typing import Sequence
 import torch
 
 from ..data.batching import token_batches
-from .loop import TrainConfig, TrainResult, train
+from .loop import TrainResult, TuneConfig, train
 
 
 def classification_collate(tokenizer):
@@ -29,10 +29,9 @@ def fine_tune_classifier(model: torch.nn.Module, tokenizer, rows: Sequence[dict]
     enc = tokenizer([r["text"] for r in rows], truncation=True, max_length=max_length)["input_ids"]
     data = [{"input_ids": e, "labels": int(r["label"])} for e, r in zip(enc, rows)]
     model.train()
-    result = train(model, data, TrainConfig(out_dir=str(out_dir), max_steps=steps, batch_size=batch_size, lr=lr,
-                                            warmup_steps=max(1, steps // 10), resume=False, progress=progress,
-                                            seed=seed, mixed_precision=mixed_precision),
-                   collate_fn=classification_collate(tokenizer))
+    tune = TuneConfig(steps=steps, batch_size=batch_size, lr=lr, max_length=max_length,
+                      mixed_precision=mixed_precision, progress=progress)
+    result = train(model, data, tune.train_config(out_dir, seed), collate_fn=classification_collate(tokenizer))
     model.eval()
     return result
 
