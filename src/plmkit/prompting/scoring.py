@@ -174,11 +174,11 @@ def score_labels(model: nn.Module, tokenizer, prompt: Prompt, texts: Sequence[st
     kind = model_kind(model)
     if kind == "masked":
         return _masked_scores(model, tokenizer, prompt, texts, words, max_length, batch_size)
-    rows = []
-    for text in texts:
-        e = encode(tokenizer, prompt, text, kind, max_length, words)
-        rows.append(sequence_logprobs(model, [e.source], e.targets, kind)[0])
-    return np.array(rows).reshape(len(texts), -1)
+    encs = [encode(tokenizer, prompt, text, kind, max_length, words) for text in texts]
+    if not encs:
+        return np.zeros((0, len(words if words is not None else prompt.label_words)))
+    # the label targets depend on the words only, so one call scores every text against them
+    return sequence_logprobs(model, [e.source for e in encs], encs[0].targets, kind)
 
 
 def _masked_scores(model, tokenizer, prompt, texts, words, max_length, batch_size) -> np.ndarray:
