@@ -7,6 +7,7 @@ checkpoint. The one-process references are trained here, in this process, with b
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -80,7 +81,9 @@ def test_lr_schedule_is_the_single_process_one_fresh_accumulated_and_resumed(dis
 
 def test_only_the_main_process_writes(dist):
     run = dist.out / "lr" / "run"
-    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2  # eval_every=4 of 8 steps, not once per process
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == list(range(1, 9))  # log_every=1, one line per step, not one per process
+    assert [x["step"] for x in lines if "w" in x] == [4, 8]  # eval_every=4
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-6", "step-8"]
     ck = run / "checkpoints" / "step-8"
     assert (ck / "DONE").exists() and (ck / "custom_checkpoint_0.pkl").exists()  # the scheduler is checkpointed

@@ -34,7 +34,9 @@ def test_loss_decreases_and_eval_runs(tmp_path):
     assert res.step == 30 and len(res.losses) == 6
     assert res.losses[-1] < res.losses[0] * 0.7
     assert len(res.evals) == 2 and len(seen) == 2
-    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [5, 10, 15, 20, 25, 30]  # every log step; evals at 15 and 30
+    assert [x["step"] for x in lines if "x" in x] == [15, 30] and all("loss" in x and "seconds" in x for x in lines)
     assert json.loads((tmp_path / "train_config.json").read_text())["max_steps"] == 30
 
 

@@ -1,9 +1,10 @@
 """Load models by asset name, hub id or local path; GGUF files are converted once to safetensors."""
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -39,6 +40,20 @@ def _class_for(config: Any, task: str):
         if cls is not None:
             return cls
     return tf.AutoModel
+
+
+@contextlib.contextmanager
+def quiet_load_report() -> Iterator[None]:
+    """Silence transformers' load report inside the block: for a checkpoint loaded with a new head (a classifier
+    on a pretrained LM) its MISSING / UNEXPECTED keys are expected."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
 
 
 def build_from_config(config: Any, task: str = "auto", trust_remote_code: bool = False) -> torch.nn.Module:

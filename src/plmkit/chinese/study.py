@@ -141,14 +141,11 @@ def run_study(out_dir: str | Path, config: StudyConfig | None = None, *, seed: i
 def _classifier(path: Path):
     """A sequence classifier from a pretrained masked LM (a fresh head; the load report is expected)."""
     from transformers import BertForSequenceClassification
-    from transformers.utils import logging as hf_logging
 
-    level = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
+    from ..assets.models import quiet_load_report
+
+    with quiet_load_report():
         return BertForSequenceClassification.from_pretrained(path, num_labels=2)
-    finally:
-        hf_logging.set_verbosity(level)
 
 
 def summarize(runs: list[dict]) -> dict[str, dict[str, float]]:

@@ -170,6 +170,62 @@ def english_corpus(max_chars: int | None = None, seed: int = 0) -> list[str]:
     return passages
 
 
+ENGLISH_SOURCES = ("wikipedia", "austen", "moby_dick", "lee_news", "wordnet_glosses", "fortunes")
+
+
+def english_documents(sources: tuple[str, ...] = ENGLISH_SOURCES[:5], section: int = 30) -> list[tuple[str, list[str]]]:
+    """English documents as ``(doc_id, passages)``, for corpora that split by document (pretraining).
+
+    A Wikipedia article, a Lee news story and a fortune are a document each; the novels come as sections
+    of ``section`` consecutive paragraphs; WordNet glosses ("lemma: gloss") as groups of 200 within one
+    lexicographer file. Passages are whitespace-normalised, at most ~800 characters, and each one is
+    kept once (the first time it occurs). Sources that are not installed are skipped."""
+    from ..errors import MissingAssetError
+
+    def sections(name: str, paragraphs: list[str]) -> list[tuple[str, list[str]]]:
+        return [(f"{name}/{i // section}", paragraphs[i:i + section]) for i in range(0, len(paragraphs), section)]
+
+    def glosses() -> list[tuple[str, list[str]]]:
+        from .wordnet import wordnet_graph
+
+        by_file: dict[str, list[str]] = {}
+        for sid in sorted(wordnet_graph().synsets):
+            s = wordnet_graph().synsets[sid]
+            by_file.setdefault(s.lexname, []).append(f"{s.lemmas[0].replace('_', ' ')}: {s.gloss}.")
+        return [(f"wordnet/{f}/{i // 200}", [" ".join(g[i:i + 200])]) for f, g in sorted(by_file.items())
+                for i in range(0, len(g), 200)]
+
+    builders = {
+        "wikipedia": lambda: [(f"wikipedia/{a['title']}", a["text"].split("\n")) for a in wikipedia()],
+        "austen": lambda: [d for b, text in austen().items() for d in sections(f"austen/{b}", _paragraphs(text))],
+        "moby_dick": lambda: sections("moby_dick", _paragraphs(moby_dick())),
+        "lee_news": lambda: [(f"lee_news/{i}", [t]) for i, t in enumerate(lee_news())],
+        "wordnet_glosses": glosses,
+        "fortunes": lambda: [(f"fortunes/{r['category']}/{i}", [r["text"]]) for i, r in enumerate(fortunes())],
+    }
+    unknown = set(sources) - set(builders)
+    if unknown:
+        from ..errors import ConfigError
+
+        raise ConfigError(f"unknown English sources {sorted(unknown)}; known: {', '.join(ENGLISH_SOURCES)}")
+    seen: set[str] = set()
+    docs = []
+    for name in sources:
+        try:
+            raw = builders[name]()
+        except MissingAssetError:
+            continue
+        for doc_id, paragraphs in raw:
+            passages = []
+            for c in (c for p in paragraphs for c in _chunks(" ".join(p.split()))):
+                if len(c) > 40 and c not in seen:
+                    seen.add(c)
+                    passages.append(c)
+            if passages:
+                docs.append((doc_id, passages))
+    return docs
+
+
 def _chunks(text: str, max_chars: int = 800) -> list[str]:
     """Split a long paragraph at sentence ends into pieces of at most ``max_chars`` (roughly)."""
     out, cur = [], ""

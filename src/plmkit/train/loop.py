@@ -18,12 +18,13 @@ from typing import Any, Callable, Sequence
 import torch
 from torch.utils.data import DataLoader
 
-from .._io import write_json
+from .._io import write_json, write_text
 from ..device import is_wrapped, unwrap_model  # noqa: F401  (re-exported)
 from ..errors import ConfigError
 
-LossFn = Callable[[torch.nn.Module, Any], torch.Tensor]
+LossFn = Callable[..., torch.Tensor]  # loss_fn(model, batch) or loss_fn(model, batch, step=k)
 EvalFn = Callable[[torch.nn.Module], dict[str, float]]
+CounterFn = Callable[[Any, int], dict[str, float]]  # counters(batch, step) -> amounts this micro-batch adds
 
 
 def causal_lm_collate(tokenizer) -> Callable[[list[dict]], dict]:
@@ -48,7 +49,7 @@ class TrainConfig:
     max_grad_norm: float | None = 1.0
     eval_every: int | None = None
     save_every: int | None = None
-    keep_checkpoints: int = 2
+    keep_checkpoints: int = 2  # 0 keeps every checkpoint (for analyses along a run)
     log_every: int = 10
     seed: int = 0
     mixed_precision: str = "no"  # no | fp16 | bf16 | auto (bf16 where plmkit.device.bf16_is_fast(), else no)
@@ -89,6 +90,7 @@ class TrainResult:
     resumed_from: int = 0
     lrs: list[float] = field(default_factory=list)  # learning rate (first param group) used at each optimizer step
     mixed_precision: str = "no"  # the precision trained in ("auto" resolved)
+    totals: dict[str, float] = field(default_factory=dict)  # the counters summed over steps and processes, seconds
 
 
 def _checkpoints(out: Path) -> list[tuple[int, Path]]:
@@ -109,6 +111,7 @@ def train(
     collate_fn: Callable[[list[Any]], Any] | None = None,
     eval_fn: EvalFn | None = None,
     optimizer: torch.optim.Optimizer | None = None,
+    counters: CounterFn | None = None,
 ) -> TrainResult:
     """Train ``model`` for ``config.max_steps`` optimizer steps over ``data`` (reshuffled every epoch).
 
@@ -121,6 +124,12 @@ def train(
     autocast. Checkpoints land in ``out_dir/checkpoints/step-N`` and a rerun with ``resume=True``
     continues from the newest complete one, reproducing the same batches and schedule. On return the
     model is the user's own module again: unwrapped, its forward no longer autocast, in eval mode.
+
+    A ``loss_fn`` with a ``step`` parameter also gets the number of optimizer steps done so far (for
+    schedules inside a loss, such as a distillation weight). ``counters(batch, step)`` returns amounts a
+    micro-batch adds (tokens, FLOPs ...); they are summed over processes and steps into ``result.totals``
+    with the training seconds, kept across a resume, and written with the loss and LR at every log step and
+    with every evaluation to ``out_dir/metrics.jsonl`` (one JSON line per such step).
     """
     from accelerate import Accelerator, PartialState
     from accelerate.utils import set_seed
@@ -142,8 +151,8 @@ def train(
     user_model, own_forward = model, model.__dict__.get("forward")
     try:
         wrapped, optimizer = acc.prepare(model, optimizer)
-        result = _loop(acc, wrapped, user_model, optimizer, scheduler, params, data, config, loss_fn, collate_fn,
-                       eval_fn)
+        result = _loop(acc, wrapped, user_model, optimizer, scheduler, params, data, config, _with_step(loss_fn),
+                       collate_fn, eval_fn, counters)
         result.mixed_precision = precision
         acc.wait_for_everyone()
         return result
@@ -153,7 +162,9 @@ def train(
 
 def _loop(acc: Any, model: torch.nn.Module, user_model: torch.nn.Module, optimizer: Any, scheduler: Any,
           params: list[torch.nn.Parameter], data: Sequence[Any], config: TrainConfig, loss_fn: LossFn,
-          collate_fn: Callable | None, eval_fn: EvalFn | None) -> TrainResult:
+          collate_fn: Callable | None, eval_fn: EvalFn | None, counters: CounterFn | None) -> TrainResult:
+    import time
+
     from tqdm.auto import tqdm
 
     out = Path(config.out_dir)
@@ -167,9 +178,10 @@ def _loop(acc: Any, model: torch.nn.Module, user_model: torch.nn.Module, optimiz
         acc.load_state(str(path))  # model, optimizer, RNG states and the registered scheduler
         state = json.loads((path / "trainer_state.json").read_text())
         result.losses, result.evals, result.resumed_from = state["losses"], state["evals"], result.step
-        result.lrs = state.get("lrs", [])
+        result.lrs, result.totals = state.get("lrs", []), state.get("totals", {})
     if acc.is_main_process:
         write_json(out / "train_config.json", asdict(config))
+        _truncate_metrics(out / "metrics.jsonl", result.step)  # lines a crashed run wrote after its last checkpoint
 
     def loader(epoch: int) -> DataLoader:
         g = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
@@ -187,7 +199,9 @@ def _loop(acc: Any, model: torch.nn.Module, user_model: torch.nn.Module, optimiz
     bar = tqdm(total=config.max_steps, initial=result.step, desc="train", disable=not (config.progress and
                                                                                          acc.is_local_main_process))
     window: list[float] = []
+    pending: dict[str, float] = {}  # counters of this optimizer step's micro-batches, on this process
     lr = 0.0
+    started, seconds_before = time.perf_counter(), result.totals.get("seconds", 0.0)
     model.train()
     while result.step < config.max_steps:
         try:
@@ -196,9 +210,12 @@ def _loop(acc: Any, model: torch.nn.Module, user_model: torch.nn.Module, optimiz
             epoch += 1
             it = iter(loader(epoch))
             continue
+        if counters:
+            for k, v in counters(batch, result.step).items():
+                pending[k] = pending.get(k, 0.0) + float(v)
         with acc.accumulate(model):
             with acc.autocast():  # also covers loss paths that call submodules directly (eval.lm.lm_loss)
-                loss = loss_fn(model, batch)
+                loss = loss_fn(model, batch, result.step)
             acc.backward(loss)
             if acc.sync_gradients:
                 if config.max_grad_norm:
@@ -214,23 +231,61 @@ def _loop(acc: Any, model: torch.nn.Module, user_model: torch.nn.Module, optimiz
         result.step += 1
         result.lrs.append(lr)
         bar.update(1)
+        if counters:
+            _add_counts(acc, result.totals, pending)
+            pending = {}
+        result.totals["seconds"] = round(seconds_before + time.perf_counter() - started, 3)
+        line: dict[str, Any] = {}
         if result.step % config.log_every == 0 or result.step == config.max_steps:
             result.losses.append(sum(window) / len(window))
             bar.set_postfix(loss=f"{result.losses[-1]:.4f}")
             window = []
+            line.update(loss=result.losses[-1], lr=lr)
         if eval_fn and config.eval_every and (result.step % config.eval_every == 0 or result.step == config.max_steps):
             model.eval()
             with torch.no_grad(), acc.autocast():
-                metrics = {"step": result.step, **eval_fn(user_model)}
+                metrics = {"step": result.step, **eval_fn(user_model), **result.totals}
             model.train()
             result.evals.append(metrics)
-            if acc.is_main_process:
-                with open(out / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps(metrics) + "\n")
+            line.update(metrics)
+        if line and acc.is_main_process:
+            with open(out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps({"step": result.step, **line, **result.totals}) + "\n")
         if config.save_every and (result.step % config.save_every == 0 or result.step == config.max_steps):
             _save(acc, out, result, config.keep_checkpoints)
     bar.close()
     return result
+
+
+def _with_step(loss_fn: LossFn) -> Callable[[torch.nn.Module, Any, int], torch.Tensor]:
+    """``loss_fn`` called as ``(model, batch, step)``; the step is passed only to a loss that names it."""
+    import inspect
+
+    try:
+        takes_step = "step" in inspect.signature(loss_fn).parameters
+    except (TypeError, ValueError):  # a builtin or C callable
+        takes_step = False
+    return (lambda m, b, k: loss_fn(m, b, step=k)) if takes_step else (lambda m, b, k: loss_fn(m, b))
+
+
+def _add_counts(acc: Any, totals: dict[str, float], counts: dict[str, float]) -> None:
+    """Add one optimizer step's counters, summed over processes, to ``totals`` (every process keeps the same)."""
+    if not counts:
+        return
+    keys = sorted(counts)
+    values = torch.tensor([counts[k] for k in keys], dtype=torch.float64, device=acc.device)
+    if acc.num_processes > 1:
+        values = acc.reduce(values, reduction="sum")
+    for k, v in zip(keys, values.tolist()):
+        totals[k] = totals.get(k, 0.0) + v
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Keep the lines of ``metrics.jsonl`` up to ``step`` (a resumed run writes the later ones again)."""
+    if not path.exists():
+        return
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
+    write_text(path, "".join(ln + "\n" for ln in lines))
 
 
 def _cpu_only_distributed() -> bool:
@@ -284,7 +339,7 @@ def _save(acc: Any, out: Path, result: TrainResult, keep: int) -> None:
     acc.save_state(str(path), safe_serialization=True)
     if acc.is_main_process:
         write_json(path / "trainer_state.json", {"step": result.step, "losses": result.losses, "evals": result.evals,
-                                                 "lrs": result.lrs})
+                                                 "lrs": result.lrs, "totals": result.totals})
         (path / "DONE").touch()
         for _, old in _checkpoints(out)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,63 @@
+"""BERT-style masking, drawn so that a resumed run masks exactly as the uninterrupted one would have.
+
+A collator that draws masks from the global random stream cannot be resumed exactly: the data loader
+collates one batch ahead, so the stream a checkpoint saves has already moved past the next batch's masks.
+Here the masks of a batch come from a generator seeded by the run's seed, the optimizer step and the
+batch's own token ids, inside the loss: the same batch at the same step gets the same masks on any
+process count, before or after a resume, and two processes' different batches get different masks.
+"""
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Callable
+
+import torch
+
+IGNORE = -100
+
+
+def batch_generator(input_ids: torch.Tensor, step: int, seed: int) -> torch.Generator:
+    """A CPU generator determined by ``seed``, ``step`` and the ids' contents."""
+    h = hashlib.sha256(input_ids.detach().cpu().numpy().tobytes())
+    h.update(f"{seed}:{step}".encode())
+    return torch.Generator().manual_seed(int.from_bytes(h.digest()[:8], "big") >> 1)
+
+
+def special_mask(input_ids: torch.Tensor, tokenizer) -> torch.Tensor:
+    """True at special tokens (never masked)."""
+    ids = set(tokenizer.all_special_ids)
+    return torch.isin(input_ids, torch.tensor(sorted(ids), dtype=input_ids.dtype, device=input_ids.device))
+
+
+def random_positions(input_ids: torch.Tensor, tokenizer, probability: float,
+                     generator: torch.Generator) -> torch.Tensor:
+    """Each non-special token chosen with ``probability`` (BERT's random masking)."""
+    draw = torch.rand(input_ids.shape, generator=generator).to(input_ids.device)
+    return (draw < probability) & ~special_mask(input_ids, tokenizer)
+
+
+def apply_mask(input_ids: torch.Tensor, chosen: torch.Tensor, tokenizer, generator: torch.Generator,
+               replace: tuple[float, float] = (0.8, 0.1)) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inputs, labels): at ``chosen`` positions 80% become ``[MASK]``, 10% a random token, 10% stay; labels
+    hold the original ids there and -100 elsewhere."""
+    labels = input_ids.masked_fill(~chosen, IGNORE)
+    u = torch.rand(input_ids.shape, generator=generator).to(input_ids.device)
+    random_ids = torch.randint(len(tokenizer), input_ids.shape, generator=generator).to(input_ids.device)
+    inputs = input_ids.clone()
+    to_mask = chosen & (u < replace[0])
+    to_random = chosen & (u >= replace[0]) & (u < replace[0] + replace[1])
+    inputs[to_mask] = tokenizer.mask_token_id
+    inputs[to_random] = random_ids[to_random]
+    return inputs, labels
+
+
+def masked_objective(loss_fn: Callable[..., torch.Tensor], tokenizer, probability: float, seed: int
+                     ) -> Callable[[Any, dict, int], torch.Tensor]:
+    """``loss_fn(model, batch, step)`` on a batch masked here (random positions, 80/10/10)."""
+    def loss(model: Any, batch: dict, step: int) -> torch.Tensor:
+        g = batch_generator(batch["input_ids"], step, seed)
+        chosen = random_positions(batch["input_ids"], tokenizer, probability, g)
+        inputs, labels = apply_mask(batch["input_ids"], chosen, tokenizer, g)
+        return loss_fn(model, {**batch, "input_ids": inputs, "labels": labels}, step)
+
+    return loss
