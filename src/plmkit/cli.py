@@ -702,12 +702,14 @@ def build_parser() -> argparse.ArgumentParser:
     from .analysis.cli import add_parser as add_neurons
     from .compress.cli import add_parser as add_cook
     from .infer.cli import add_parser as add_generate
+    from .pretrain.cli import add_parser as add_pretrain
     from .prompting.cli import add_parser as add_prompting
 
     add_neurons(sub)
     add_generate(sub)
     add_cook(sub)
     add_prompting(sub)
+    add_pretrain(sub)
 
     e = sub.add_parser("eren", help="EREN on a standard editing benchmark (CounterFact or zsRE JSON): ES/BP/EQ")
     esub = e.add_subparsers(dest="action", required=True, metavar="ACTION", title="actions", help="bench")

@@ -68,13 +68,20 @@ _ROWS = [
      "implemented: averaged-logit beam search (decoder-only and T5), contrastive re-ranking, combination search "
      "on dev, prompt-based fine-tuning and summed log-probability scoring, single-word baseline; plmkit autoseq "
      "search; recipe 'autoseq'", "plmkit.prompting.autoseq.search"),
-    ("knowledge_inheritance", "Knowledge Inheritance", "pretrain", "not yet",
-     "plmkit.pretrain.knowledge_inheritance"),
+    ("knowledge_inheritance", "Knowledge Inheritance", "pretrain",
+     "implemented: BERT / LLaMA-style models of named sizes pretrained from scratch on the English corpus (packed, "
+     "split by document, one study tokenizer), KD from a smaller teacher with linear / KD-then-LM / constant "
+     "schedules, tokens and FLOPs (teacher counted) per step, every checkpoint kept, resumable; plmkit pretrain; "
+     "recipe 'knowledge-inheritance'", "plmkit.pretrain.pretrain"),
     ("kepler", "KEPLER: knowledge embedding + LM", "knowledge",
      "implemented: description-based TransE + MLM, filtered negatives, transductive/inductive link prediction "
      "checked against PyKEEN, PyKEEN TransE/RotatE peers; recipe 'kepler'", "plmkit.knowledge.KEPLER"),
     ("hiddenkiller", "HiddenKiller: syntactic backdoor", "security", "not yet", "plmkit.security.hiddenkiller"),
-    ("selective_masking", "Selective masking", "pretrain", "not yet", "plmkit.pretrain.selective_masking"),
+    ("selective_masking", "Selective masking", "pretrain",
+     "implemented: batched buffer-rule importance labels (reference and delta rules), a token tagger on an "
+     "encoder's states, top-scored masks (<= 15%, 80/10/10) saved as a datasets folder, task-guided pretraining "
+     "vs random masks with mask generation compute counted; plmkit selective-mask; recipe 'selective-masking'",
+     "plmkit.pretrain.selective_masking.token_importance"),
     ("ernie", "ERNIE: knowledge-enhanced encoder", "knowledge", "not yet", "plmkit.knowledge.ernie"),
 ]
 

@@ -63,6 +63,13 @@ CASES = {
     "dpt without discriminator": (["fewshot", "--method", "dpt", "--out", "fs"],
                                   ["--method dpt needs --discriminator", "pretrain-discriminator"]),
     "missing prompt file": (["fewshot", "--prompt", "nope.json", "--out", "fs"], ["no prompt file 'nope.json'"]),
+    "pretrain teacher missing": (["pretrain", "--teacher", "nomodel", "--out", "pt"],
+                                 ["--teacher nomodel: no model there", "plmkit pretrain"]),
+    "selective-mask corpus missing": (["selective-mask", "--classifier", "nomodel", "--corpus", "no.txt",
+                                       "--out", "sm"],
+                                      ["--corpus no.txt: no such file"]),
+    "selective-mask corpus not utf-8": (["selective-mask", "--classifier", "nomodel", "--corpus", "latin1.txt",
+                                         "--out", "sm"], ["latin1.txt is not UTF-8"]),
 }
 
 

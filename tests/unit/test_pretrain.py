@@ -125,8 +125,8 @@ def test_causal_kd_scores_every_next_token_position():
     loss = KILoss(teacher, student, KIConfig(schedule="constant", alpha=1.0))(student, batch, step=0)
     with torch.no_grad():
         s, t = student(input_ids=ids).logits[:, :-1], teacher(input_ids=ids).logits[:, :-1]
-    assert float(loss.detach()) == pytest.approx(float(kd_loss(s.reshape(-1, s.shape[-1]), t.reshape(-1, t.shape[-1]), 2.0)),
-                                        rel=1e-4)
+    want = kd_loss(s.reshape(-1, s.shape[-1]), t.reshape(-1, t.shape[-1]), 2.0)
+    assert float(loss.detach()) == pytest.approx(float(want), rel=1e-4)
 
 
 def test_a_teacher_with_another_vocabulary_or_objective_is_refused(tmp_path, bert_tok):
@@ -207,3 +207,126 @@ def test_compute_to_reach_interpolates_between_evaluations():
     assert compute_to_reach(curve, 6.0) == 1.0
     assert compute_to_reach(curve, 2.0) is None
     assert math.isclose(compute_to_reach(curve, 3.0), 3.0)
+
+
+# --- selective masking ---------------------------------------------------------------------------------------------
+
+class _KeywordClassifier(torch.nn.Module):
+    """P(positive) = sigmoid(6·count(keyword) − 3): a classifier whose important tokens are known."""
+
+    def __init__(self, keyword: int):
+        super().__init__()
+        self.keyword, self.w = keyword, torch.nn.Parameter(torch.ones(1))
+
+    def forward(self, input_ids, attention_mask=None):
+        from types import SimpleNamespace
+
+        count = ((input_ids == self.keyword) & (attention_mask.bool() if attention_mask is not None else True)).sum(-1)
+        pos = self.w * (6.0 * count.float() - 3.0)
+        return SimpleNamespace(logits=torch.stack([torch.zeros_like(pos), pos], -1))
+
+
+@pytest.fixture(scope="module")
+def char_tok():
+    from plmkit.testing import tiny_tokenizer
+
+    return tiny_tokenizer(chat=False)
+
+
+def test_buffer_rule_finds_the_keyword(char_tok):
+    from plmkit.pretrain.selective_masking import SelectiveMaskConfig, token_importance
+
+    g = char_tok.convert_tokens_to_ids("g")
+    clf = _KeywordClassifier(g)
+    texts, labels = ["xgzb", "gxg", "xzb"], [1, 1, 0]
+    ref = token_importance(clf, char_tok, texts, labels, SelectiveMaskConfig(rule="reference"))
+    # "xgzb": the buffer [x, g] recovers the sentence's P(positive); "gxg": only the second g reaches P(2 g's);
+    # "xzb" (negative): every one-token buffer already scores as the whole sentence, so the reference rule marks all
+    assert ref.important == [[False, True, False, False], [False, False, True], [True, True, True]]
+    delta = token_importance(clf, char_tok, texts, labels, SelectiveMaskConfig(rule="delta"))
+    # delta: each g raises P(positive) by more than 0.01 over the buffer before it; nothing moves P(negative)
+    assert delta.important == [[False, True, False, False], [True, False, True], [False, False, False]]
+    wrong = token_importance(clf, char_tok, ["xzb"], [1])  # misclassified sentences are not labelled
+    assert wrong.ids == [] and wrong.sentences_seen == 1
+    assert ref.flops > 0
+
+
+def test_stop_words_are_never_important(char_tok):
+    from plmkit.pretrain.selective_masking import token_importance
+
+    a = char_tok.convert_tokens_to_ids("a")  # "a" is an English stop word
+    res = token_importance(_KeywordClassifier(a), char_tok, ["xaz"], [1])
+    assert res.important == [[False, False, False]]
+
+
+def test_apply_mask_is_80_10_10_on_the_chosen_positions_only(char_tok):
+    from plmkit.pretrain.masking import apply_mask
+
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, 40, (64, 128), generator=g)
+    chosen = torch.rand(ids.shape, generator=g) < 0.15
+    inputs, labels = apply_mask(ids, chosen, char_tok, g)
+    assert torch.equal(labels != -100, chosen) and torch.equal(labels[chosen], ids[chosen])
+    assert torch.equal(inputs[~chosen], ids[~chosen])
+    n = int(chosen.sum())
+    as_mask = int((inputs[chosen] == char_tok.mask_token_id).sum()) / n
+    kept = int((inputs[chosen] == ids[chosen]).sum()) / n
+    assert as_mask == pytest.approx(0.8, abs=0.02) and kept == pytest.approx(0.1 + 0.1 / len(char_tok), abs=0.02)
+
+
+def test_masks_depend_on_seed_step_and_content_not_on_the_global_stream():
+    from plmkit.pretrain.masking import batch_generator
+
+    ids = torch.arange(12).reshape(2, 6)
+    torch.manual_seed(1)
+    a = torch.rand(3, generator=batch_generator(ids, 5, 0))
+    torch.manual_seed(2)
+    assert torch.equal(a, torch.rand(3, generator=batch_generator(ids, 5, 0)))
+    assert not torch.equal(a, torch.rand(3, generator=batch_generator(ids, 6, 0)))
+    assert not torch.equal(a, torch.rand(3, generator=batch_generator(ids + 1, 5, 0)))
+
+
+def test_selective_masks_take_at_most_the_rate_top_scored_first_and_save(tmp_path, bert_tok):
+    from plmkit.pretrain.selective_masking import (SelectiveMaskConfig, TokenTagger, load_masked, save_masked,
+                                                   selective_masks)
+
+    tagger = TokenTagger(scratch_model("bert", "xxs", bert_tok))
+    cat = bert_tok.convert_tokens_to_ids("cat")
+    with torch.no_grad():  # score = the token state's first coordinate; make "cat" score highest by its embedding
+        tagger.head.weight.zero_()
+        tagger.head.weight[0, 0] = 1.0
+        tagger.head.bias.fill_(0.0)
+    texts = TEXTS[:20]
+    masked = selective_masks(tagger, bert_tok, texts, SelectiveMaskConfig(mask_rate=0.15))
+    st = masked.stats
+    assert st["mask_rate"] <= 0.15 and st["sequences"] == 20
+    for ids, lab in zip(masked.input_ids, masked.labels):
+        n_text = len(ids) - 2
+        assert sum(x != -100 for x in lab) <= int(0.15 * n_text)
+        assert lab[0] == lab[-1] == -100  # [CLS] / [SEP] never
+    assert st["share_mask"] + st["share_random"] + st["share_kept"] == pytest.approx(1.0)
+    save_masked(masked, tmp_path / "m")
+    back = load_masked(tmp_path / "m")
+    assert [r["input_ids"] for r in back] == masked.input_ids
+    assert json.loads((tmp_path / "m" / "stats.json").read_text())["sequences"] == 20
+    assert cat is not None
+
+
+def test_tagger_learns_the_labels_and_only_its_head_trains(tmp_path, bert_tok):
+    from plmkit.pretrain.selective_masking import Importance, TokenTagger, train_tagger
+
+    enc = scratch_model("bert", "xxs", bert_tok)
+    before = {k: v.clone() for k, v in enc.state_dict().items()}
+    tagger = TokenTagger(enc)
+    ids = [bert_tok(t, add_special_tokens=False)["input_ids"] for t in TEXTS[:24]]
+    cat = bert_tok.convert_tokens_to_ids("cat")
+    imp = Importance(ids=ids, important=[[x == cat for x in s] for s in ids])
+    from plmkit.pretrain.selective_masking import SelectiveMaskConfig
+
+    res = train_tagger(tagger, bert_tok, imp, tmp_path, SelectiveMaskConfig(tagger_steps=150, tagger_lr=1e-2))
+    assert res.train_accuracy > 0.95 and 0 < res.positive_rate < 0.2
+    for k, v in enc.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    tagger.save(tmp_path / "tagger")
+    again = TokenTagger(enc).load(tmp_path / "tagger")
+    torch.testing.assert_close(again.head.weight, tagger.head.weight)

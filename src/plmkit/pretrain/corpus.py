@@ -21,7 +21,7 @@ CORPORA = ("english", "english+fortunes", "fortunes")
 class CorpusConfig(JsonConfig):
     corpus: str = "english"  # english: Wikipedia, Austen, Moby Dick, Lee news, WordNet glosses; +fortunes
     max_chars: int | None = None  # documents are taken in a seeded order until this many characters
-    validation_fraction: float = 0.02  # of the documents (by a hash of the id)
+    validation_fraction: float = 0.05  # of the documents (by a hash of the id)
     block_size: int = 128
     seed: int = 0  # the order documents are taken and packed in
 
@@ -90,7 +90,8 @@ def packed_corpus(tokenizer, config: CorpusConfig) -> PackedCorpus:
     val = [d for d in docs if in_validation(d[0], config.validation_fraction)]
     train = [d for d in docs if not in_validation(d[0], config.validation_fraction)]
     if not val or not train:
-        raise ConfigError(f"{len(docs)} documents leave an empty split: raise max_chars or validation_fraction")
+        raise ConfigError(f"{len(docs)} documents leave an empty split: raise max_chars (--max-chars) or "
+                          "validation_fraction (--validation-fraction)")
     train_blocks, train_tokens = pack(tokenizer, [p for _, p in train], config.block_size)
     val_blocks, val_tokens = pack(tokenizer, [p for _, p in val], config.block_size)
     return PackedCorpus(train_blocks, val_blocks, (len(train), len(val)), (train_tokens, val_tokens))

@@ -23,6 +23,20 @@ def batch_generator(input_ids: torch.Tensor, step: int, seed: int) -> torch.Gene
     return torch.Generator().manual_seed(int.from_bytes(h.digest()[:8], "big") >> 1)
 
 
+def special_wrap(tokenizer) -> tuple[list[int], list[int]]:
+    """The special ids the tokenizer puts before and after a text (``[CLS]`` / ``[SEP]``, ``<s>``, none)."""
+    inner = tokenizer("x", add_special_tokens=False)["input_ids"]
+    full = tokenizer("x")["input_ids"]
+    start = next(i for i in range(len(full)) if full[i:i + len(inner)] == inner)
+    return full[:start], full[start + len(inner):]
+
+
+def with_specials(tokenizer, ids: list[int]) -> list[int]:
+    """``ids`` wrapped in the tokenizer's special tokens, as ``tokenizer(text)`` would return them."""
+    prefix, suffix = special_wrap(tokenizer)
+    return prefix + list(ids) + suffix
+
+
 def special_mask(input_ids: torch.Tensor, tokenizer) -> torch.Tensor:
     """True at special tokens (never masked)."""
     ids = set(tokenizer.all_special_ids)
