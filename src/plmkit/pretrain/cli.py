@@ -148,7 +148,7 @@ def add_parser(sub: Any) -> None:
                                               "classifier, train a tagger, write a masked in-domain corpus")
     s.add_argument("--classifier", required=True, help="fine-tuned sequence classifier folder (with its tokenizer)")
     s.add_argument("--corpus", required=True, help="in-domain text file, one passage per line")
-    s.add_argument("--task", default="drugs", help="plmkit task whose training split is labelled (default drugs)")
+    s.add_argument("--task", default="topics4", help="plmkit task whose training split is labelled (default topics4)")
     s.add_argument("--labelled", default=None, help="JSON lines of {text, label} to label instead of --task")
     s.add_argument("--encoder", default=None, help="encoder of the tagger (default: the classifier's own)")
     s.add_argument("--rule", choices=("reference", "delta"), default="reference",
