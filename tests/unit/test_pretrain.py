@@ -201,6 +201,17 @@ def test_pretrain_resumes_mid_ki_to_the_uninterrupted_weights(tmp_path, bert_tok
         torch.testing.assert_close(p, q, msg=k)
 
 
+def test_a_folder_with_another_runs_checkpoints_is_refused(tmp_path, bert_tok):
+    blocks = _blocks(bert_tok)
+    cfg = PretrainConfig(size="xxs", steps=2, batch_size=4, eval_every=2, mixed_precision="no", warmup_steps=1)
+    pretrain(tmp_path, blocks, blocks[:8], bert_tok, cfg, progress=False)
+    _, again = pretrain(tmp_path, blocks, blocks[:8], bert_tok, cfg, progress=False)  # same settings: resumed
+    assert again.resumed_from == 2
+    with pytest.raises(ConfigError, match="other settings"):
+        pretrain(tmp_path, blocks, blocks[:8], bert_tok, PretrainConfig(size="xs", steps=2, batch_size=4,
+                                                                        eval_every=2), progress=False)
+
+
 def test_compute_to_reach_interpolates_between_evaluations():
     curve = [(1.0, 5.0), (2.0, 4.0), (3.0, 3.0)]
     assert compute_to_reach(curve, 3.5) == pytest.approx(2.5)

@@ -111,6 +111,20 @@ def _causal(model: torch.nn.Module) -> bool:
     return is_causal_lm(model)
 
 
+def _refuse_other_run(out: Path, config: PretrainConfig, ki: KIConfig | None) -> None:
+    """A folder with checkpoints of a run with other settings is not resumed into (its curve would be mixed in)."""
+    import json
+
+    saved, saved_ki = out / "pretrain_config.json", out / "ki_config.json"
+    if not (out / "checkpoints").exists() or not saved.exists():
+        return
+    same = json.loads(saved.read_text()) == config.to_dict()
+    same_ki = (json.loads(saved_ki.read_text()) if saved_ki.exists() else None) == (ki.to_dict() if ki else None)
+    if not (same and same_ki):
+        raise ConfigError(f"{out} holds a pretraining run with other settings; pass another output folder or "
+                          "delete that one (rerunning with the same settings resumes it)")
+
+
 def pretrain(out_dir: str | Path, train_blocks: list[dict], validation: list[dict], tokenizer,
              config: PretrainConfig, *, teacher: torch.nn.Module | None = None, ki: KIConfig | None = None,
              teacher_tokenizer: Any = None, progress: bool = True) -> tuple[torch.nn.Module, PretrainResult]:
@@ -144,6 +158,7 @@ def pretrain(out_dir: str | Path, train_blocks: list[dict], validation: list[dic
         return {"tokens": tokens, "student_flops": train_flops(student_n, tokens), "teacher_flops": teacher_flops,
                 "flops": train_flops(student_n, tokens) + teacher_flops}
 
+    _refuse_other_run(out, config, ki if teacher is not None else None)
     if teacher is not None:
         write_json(out / "ki_config.json", (ki or KIConfig()).to_dict())
     config.to_json(out / "pretrain_config.json")

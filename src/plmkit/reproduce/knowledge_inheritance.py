@@ -11,6 +11,7 @@ students are then fine-tuned on the fortunes topic task (text the pretraining co
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from dataclasses import dataclass
 from typing import Any
 
@@ -114,6 +115,9 @@ def _plot(ctx: RecipeContext, runs: list[dict], teacher: dict) -> list[str]:
 )
 def run(ctx: RecipeContext) -> dict[str, Any]:
     S: KISettings = ctx.settings
+    for old in ctx.out_dir.glob("*"):  # a recipe run starts afresh (plmkit pretrain resumes instead)
+        if old.is_dir():
+            shutil.rmtree(old)
     corpus_cfg = dataclasses.replace(S.corpus, seed=ctx.seed)
     with ctx.phase("corpus"):
         tok = study_tokenizer("bert", corpus_texts(corpus_cfg), vocab_size=S.vocab_size,
