@@ -120,6 +120,20 @@ def main(out: Path, scenarios: list[str]) -> None:
             res = fit_lm_head(model, tiny_tokenizer(), lm_texts(), str(d / "run"), steps=3, batch_size=2,
                               progress=False)
             rec.update(losses=res.losses, state=model.state_dict())
+        elif name == "ki":  # a Knowledge Inheritance run: KD for the first 2 of 4 steps
+            from plmkit.eval.flops import matmul_params
+            from plmkit.pretrain import KIConfig, PretrainConfig, pretrain
+            from plmkit.pretrain.models import scratch_model
+
+            tok = tiny_tokenizer()
+            blocks = [{"input_ids": tok(t)["input_ids"]} for t in lm_texts(16)]
+            teacher = scratch_model("bert", "xxs", tok, seed=5)
+            model, res = pretrain(d / "run", blocks, blocks[:4], tok,
+                                  PretrainConfig(size="xxs", steps=4, batch_size=2, eval_every=2, warmup_steps=1,
+                                                 mixed_precision="no"),
+                                  teacher=teacher, ki=KIConfig(ki_steps=2), progress=False)
+            rec.update(curve=res.curve, state=model.state_dict(), n=matmul_params(model),
+                       n_teacher=matmul_params(teacher))
         else:
             raise SystemExit(f"unknown scenario {name!r}")
         d.mkdir(parents=True, exist_ok=True)

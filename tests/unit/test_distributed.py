@@ -26,7 +26,7 @@ _spec = importlib.util.spec_from_file_location("_dist_worker", WORKER)
 w = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(w)
 
-SCENARIOS = ["lr", "lr_accum", "lr_crash", "lr_resume", "equiv", "lm_llama", "lm_bert", "head_bert"]
+SCENARIOS = ["lr", "lr_accum", "lr_crash", "lr_resume", "equiv", "lm_llama", "lm_bert", "head_bert", "ki"]
 
 
 def _env() -> dict[str, str]:
@@ -132,3 +132,15 @@ def test_train_lm_and_fit_lm_head_under_ddp(dist):
     # fit_lm_head trains only the head: the encoder is untouched on every process
     assert torch.equal(dist("head_bert")[0]["state"]["bert.encoder.layer.0.attention.self.query.weight"],
                        init["bert.encoder.layer.0.attention.self.query.weight"])
+
+
+def test_a_knowledge_inheritance_step_runs_on_two_processes(dist):
+    r0, r1 = dist("ki")
+    _assert_same_weights(r0["state"], r1["state"], rtol=0, atol=0)
+    drop = lambda c: [{k: v for k, v in e.items() if k != "seconds"} for e in c]  # noqa: E731  (each its own clock)
+    assert drop(r0["curve"]) == drop(r1["curve"])  # counters are summed over processes, the same on each
+    tokens = 12  # per block
+    last = r0["curve"][-1]
+    assert last["tokens"] == 4 * 2 * 2 * tokens  # 4 steps x 2 processes x batch 2
+    assert last["teacher_flops"] == 2 * r0["n_teacher"] * 2 * 2 * 2 * tokens  # the teacher ran for 2 steps
+    assert last["flops"] == 6 * r0["n"] * last["tokens"] + last["teacher_flops"]
