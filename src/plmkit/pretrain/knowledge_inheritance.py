@@ -78,8 +78,9 @@ def check_teacher(teacher: torch.nn.Module, student: torch.nn.Module, teacher_to
 class KILoss:
     """The KI objective as a :func:`plmkit.train.train` loss (it takes the optimizer step for ``α_t``)."""
 
-    def __init__(self, teacher: torch.nn.Module, student: torch.nn.Module, config: KIConfig) -> None:
-        check_teacher(teacher, student)
+    def __init__(self, teacher: torch.nn.Module, student: torch.nn.Module, config: KIConfig, *,
+                 teacher_tokenizer: Any = None, tokenizer: Any = None) -> None:
+        check_teacher(teacher, student, teacher_tokenizer, tokenizer)
         self.teacher, self.config, self.causal = teacher.eval().requires_grad_(False), config, is_causal_lm(student)
         self.last: dict[str, float] = {}  # the parts of the latest loss, for logging
 

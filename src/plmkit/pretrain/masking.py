@@ -65,13 +65,28 @@ def apply_mask(input_ids: torch.Tensor, chosen: torch.Tensor, tokenizer, generat
     return inputs, labels
 
 
+def mask_batch(input_ids: torch.Tensor, tokenizer, probability: float, generator: torch.Generator
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """BERT's random masking of a batch: (inputs, labels) with each non-special token chosen with ``probability``."""
+    return apply_mask(input_ids, random_positions(input_ids, tokenizer, probability, generator), tokenizer, generator)
+
+
+def pad_collate(tokenizer) -> Callable[[list[dict]], dict]:
+    """``{"input_ids": [...]}`` records padded into ``input_ids`` and ``attention_mask`` (no labels: a masked
+    LM's masks are drawn in the loss)."""
+    def collate(rows: list[dict]) -> dict:
+        out = tokenizer.pad([{"input_ids": r["input_ids"]} for r in rows], return_tensors="pt")
+        return {"input_ids": out["input_ids"], "attention_mask": out["attention_mask"]}
+
+    return collate
+
+
 def masked_objective(loss_fn: Callable[..., torch.Tensor], tokenizer, probability: float, seed: int
                      ) -> Callable[[Any, dict, int], torch.Tensor]:
     """``loss_fn(model, batch, step)`` on a batch masked here (random positions, 80/10/10)."""
     def loss(model: Any, batch: dict, step: int) -> torch.Tensor:
-        g = batch_generator(batch["input_ids"], step, seed)
-        chosen = random_positions(batch["input_ids"], tokenizer, probability, g)
-        inputs, labels = apply_mask(batch["input_ids"], chosen, tokenizer, g)
+        inputs, labels = mask_batch(batch["input_ids"], tokenizer, probability,
+                                    batch_generator(batch["input_ids"], step, seed))
         return loss_fn(model, {**batch, "input_ids": inputs, "labels": labels}, step)
 
     return loss

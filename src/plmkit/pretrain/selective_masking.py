@@ -28,7 +28,7 @@ from .._io import atomic_dir, write_json
 from ..config import JsonConfig
 from ..errors import ConfigError
 from ..eval.flops import forward_flops, matmul_params
-from .masking import IGNORE, apply_mask, special_mask, special_wrap, with_specials
+from .masking import IGNORE, apply_mask, pad_collate, special_mask, special_wrap, with_specials
 
 RULES = ("reference", "delta")
 
@@ -230,10 +230,11 @@ def selective_masks(tagger: TokenTagger, tokenizer, texts: Sequence[str],
         with torch.no_grad():
             scores = torch.sigmoid(tagger(ids.to(device), att.to(device)).float()).cpu()
         flops += forward_flops(n_enc, int(att.sum()))
-        eligible = (att == 1) & ~special_mask(ids, tokenizer) & ~torch.isin(ids, stops) & (scores > 0.5)
+        text = (att == 1) & ~special_mask(ids, tokenizer)  # the passage's own tokens
+        eligible = text & ~torch.isin(ids, stops) & (scores > 0.5)
         chosen = torch.zeros_like(eligible)
         for r in range(len(ids)):
-            n_tokens = int(((att[r] == 1) & ~special_mask(ids[r], tokenizer)).sum())
+            n_tokens = int(text[r].sum())
             budget = int(config.mask_rate * n_tokens)
             cand = torch.nonzero(eligible[r]).squeeze(-1)
             if budget and len(cand):
@@ -281,9 +282,11 @@ def load_masked(folder: str | Path) -> list[dict[str, Any]]:
 
 
 def masked_collate(tokenizer):
-    """Pad pre-masked records: labels padded with -100."""
+    """Pad pre-masked records: labels padded with -100 (the tokenizer pads on the right)."""
+    pad = pad_collate(tokenizer)
+
     def collate(rows: list[dict]) -> dict:
-        out = tokenizer.pad([{"input_ids": r["input_ids"]} for r in rows], return_tensors="pt")
+        out = pad(rows)
         width = out["input_ids"].shape[1]
         out["labels"] = torch.tensor([r["labels"] + [IGNORE] * (width - len(r["labels"])) for r in rows])
         return out
@@ -320,11 +323,7 @@ def task_guided_pretrain(model: nn.Module, tokenizer, out_dir: str | Path, *, ma
     else:
         enc = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
         data = [{"input_ids": e} for e in enc]
-
-        def collate(rows: list[dict]) -> dict:
-            out = tokenizer.pad([{"input_ids": r["input_ids"]} for r in rows], return_tensors="pt")
-            return {"input_ids": out["input_ids"], "attention_mask": out["attention_mask"]}
-
+        collate = pad_collate(tokenizer)
         loss = masked_objective(lambda m, b, step: lm_loss(m, b), tokenizer, mlm_probability, seed)
 
     def counters(batch: dict, step: int) -> dict[str, float]:

@@ -19,9 +19,9 @@ from .._io import atomic_dir, write_json
 from ..config import JsonConfig
 from ..errors import ConfigError
 from ..eval.flops import forward_flops, matmul_params, train_flops
-from ..eval.lm import lm_loss
-from .knowledge_inheritance import KIConfig, KILoss, check_teacher
-from .masking import apply_mask, batch_generator, masked_objective, random_positions
+from ..eval.lm import is_causal_lm, lm_loss
+from .knowledge_inheritance import KIConfig, KILoss
+from .masking import batch_generator, mask_batch, masked_objective, pad_collate
 from .models import FAMILIES, scratch_model, size
 
 
@@ -63,14 +63,7 @@ def _collate(tokenizer, causal: bool):
     """Blocks into a batch; a masked LM's masks are drawn in the loss (:mod:`plmkit.pretrain.masking`)."""
     from ..train import causal_lm_collate
 
-    if causal:
-        return causal_lm_collate(tokenizer)
-
-    def collate(rows: list[dict]) -> dict:
-        out = tokenizer.pad([{"input_ids": r["input_ids"]} for r in rows], return_tensors="pt")
-        return {"input_ids": out["input_ids"], "attention_mask": out["attention_mask"]}
-
-    return collate
+    return causal_lm_collate(tokenizer) if causal else pad_collate(tokenizer)
 
 
 def validation_batches(tokenizer, blocks: list[dict], causal: bool, *, mlm_probability: float = 0.15, seed: int = 0,
@@ -83,9 +76,8 @@ def validation_batches(tokenizer, blocks: list[dict], causal: bool, *, mlm_proba
         return batches
     out = []
     for k, b in enumerate(batches):
-        g = batch_generator(b["input_ids"], -1 - k, seed)
-        inputs, labels = apply_mask(b["input_ids"], random_positions(b["input_ids"], tokenizer, mlm_probability, g),
-                                    tokenizer, g)
+        inputs, labels = mask_batch(b["input_ids"], tokenizer, mlm_probability, batch_generator(b["input_ids"], -1 - k,
+                                                                                              seed))
         out.append({**b, "input_ids": inputs, "labels": labels})
     return out
 
@@ -94,21 +86,15 @@ def validation_loss(model: torch.nn.Module, batches: list[dict]) -> float:
     """Mean LM loss (nats per scored token) over collated ``batches``, on the model's device."""
     from ..device import model_device, to_device
 
-    device = model_device(model)
+    device, causal = model_device(model), is_causal_lm(model)
     total, count = 0.0, 0
     with torch.no_grad():
         for b in batches:
             b = to_device(b, device)
-            n = int((b["labels"][:, 1:] if _causal(model) else b["labels"]).ne(-100).sum())
+            n = int((b["labels"][:, 1:] if causal else b["labels"]).ne(-100).sum())  # the tokens the loss scores
             total += float(lm_loss(model, b)) * n
             count += n
     return total / max(count, 1)
-
-
-def _causal(model: torch.nn.Module) -> bool:
-    from ..eval.lm import is_causal_lm
-
-    return is_causal_lm(model)
 
 
 def _refuse_other_run(out: Path, config: PretrainConfig, ki: KIConfig | None) -> None:
@@ -143,8 +129,8 @@ def pretrain(out_dir: str | Path, train_blocks: list[dict], validation: list[dic
     objective: Any = lambda m, b, step: m(**b).loss  # noqa: E731
     teacher_n = 0
     if teacher is not None:
-        check_teacher(teacher, model, teacher_tokenizer, tokenizer)
-        objective = ki_loss = KILoss(teacher, model, ki or KIConfig())
+        objective = ki_loss = KILoss(teacher, model, ki or KIConfig(), teacher_tokenizer=teacher_tokenizer,
+                                     tokenizer=tokenizer)
         teacher_n = matmul_params(teacher)
     if not causal:
         objective = masked_objective(objective, tokenizer, config.mlm_probability, config.seed)
@@ -154,9 +140,10 @@ def pretrain(out_dir: str | Path, train_blocks: list[dict], validation: list[dic
 
     def counters(batch: dict, step: int) -> dict[str, float]:
         tokens = int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
+        student = train_flops(student_n, tokens)
         teacher_flops = forward_flops(teacher_n, tokens) if ki_loss is not None and ki_loss.uses_teacher(step) else 0
-        return {"tokens": tokens, "student_flops": train_flops(student_n, tokens), "teacher_flops": teacher_flops,
-                "flops": train_flops(student_n, tokens) + teacher_flops}
+        return {"tokens": tokens, "student_flops": student, "teacher_flops": teacher_flops,
+                "flops": student + teacher_flops}
 
     _refuse_other_run(out, config, ki if teacher is not None else None)
     if teacher is not None:

@@ -64,21 +64,14 @@ def _saving(plain: list[dict], ki: list[dict], key: str) -> dict[str, float | No
 
 
 def _downstream(ctx: RecipeContext, folder: str, S: DownstreamSettings, seed: int) -> dict[str, float]:
-    from ..assets import load_model
-    from ..assets.models import quiet_load_report
     from ..data.tasks import classification_task
-    from ..eval.metrics import accuracy
-    from ..train.classify import fine_tune_classifier, predict_labels
+    from ..train.classify import accuracy_on, fine_tuned_head
 
     task = classification_task(S.task, seed=0)
-    with quiet_load_report():  # a new classification head on the pretrained encoder
-        model, tok = load_model(folder, task="sequence-classification", num_labels=task.num_labels, seed=seed)
-    fine_tune_classifier(model, tok, task.train, ctx.out_dir / "finetune-tmp", steps=S.steps,
-                         batch_size=S.batch_size, lr=S.lr, max_length=S.max_length, seed=seed,
-                         mixed_precision="auto", progress=False)
+    model, tok = fine_tuned_head(folder, task, ctx.out_dir / "finetune-tmp", steps=S.steps, batch_size=S.batch_size,
+                                 lr=S.lr, max_length=S.max_length, seed=seed)
     test = task.test[:S.max_test]
-    pred = predict_labels(model, tok, [r["text"] for r in test], max_length=S.max_length)
-    return {"accuracy": accuracy([r["label"] for r in test], pred), "n_test": len(test)}
+    return {"accuracy": accuracy_on(model, tok, test, max_length=S.max_length), "n_test": len(test)}
 
 
 def _plot(ctx: RecipeContext, runs: list[dict], teacher: dict) -> list[str]:

@@ -73,33 +73,21 @@ def in_domain_corpus(task: str, exclude: set[str]) -> list[str]:
 
 
 def _finetune(folder: Path, task, S: SMSettings, seed: int, work: Path) -> float:
-    from ..assets import load_model
-    from ..assets.models import quiet_load_report
-    from ..eval.metrics import accuracy
-    from ..train.classify import fine_tune_classifier, predict_labels
+    from ..train.classify import accuracy_on, fine_tuned_head
 
-    with quiet_load_report():
-        model, tok = load_model(folder, task="sequence-classification", num_labels=task.num_labels, seed=seed)
-    fine_tune_classifier(model, tok, task.train, work, steps=S.finetune_steps, batch_size=S.finetune_batch,
-                         lr=S.finetune_lr, max_length=S.max_length, seed=seed, mixed_precision="auto", progress=False)
-    test = task.test[:S.max_test]
-    return accuracy(predict_labels(model, tok, [r["text"] for r in test], max_length=S.max_length),
-                    [r["label"] for r in test])
+    model, tok = fine_tuned_head(folder, task, work, steps=S.finetune_steps, batch_size=S.finetune_batch,
+                                 lr=S.finetune_lr, max_length=S.max_length, seed=seed)
+    return accuracy_on(model, tok, task.test[:S.max_test], max_length=S.max_length)
 
 
 def _mask_generation(ctx: RecipeContext, S: SMSettings, task, lm, tok, corpus: list[str], work: Path) -> dict:
     """Classifier -> importance labels -> tagger -> masked corpus; the FLOPs of each step."""
-    from ..assets import load_model
-    from ..assets.models import quiet_load_report
     from ..data.text import iter_sentences
     from ..eval.flops import train_flops
-    from ..train.classify import fine_tune_classifier
+    from ..train.classify import fine_tuned_head
 
-    with quiet_load_report():
-        clf, _ = load_model("minilm", task="sequence-classification", num_labels=task.num_labels, seed=ctx.seed)
-    fine_tune_classifier(clf, tok, task.train, work / "clf", steps=S.classifier_steps, batch_size=S.finetune_batch,
-                         lr=S.finetune_lr, max_length=S.max_length, seed=ctx.seed, mixed_precision="auto",
-                         progress=False)
+    clf, _ = fine_tuned_head("minilm", task, work / "clf", steps=S.classifier_steps, batch_size=S.finetune_batch,
+                             lr=S.finetune_lr, max_length=S.max_length, seed=ctx.seed)
     clf_tokens = S.classifier_steps * S.finetune_batch * S.max_length  # an upper bound: padded to the longest
     sents = [(s, r["label"]) for r in task.train for s in iter_sentences(r["text"]) if len(s) > 10]
     sents = sents[:S.label_sentences]

@@ -46,3 +46,26 @@ def predict_labels(model: torch.nn.Module, tokenizer, texts: Sequence[str], *, m
     for b in token_batches(tokenizer, list(texts), batch_size, max_length, device=device):
         preds += model(**b).logits.argmax(-1).tolist()
     return preds
+
+
+def fine_tuned_head(source: str | Path, task, out_dir: str | Path, *, steps: int, batch_size: int = 16,
+                    lr: float = 1e-4, max_length: int = 128, seed: int = 0, mixed_precision: str = "auto",
+                    progress: bool = False) -> tuple[torch.nn.Module, object]:
+    """(model, tokenizer): the model in ``source`` (asset name or folder) with a new classification head for
+    ``task`` (a :class:`plmkit.data.tasks.ClassificationTask`), drawn from ``seed``, fine-tuned on its train split."""
+    from ..assets import load_model
+    from ..assets.models import quiet_load_report
+
+    with quiet_load_report():  # the new head's MISSING keys are expected
+        model, tok = load_model(str(source), task="sequence-classification", num_labels=task.num_labels, seed=seed)
+    fine_tune_classifier(model, tok, task.train, out_dir, steps=steps, batch_size=batch_size, lr=lr,
+                         max_length=max_length, seed=seed, mixed_precision=mixed_precision, progress=progress)
+    return model, tok
+
+
+def accuracy_on(model: torch.nn.Module, tokenizer, rows: Sequence[dict], *, max_length: int = 128) -> float:
+    """Accuracy of the arg-max class on ``{"text", "label"}`` rows."""
+    from ..eval.metrics import accuracy
+
+    return accuracy(predict_labels(model, tokenizer, [r["text"] for r in rows], max_length=max_length),
+                    [r["label"] for r in rows])
