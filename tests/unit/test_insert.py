@@ -146,3 +146,61 @@ def test_prompt_from_token_embeddings_matches_typing_those_tokens_for_gpt2():
     typed = _out(model, {"input_ids": torch.cat([ids.expand(2, -1), inputs["input_ids"]], 1),
                          "attention_mask": torch.ones(2, 10, dtype=torch.long)})
     torch.testing.assert_close(ours, typed, rtol=1e-5, atol=1e-5)
+
+
+def _projected(model, layer_index, hidden, stack=None):
+    """Keys and values of ``hidden`` by a layer's own projections, computed here by hand, (n_kv, n, head_dim)."""
+    layer = arch.layers(model, stack=stack)[layer_index]
+    g = arch.attention(model)
+    with torch.no_grad():
+        if layer.attn_qkv is not None:
+            _, k, v = layer.attn_qkv(hidden).split(hidden.shape[-1], -1)
+        else:
+            k, v = layer.attn_k(hidden), layer.attn_v(hidden)
+        k = k.view(-1, g.n_kv_heads, g.head_dim)
+        if hasattr(layer.attn, "k_norm"):
+            k = layer.attn.k_norm(k)
+    return k.transpose(0, 1), v.view(-1, g.n_kv_heads, g.head_dim).transpose(0, 1)
+
+
+@pytest.mark.parametrize("name", list(TINY_CONFIGS))
+def test_attended_states_use_the_layers_own_key_value_weights(name):
+    model = tiny_model(name)
+    inputs = tiny_inputs(model, batch=1, pad_last=0)
+    stack = "encoder" if name.startswith("t5") else None
+    d = arch.layers(model, stack=stack)[0].d_model
+    hidden = torch.randn(1, 3, d, generator=torch.Generator().manual_seed(0))
+    ref = _out(model, inputs)
+    with arch.attend_also(model, hidden.new_zeros(1, 0, d), indices=[1], stack=stack):
+        torch.testing.assert_close(_out(model, inputs), ref)  # an empty plugin changes nothing
+    with arch.attend_also(model, hidden, indices=[1], stack=stack):
+        plugged = _out(model, inputs)
+    assert not torch.allclose(plugged, ref)
+    key, value = _projected(model, 1, hidden[0], stack)
+    arch.add_kv_vectors(model, 1, 3, stack=stack, key=key, value=value)
+    torch.testing.assert_close(plugged, _out(model, inputs))  # same as those keys and values given by hand
+    arch.remove_kv_vectors(model)
+    torch.testing.assert_close(_out(model, inputs), ref, rtol=0, atol=0)
+
+
+def test_attended_states_are_per_sequence_and_masked():
+    model = tiny_model("llama")
+    inputs = tiny_inputs(model, batch=2, pad_last=0)
+    d = arch.layers(model)[0].d_model
+    hidden = torch.randn(2, 4, d, generator=torch.Generator().manual_seed(1))
+    mask = torch.tensor([[True] * 4, [True, True, False, False]])
+    with arch.attend_also(model, hidden, mask, indices=[0, 1]):
+        both = _out(model, inputs)
+    one = {k: v[1:] for k, v in inputs.items()}
+    with arch.attend_also(model, hidden[1:, :2], indices=[0, 1]):
+        second = _out(model, one)
+    torch.testing.assert_close(both[1:], second)  # masked vectors are invisible; rows do not mix
+    hidden.requires_grad_(True)
+    with arch.attend_also(model, hidden, mask, indices=[1]):
+        _out_grad = model(**inputs).logits
+    _out_grad.sum().backward()
+    assert hidden.grad[1, 2:].abs().sum() == 0 and hidden.grad[0].abs().sum() > 0
+    assert model.config._attn_implementation != arch.insert.ATTENTION  # restored on exit
+    with pytest.raises(ConfigError, match="batch has 1"):
+        with arch.attend_also(model, hidden.detach(), indices=[0]):
+            model(**one)

@@ -38,13 +38,13 @@ from .layers import (
     set_ffn_act,
     virtual_tokens,
 )
-from .insert import (ExtraKV, InsertedAfter, PromptVectors, add_kv_vectors, insert_after_block, prepend_prompt,
-                     remove_kv_vectors, remove_prompt)
+from .insert import (AttendedStates, ExtraKV, InsertedAfter, PromptVectors, add_kv_vectors, attend_also,
+                     insert_after_block, prepend_prompt, remove_kv_vectors, remove_prompt)
 from .spec import FFN_KINDS, POSITIONS, AttentionGeometry, BlockSpec, ModelSpec, StackSpec
 from .wrap import ActivationWrapper, Bypass, Wrapper, innermost, is_wrapper, unwrap, wrap, wrappers
 
 __all__ = [
-    "ExtraKV", "InsertedAfter", "PromptVectors", "add_kv_vectors", "insert_after_block", "prepend_prompt",
+    "AttendedStates", "ExtraKV", "InsertedAfter", "attend_also", "PromptVectors", "add_kv_vectors", "insert_after_block", "prepend_prompt",
     "remove_kv_vectors", "remove_prompt",
     "FAMILIES", "FFN_KINDS", "POSITIONS", "ActivationWrapper", "AttentionGeometry", "BlockSpec", "Bypass", "Layer",
     "ModelSpec", "ReplacedFFN", "StackSpec", "Wrapper", "attention", "base_model", "dense_weight", "describe",

@@ -5,6 +5,8 @@
   interface (an attention function registered as ``plmkit``, computing with SDPA), so every family whose
   attention uses that interface (all registered ones) takes them unchanged; keys enter as they are
   (no position is applied to them).
+- :func:`attend_also`: per-example vectors (B, n, d) in hidden space that chosen layers' self-attention
+  also attends to, projected by each layer's own key/value weights (PlugD's plugins at query time).
 - :func:`insert_after_block`: a module applied to block i's output (ERNIE's aggregators), its
   parameters registered on the model; the block is wrapped, so arch and hooks still see it.
 - :func:`prepend_prompt`: trainable vectors before the input embeddings (prompt tuning), with the
@@ -14,7 +16,8 @@ Each has its undo (:func:`remove_kv_vectors`, ``arch.unwrap``, :func:`remove_pro
 """
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+from typing import Any, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -41,18 +44,55 @@ class ExtraKV(nn.Module):
         return self.key.shape[1]
 
 
-def _extend_mask(mask: torch.Tensor | None, n: int, q: torch.Tensor, k: torch.Tensor, causal: bool) -> Any:
-    """The attention mask with ``n`` always-visible columns in front of the keys."""
+def _extend_mask(mask: torch.Tensor | None, front: torch.Tensor | None, n: int, q: torch.Tensor, k: torch.Tensor,
+                 causal: bool) -> Any:
+    """The attention mask with ``n`` columns in front of the keys: visible where ``front`` (B, n) is true, or
+    always when ``front`` is None."""
     b, _, tq, _ = q.shape
     tk = k.shape[2]
     if mask is None:
-        if not causal or tq == 1:
+        if front is None and (not causal or tq == 1):
             return None
-        mask = torch.ones(tq, tk, dtype=torch.bool, device=q.device).tril(tk - tq)[None, None].expand(b, 1, tq, tk)
+        mask = torch.ones(tq, tk, dtype=torch.bool, device=q.device)
+        mask = (mask.tril(tk - tq) if causal else mask)[None, None].expand(b, 1, tq, tk)
     mask = mask[..., -tk:]
-    front = (torch.ones if mask.dtype == torch.bool else torch.zeros)(
-        *mask.shape[:-1], n, dtype=mask.dtype, device=mask.device)
-    return torch.cat([front, mask], -1)
+    if mask.shape[0] != b:
+        mask = mask.expand(b, *mask.shape[1:])
+    shape = (b, mask.shape[1], mask.shape[2], n)
+    if front is None:
+        cols = torch.ones(shape, dtype=torch.bool, device=mask.device)
+    else:
+        cols = front.to(device=mask.device, dtype=torch.bool)[:, None, None, :].expand(shape)
+    if mask.dtype != torch.bool:
+        cols = torch.zeros(shape, dtype=mask.dtype, device=mask.device).masked_fill(~cols, torch.finfo(mask.dtype).min)
+    return torch.cat([cols, mask], -1)
+
+
+class AttendedStates:
+    """Vectors one layer's self-attention also attends to during a forward pass: ``hidden`` (B, n, d) with
+    ``mask`` (B, n) true where a vector is real, projected at call time by ``layer``'s own key/value weights
+    (so adapters on those projections apply to them too)."""
+
+    def __init__(self, layer: Layer, hidden: torch.Tensor, mask: torch.Tensor | None, n_kv_heads: int,
+                 head_dim: int):
+        self.layer, self.hidden, self.n_kv_heads, self.head_dim = layer, hidden, n_kv_heads, head_dim
+        self.mask = mask if mask is not None else torch.ones(hidden.shape[:2], dtype=torch.bool, device=hidden.device)
+
+    def key_value(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, n_kv_heads, n, head_dim) keys and values."""
+        layer, attn = self.layer, self.layer.attn
+        x = self.hidden.to(dtype)
+        if layer.attn_qkv is not None:  # fused q/k/v (GPT-2): keys and values are the last two thirds
+            _, k, v = layer.attn_qkv(x).split(x.shape[-1], -1)
+        else:
+            k, v = layer.attn_k(x), layer.attn_v(x)
+        b, n = x.shape[:2]
+        k = k.view(b, n, self.n_kv_heads, self.head_dim)
+        v = v.view(b, n, self.n_kv_heads, self.head_dim)
+        k_norm = getattr(attn, "k_norm", None)  # per-head key norm (Gemma 3, Qwen 3)
+        if isinstance(k_norm, nn.Module):
+            k = k_norm(k)
+        return k.transpose(1, 2), v.transpose(1, 2)
 
 
 def _attention_with_extra_kv(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -60,18 +100,31 @@ def _attention_with_extra_kv(module: nn.Module, query: torch.Tensor, key: torch.
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     extra: ExtraKV | None = getattr(module, "plmkit_kv", None)
-    if extra is None:
+    states: AttendedStates | None = getattr(module, "plmkit_states", None)
+    if extra is None and states is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     b = key.shape[0]
-    ek = extra.key.to(key.dtype).unsqueeze(0).expand(b, -1, -1, -1)
-    ev = extra.value.to(value.dtype).unsqueeze(0).expand(b, -1, -1, -1)
+    keys, values, fronts = [], [], []
+    if extra is not None:
+        keys.append(extra.key.to(key.dtype).unsqueeze(0).expand(b, -1, -1, -1))
+        values.append(extra.value.to(value.dtype).unsqueeze(0).expand(b, -1, -1, -1))
+        fronts.append(torch.ones(b, extra.n, dtype=torch.bool, device=key.device))
+    if states is not None:
+        if states.hidden.shape[0] != b:
+            raise ConfigError(f"attended states hold {states.hidden.shape[0]} sequences but the batch has {b}")
+        sk, sv = states.key_value(key.dtype)
+        keys.append(sk)
+        values.append(sv)
+        fronts.append(states.mask.to(key.device))
+    n = sum(k.shape[2] for k in keys)
+    front = None if states is None else torch.cat(fronts, 1)
     causal = bool(kwargs.pop("is_causal", None) or getattr(module, "is_causal", False))
-    mask = _extend_mask(attention_mask, extra.n, query, key, causal)
+    mask = _extend_mask(attention_mask, front, n, query, key, causal)
     bias = kwargs.get("position_bias")
     if isinstance(bias, torch.Tensor):  # T5's relative positions: none for the extra keys
         bias = bias[..., -key.shape[2]:]
-        kwargs["position_bias"] = torch.cat([bias.new_zeros(*bias.shape[:-1], extra.n), bias], -1)
-    return sdpa_attention_forward(module, query, torch.cat([ek, key], 2), torch.cat([ev, value], 2), mask,
+        kwargs["position_bias"] = torch.cat([bias.new_zeros(*bias.shape[:-1], n), bias], -1)
+    return sdpa_attention_forward(module, query, torch.cat([*keys, key], 2), torch.cat([*values, value], 2), mask,
                                   is_causal=False, **kwargs)
 
 
@@ -89,6 +142,30 @@ def _layer(model: nn.Module, index: int, stack: str | None) -> Layer:
         raise ConfigError(f"layer {index} does not exist: the model has {len(found)} layers"
                           + (f" in stack '{stack}'" if stack else ""))
     return found[index]
+
+
+def _use_plmkit_attention(model: nn.Module) -> None:
+    """Switch the model to the ``plmkit`` attention function (remembering the previous one)."""
+    inner, _ = hf_model(model)
+    impl = getattr(inner.config, "_attn_implementation", None)
+    if impl != ATTENTION:
+        if impl not in (None, "sdpa", "eager"):
+            raise ConfigError(f"extra key/value vectors run on SDPA; this model uses '{impl}' attention")
+        _register_attention()
+        inner._plmkit_previous_attention = impl or "sdpa"
+        inner.set_attn_implementation(ATTENTION)
+
+
+def _restore_attention(model: nn.Module) -> None:
+    """Back to the attention function used before plmkit's, once no layer holds extra keys or states."""
+    if any(layer.attn is not None and (hasattr(layer.attn, "plmkit_kv") or hasattr(layer.attn, "plmkit_states"))
+           for layer in layers(model)):
+        return
+    inner, _ = hf_model(model)
+    previous = getattr(inner, "_plmkit_previous_attention", None)
+    if previous is not None:
+        inner.set_attn_implementation(previous)
+        del inner._plmkit_previous_attention
 
 
 def add_kv_vectors(model: nn.Module, index: int, n: int, *, stack: str | None = None, init_std: float = 0.02,
@@ -111,14 +188,7 @@ def add_kv_vectors(model: nn.Module, index: int, n: int, *, stack: str | None = 
     key = torch.randn(shape, generator=g) * init_std if key is None else key
     value = torch.randn(shape, generator=g) * init_std if value is None else value
     extra = ExtraKV(key.to(device=p.device, dtype=p.dtype), value.to(device=p.device, dtype=p.dtype))
-    inner, _ = hf_model(model)
-    impl = getattr(inner.config, "_attn_implementation", None)
-    if impl != ATTENTION:
-        if impl not in (None, "sdpa", "eager"):
-            raise ConfigError(f"extra key/value vectors run on SDPA; this model uses '{impl}' attention")
-        _register_attention()
-        inner._plmkit_previous_attention = impl or "sdpa"
-        inner.set_attn_implementation(ATTENTION)
+    _use_plmkit_attention(model)
     attn.plmkit_kv = extra
     return extra
 
@@ -130,12 +200,34 @@ def remove_kv_vectors(model: nn.Module) -> int:
         if layer.attn is not None and hasattr(layer.attn, "plmkit_kv"):
             del layer.attn.plmkit_kv
             removed += 1
-    inner, _ = hf_model(model)
-    previous = getattr(inner, "_plmkit_previous_attention", None)
-    if previous is not None:
-        inner.set_attn_implementation(previous)
-        del inner._plmkit_previous_attention
+    _restore_attention(model)
     return removed
+
+
+@contextlib.contextmanager
+def attend_also(model: nn.Module, hidden: torch.Tensor, mask: torch.Tensor | None = None, *,
+                indices: Sequence[int], stack: str | None = None) -> Iterator[None]:
+    """Inside the block, the self-attention of layers ``indices`` also attends to ``hidden`` (B, n, d_model),
+    one row of vectors per sequence of the batch, where ``mask`` (B, n) is true; each layer projects them with
+    its own key/value weights (and key norm), GQA included, no position applied. An empty ``hidden``
+    (n = 0) leaves the model's outputs unchanged."""
+    chosen = [_layer(model, i, stack) for i in indices]
+    for layer in chosen:
+        if layer.attn is None:
+            raise ConfigError(f"family '{type(model).__name__}' names no self-attention module in its spec ('attn')")
+        if hasattr(layer.attn, "plmkit_states"):
+            raise ConfigError(f"layer {layer.name} already attends to other states (nested attend_also)")
+    geo = attention(model)
+    _use_plmkit_attention(model)
+    try:
+        for layer in chosen:
+            layer.attn.plmkit_states = AttendedStates(layer, hidden, mask, geo.n_kv_heads, geo.head_dim)
+        yield
+    finally:
+        for layer in chosen:
+            if hasattr(layer.attn, "plmkit_states"):
+                del layer.attn.plmkit_states
+        _restore_attention(model)
 
 
 class InsertedAfter(Wrapper):
