@@ -22,10 +22,13 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
 from ._io import atomic_dir, write_json
 from .errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
 
 FORMAT_VERSION = 1  # bump when the layout of entries, or what a key covers, changes
 MANIFEST = "manifest.json"
@@ -84,6 +87,28 @@ def model_identity(name: str) -> dict[str, Any]:
         if (folder / "config.json").is_file():
             ident["config_sha256"] = file_sha256(folder / "config.json")
     return ident
+
+
+def weights_identity(model: torch.nn.Module, exclude: tuple[str, ...] = ()) -> str:
+    """What identifies a model's weights: for a model loaded from a folder, the hash of :func:`model_identity`
+    (file sizes, config) and of its safetensors files; for one built in memory, the hash of its parameters
+    (names containing any of ``exclude`` left out, e.g. adapters). Two models with one name but other weights
+    differ here."""
+    import torch
+
+    folder = Path(getattr(getattr(model, "config", None), "_name_or_path", "") or "")
+    if str(folder) not in ("", ".") and folder.is_dir():
+        folder = folder.resolve()
+        ident = model_identity(str(folder))
+        ident["weights_sha256"] = {f.name: file_sha256(f) for f in sorted(folder.glob("*.safetensors"))}
+        return "id:" + hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        if any(e in name for e in exclude):
+            continue
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return "weights:" + h.hexdigest()[:16]
 
 
 def file_sha256(path: Path) -> str:

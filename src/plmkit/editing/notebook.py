@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
-import json
 import os
 import sqlite3
 import threading
@@ -41,19 +39,9 @@ def encoder_identity(encoder: SentenceEncoder) -> str:
     """What identifies an encoder's weights: for a model loaded from a folder, the hash of
     :func:`plmkit.cache.model_identity` (file sizes, config) and of its safetensors files; for a model built in
     memory, the hash of its parameters. Two encoders with the same name but other weights differ here."""
-    from ..cache import file_sha256, model_identity
+    from ..cache import weights_identity
 
-    folder = Path(getattr(encoder.model.config, "_name_or_path", "") or "")
-    if str(folder) not in ("", ".") and folder.is_dir():
-        folder = folder.resolve()
-        ident = model_identity(str(folder))
-        ident["weights_sha256"] = {f.name: file_sha256(f) for f in sorted(folder.glob("*.safetensors"))}
-        return "id:" + hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
-    h = hashlib.sha256()
-    for name, t in sorted(encoder.model.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return "weights:" + h.hexdigest()[:16]
+    return weights_identity(encoder.model)
 
 
 def _locked(method: Callable) -> Callable:
