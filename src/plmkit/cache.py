@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import json
 import os
@@ -22,9 +21,9 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-from ._io import atomic_dir, write_json
+from ._io import atomic_dir, file_lock, write_json
 from .errors import ConfigError
 
 if TYPE_CHECKING:
@@ -92,7 +91,8 @@ def model_identity(name: str) -> dict[str, Any]:
 def weights_identity(model: torch.nn.Module, exclude: tuple[str, ...] = ()) -> str:
     """What identifies a model's weights: for a model loaded from a folder, the hash of :func:`model_identity`
     (file sizes, config) and of its safetensors files; for one built in memory, the hash of its parameters
-    (names containing any of ``exclude`` left out, e.g. adapters). Two models with one name but other weights
+    (names containing any of ``exclude`` left out, e.g. adapters; a weight under a peft wrapper counts as
+    itself). Two models with one name but other weights
     differ here."""
     import torch
 
@@ -106,7 +106,7 @@ def weights_identity(model: torch.nn.Module, exclude: tuple[str, ...] = ()) -> s
     for name, t in sorted(model.state_dict().items()):
         if any(e in name for e in exclude):
             continue
-        h.update(name.encode())
+        h.update(name.replace(".base_layer", "").encode())  # the same weight under a peft wrapper
         h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     return "weights:" + h.hexdigest()[:16]
 
@@ -161,17 +161,6 @@ class CacheEntry:
         return out
 
 
-@contextlib.contextmanager
-def _lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(f".{path.name}.lock"), "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)  # one builder per key; others wait, then read its entry
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def cached(producer: str, config: Any, inputs: Mapping[str, Any] | None, build: Callable[[Path], Any], *,
            root: str | os.PathLike | None = None) -> CacheEntry:
     """The entry for (producer, config, inputs), calling ``build(tmp_dir)`` to write its files on a miss.
@@ -184,7 +173,7 @@ def cached(producer: str, config: Any, inputs: Mapping[str, Any] | None, build: 
     key = cache_key(producer, config, inputs)
     path = Path(root or cache_root()) / producer / key
     use = os.environ.get("PLMKIT_CACHE", "on").lower() not in ("off", "0", "no", "false")
-    with _lock(path):
+    with file_lock(path):
         existed = path.exists()
         if use and existed:
             t0 = time.perf_counter()

@@ -702,6 +702,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .analysis.cli import add_parser as add_neurons
     from .compress.cli import add_parser as add_cook
     from .infer.cli import add_parser as add_generate
+    from .plugins.plugd.cli import add_parser as add_plugd
     from .pretrain.cli import add_parser as add_pretrain
     from .prompting.cli import add_parser as add_prompting
 
@@ -710,6 +711,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_cook(sub)
     add_prompting(sub)
     add_pretrain(sub)
+    add_plugd(sub)
 
     e = sub.add_parser("eren", help="EREN on a standard editing benchmark (CounterFact or zsRE JSON): ES/BP/EQ")
     esub = e.add_subparsers(dest="action", required=True, metavar="ACTION", title="actions", help="bench")

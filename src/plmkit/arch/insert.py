@@ -74,14 +74,26 @@ class AttendedStates:
     (so adapters on those projections apply to them too)."""
 
     def __init__(self, layer: Layer, hidden: torch.Tensor, mask: torch.Tensor | None, n_kv_heads: int,
-                 head_dim: int):
-        self.layer, self.hidden, self.n_kv_heads, self.head_dim = layer, hidden, n_kv_heads, head_dim
+                 head_dim: int, norm: nn.Module | None = None):
+        self.layer, self.hidden, self.n_kv_heads, self.head_dim, self.norm = layer, hidden, n_kv_heads, head_dim, norm
         self.mask = mask if mask is not None else torch.ones(hidden.shape[:2], dtype=torch.bool, device=hidden.device)
+        self._cached: tuple[torch.dtype, tuple[torch.Tensor, torch.Tensor]] | None = None
 
     def key_value(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, n_kv_heads, n, head_dim) keys and values."""
+        """(B, n_kv_heads, n, head_dim) keys and values. Without gradients they are projected once and reused
+        by every later forward inside the same block (each step of ``generate``)."""
+        if self._cached is not None and self._cached[0] == dtype:
+            return self._cached[1]
+        kv = self._project(dtype)
+        if not torch.is_grad_enabled():
+            self._cached = (dtype, kv)
+        return kv
+
+    def _project(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         layer, attn = self.layer, self.layer.attn
         x = self.hidden.to(dtype)
+        if self.norm is not None:
+            x = self.norm(x)
         if layer.attn_qkv is not None:  # fused q/k/v (GPT-2): keys and values are the last two thirds
             _, k, v = layer.attn_qkv(x).split(x.shape[-1], -1)
         else:
@@ -142,6 +154,12 @@ def _layer(model: nn.Module, index: int, stack: str | None) -> Layer:
         raise ConfigError(f"layer {index} does not exist: the model has {len(found)} layers"
                           + (f" in stack '{stack}'" if stack else ""))
     return found[index]
+
+
+def _pre_norm(model: nn.Module, stack: str) -> bool:
+    from .layers import resolve
+
+    return any(st.name == stack and st.final_norm for st in resolve(model).stacks)
 
 
 def _use_plmkit_attention(model: nn.Module) -> None:
@@ -206,11 +224,13 @@ def remove_kv_vectors(model: nn.Module) -> int:
 
 @contextlib.contextmanager
 def attend_also(model: nn.Module, hidden: torch.Tensor, mask: torch.Tensor | None = None, *,
-                indices: Sequence[int], stack: str | None = None) -> Iterator[None]:
+                indices: Sequence[int], stack: str | None = None, normalize: bool = False) -> Iterator[None]:
     """Inside the block, the self-attention of layers ``indices`` also attends to ``hidden`` (B, n, d_model),
     one row of vectors per sequence of the batch, where ``mask`` (B, n) is true; each layer projects them with
-    its own key/value weights (and key norm), GQA included, no position applied. An empty ``hidden``
-    (n = 0) leaves the model's outputs unchanged."""
+    its own key/value weights (and key norm), GQA included, no position applied. With ``normalize``, a pre-norm
+    layer (its stack ends in a final norm) first applies the norm it puts on its own input before attention, so
+    the vectors enter at the scale its projections expect. An empty ``hidden`` (n = 0) leaves the model's
+    outputs unchanged."""
     chosen = [_layer(model, i, stack) for i in indices]
     for layer in chosen:
         if layer.attn is None:
@@ -218,10 +238,12 @@ def attend_also(model: nn.Module, hidden: torch.Tensor, mask: torch.Tensor | Non
         if hasattr(layer.attn, "plmkit_states"):
             raise ConfigError(f"layer {layer.name} already attends to other states (nested attend_also)")
     geo = attention(model)
+    pre_norm = normalize and _pre_norm(model, stack or chosen[0].stack)
     _use_plmkit_attention(model)
     try:
         for layer in chosen:
-            layer.attn.plmkit_states = AttendedStates(layer, hidden, mask, geo.n_kv_heads, geo.head_dim)
+            norm = layer.norms.get("attn") if pre_norm else None
+            layer.attn.plmkit_states = AttendedStates(layer, hidden, mask, geo.n_kv_heads, geo.head_dim, norm)
         yield
     finally:
         for layer in chosen:
