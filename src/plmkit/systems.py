@@ -42,7 +42,12 @@ _ROWS = [
      "implemented: loader for the release layout, Average/Worst, pinyin-IME and speech noise generator, small "
      "BERTs per tokenizer under noise; recipe 'readin'", "plmkit.chinese.readin.load_readin"),
     ("knowledge_plugin", "Knowledge Plugin: map-tuning", "knowledge", "not yet", "plmkit.knowledge.map_tuning"),
-    ("plugd", "PlugD: document plugins", "plugins", "not yet", "plmkit.plugins.plugd"),
+    ("plugd", "PlugD: document plugins", "plugins",
+     "implemented: map network on the frozen backbone's document states, plugged into the upper layers' "
+     "self-attention through their own norm and K/V (every family, T5 included), plugin pretraining, LoRA task "
+     "adapters, an on-disk plugin store (content hash, LRU cap, atomic, multi-process), QA and fact verification "
+     "on one set of plugins, costs beside concatenation and KV-prefix reuse; plmkit plugd; recipe 'plugd'; "
+     "benchmarks/plugd_speed.py", "plmkit.plugins.plugd.attach"),
     ("skill_neurons", "Skill neurons", "analysis",
      "implemented: peft prompt tuning, streamed threshold-accuracy scores, perturbation vs random per layer, task "
      "overlap, LoRA/BitFit transfer, pruning into a real smaller model; recipe 'skill-neurons'",

@@ -39,6 +39,8 @@ class PlugDSettings:
     pretrain_lr: float = 1e-3
     adapter_lr: float = 1e-3
     lora_rank: int = 8
+    lora_targets: str = "all"  # every attention and FFN projection (the paper puts adapters after each FFN)
+    n_validation: int = 30  # documents held out of training (no setting is chosen on them here)
     max_train_rows: int = 600  # per task
     max_doc_tokens: int = 128
     pretrain_max_length: int = 64
@@ -85,7 +87,7 @@ def run(ctx: RecipeContext) -> dict[str, Any]:
     plugd.save(model, ctx.out_dir / "map_net", extra={"model": "smollm2"})
 
     docs = tasks.country_documents()
-    split = tasks.split_documents(docs, 0, S.n_test, seed=ctx.seed)
+    split = tasks.split_documents(docs, S.n_validation, S.n_test, seed=ctx.seed)
     texts = {d["id"]: d["text"] for d in docs}
     rng = np.random.default_rng(ctx.seed)
     train_rows, test_rows = {}, {}
@@ -105,7 +107,7 @@ def run(ctx: RecipeContext) -> dict[str, Any]:
     plugins = {d["id"]: store.get(d["id"]) for d in encoded}
 
     names = [f"{mode}-{task}" for task in tasks.TASKS for mode in ("plugd", "concat")]
-    model = plugd.add_adapters(model, names, r=S.lora_rank, seed=ctx.seed)
+    model = plugd.add_adapters(model, names, r=S.lora_rank, targets=S.lora_targets, seed=ctx.seed)
     results: dict[str, dict[str, Any]] = {}
     training: dict[str, Any] = {}
     for task in tasks.TASKS:
@@ -226,7 +228,8 @@ def _report(ctx, S, results, costs, training, pre, stored, encode_s, kv_gap, sto
         "documents with adapters off.",
         f"KV prefix reuse reproduces concatenation (largest next-token logit gap {kv_gap:.1e}) and is cheaper per "
         "query than PlugD (no projection of the plugin in every plugged layer), but its cache depends on the task "
-        f"adapter (LoRA on the value projection) and holds 2 x layers x kv_dim per token: {kv_bytes / plug_bytes:.0f}x "
+        "adapter (LoRA on the key and value projections) and holds 2 x layers x kv_dim per token: "
+        f"{kv_bytes / plug_bytes:.0f}x "
         f"a plugin's bytes, for each of the {n_tasks} tasks.",
         "Where PlugD wins: bytes per stored document and reuse across tasks; where the KV prefix wins: per-query "
         "compute and accuracy on the task it was cached for.",

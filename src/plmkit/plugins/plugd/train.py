@@ -59,21 +59,31 @@ def pretrain_map_net(model: nn.Module, tokenizer: Any, examples: Sequence[dict],
         return train(model, rows, config, plugd_loss, collate_fn=collate)
 
 
-def lora_targets(model: nn.Module) -> list[str]:
-    """Leaf names of the query and value projections (the fused q/k/v one where the family has it)."""
+LORA_TARGETS = ("attention", "all")
+
+
+def lora_targets(model: nn.Module, which: str = "all") -> list[str]:
+    """Leaf names of the projections LoRA goes on: the query and value projections (``attention``; the fused
+    q/k/v one where the family has it), or every attention and FFN projection (``all``, like the paper's
+    adapters after each FFN)."""
+    if which not in LORA_TARGETS:
+        raise ConfigError(f"LoRA targets must be one of {LORA_TARGETS}, got '{which}'")
     block = arch.resolve(model).stacks[0].block
-    names = [p for p in (block.attn_q, block.attn_v) if p] or [block.attn_qkv]
-    if not all(names):
+    roles = ("attn_q", "attn_v", "attn_qkv") if which == "attention" else (
+        "attn_q", "attn_k", "attn_v", "attn_qkv", "attn_o", "ffn_in", "ffn_gate", "ffn_out")
+    names = [getattr(block, r) for r in roles if getattr(block, r, None)]
+    if not names:
         raise ConfigError("the architecture spec names no attention projections to put LoRA adapters on")
     return sorted({p.rsplit(".", 1)[-1] for p in names})
 
 
-def add_adapters(model: nn.Module, names: Sequence[str], *, r: int = 8, alpha: int = 16, seed: int = 0) -> nn.Module:
-    """A peft model with one LoRA adapter per name on the attention's query and value projections (drawn from
-    ``seed``; the global RNG is left as it was). The map network and backbone stay frozen."""
+def add_adapters(model: nn.Module, names: Sequence[str], *, r: int = 8, alpha: int = 16, targets: str = "all",
+                 seed: int = 0) -> nn.Module:
+    """A peft model with one LoRA adapter per name on :func:`lora_targets` (drawn from ``seed``; the global RNG
+    is left as it was). The map network and backbone stay frozen."""
     import peft
 
-    cfg = peft.LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=lora_targets(model))
+    cfg = peft.LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=lora_targets(model, targets))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         out = peft.get_peft_model(model, cfg, adapter_name=names[0])
