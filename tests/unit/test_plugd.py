@@ -65,6 +65,17 @@ def test_plugin_is_projected_by_the_layers_own_norm_and_key_value_weights(name):
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("name", ["bert", "gpt2", "t5", "gemma3"])
+def test_document_states_are_the_input_of_the_first_plugged_block(name):
+    model, tok = tiny_model(name), tiny_tokenizer()
+    plugd.attach(model, PlugDConfig())
+    ids = tok(DOCS[:1], return_tensors="pt")
+    enc = model.get_encoder() if name == "t5" else arch.base_model(model)
+    with torch.no_grad():
+        out = enc(input_ids=ids["input_ids"], attention_mask=ids["attention_mask"], output_hidden_states=True)
+    torch.testing.assert_close(plugd.document_states(model, tok, DOCS[:1])[0], out.hidden_states[1][0])
+
+
 def test_document_states_come_from_the_first_plugged_layer_by_default_or_the_last_one():
     model, tok = tiny_model("llama", num_hidden_layers=4), tiny_tokenizer()
     plugd.attach(model, PlugDConfig())

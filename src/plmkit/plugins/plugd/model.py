@@ -152,13 +152,35 @@ def document_states(model: nn.Module, tokenizer: Any, texts: Sequence[str], *, m
                 chunk = list(texts[i:i + batch_size])
                 batch = tokenizer(chunk, truncation=True, max_length=max_tokens, padding=True, return_tensors="pt")
                 batch = {k: v.to(device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
-                res = enc(**batch, output_hidden_states=layer != -1)
-                hidden = res.last_hidden_state if layer == -1 else res.hidden_states[layer]
+                hidden = enc(**batch).last_hidden_state if layer == -1 else _input_of_block(model, enc, batch, layer)
                 for row, m in zip(hidden, batch["attention_mask"].bool()):
                     out.append(row[m].clone())
     finally:
         model.train(was_training)
     return out
+
+
+class _Reached(Exception):
+    pass
+
+
+def _input_of_block(model: nn.Module, enc: nn.Module, batch: dict, index: int) -> torch.Tensor:
+    """The hidden states entering block ``index`` of the stack; the blocks above it are never run."""
+    block = arch.layers(model, stack=_stack(model, config_of(model)))[index].block
+    seen: list[torch.Tensor] = []
+
+    def stop(_module: nn.Module, args: tuple, kwargs: dict) -> None:
+        seen.append(kwargs["hidden_states"] if "hidden_states" in kwargs else args[0])
+        raise _Reached
+
+    handle = block.register_forward_pre_hook(stop, with_kwargs=True)
+    try:
+        enc(**batch)
+    except _Reached:
+        pass
+    finally:
+        handle.remove()
+    return seen[0]
 
 
 def pool(states: torch.Tensor, m: int | None) -> torch.Tensor:
