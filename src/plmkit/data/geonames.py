@@ -105,3 +105,70 @@ def fact_passages(countries_per_passage: int = 3, seed: int = 0) -> list[dict]:
             out.append({"question": question.format(c["name"]), "passage": passage, "answer": answer,
                         "answer_start": at, "country": c["name"]})
     return out
+
+
+# Entity ids of the geonames knowledge graph (shared by the entity linker, KG embeddings and the tasks).
+def country_id(code: str) -> str:
+    return f"geo:country:{code}"
+
+
+def city_id(geonameid: int | str) -> str:
+    return f"geo:city:{geonameid}"
+
+
+def continent_id(code: str) -> str:
+    return f"geo:continent:{code}"
+
+
+def currency_id(code: str) -> str:
+    return f"geo:currency:{code}"
+
+
+GEO_RELATIONS = ("capital", "city_in", "continent", "currency", "neighbour")
+
+
+@lru_cache(maxsize=4)
+def geonames_graph(min_population: int = 100_000) -> tuple[dict[str, dict], list[tuple[str, str, str]]]:
+    """The geonames knowledge graph: ``(entities, triples)``.
+
+    ``entities`` maps an id (``geo:country:FR``, ``geo:city:2988507``, ``geo:continent:EU``,
+    ``geo:currency:EUR``) to ``{"name", "kind", "population"}``; ``triples`` are ``(head, relation, tail)``
+    with the relations of :data:`GEO_RELATIONS`: country ``capital`` city, city ``city_in`` country, country
+    ``continent`` continent, country ``currency`` currency, country ``neighbour`` country (both directions).
+    Cities are those of at least ``min_population`` people, plus every capital found among all cities (the
+    most populous city of that name in that country), so each country's capital is an entity."""
+    gc = _cache()
+    raw = gc.get_countries()
+    entities: dict[str, dict] = {}
+    triples: set[tuple[str, str, str]] = set()
+    for code, name in CONTINENTS.items():
+        entities[continent_id(code)] = {"name": name, "kind": "continent", "population": 0}
+    by_name: dict[tuple[str, str], dict] = {}
+    for c in gc.get_cities().values():
+        key = (c["countrycode"], c["name"])
+        if key not in by_name or c["population"] > by_name[key]["population"]:
+            by_name[key] = c
+    for code, c in sorted(raw.items()):
+        cid = country_id(code)
+        entities[cid] = {"name": c["name"], "kind": "country", "population": int(c.get("population") or 0)}
+        if c.get("continentcode") in CONTINENTS:
+            triples.add((cid, "continent", continent_id(c["continentcode"])))
+        if c.get("currencycode"):
+            cur = currency_id(c["currencycode"])
+            entities.setdefault(cur, {"name": c.get("currencyname") or c["currencycode"], "kind": "currency",
+                                      "population": 0})
+            triples.add((cid, "currency", cur))
+        for n in (c.get("neighbours") or "").split(","):
+            if n in raw and n != code:
+                triples.add((cid, "neighbour", country_id(n)))
+                triples.add((country_id(n), "neighbour", cid))
+    capitals = {(code, c["capital"]) for code, c in raw.items() if c.get("capital")}
+    for (code, name), c in sorted(by_name.items()):
+        if code not in raw or (c["population"] < min_population and (code, name) not in capitals):
+            continue
+        yid = city_id(c["geonameid"])
+        entities[yid] = {"name": c["name"], "kind": "city", "population": int(c["population"])}
+        triples.add((yid, "city_in", country_id(code)))
+        if (code, name) in capitals:
+            triples.add((country_id(code), "capital", yid))
+    return entities, sorted(triples)
