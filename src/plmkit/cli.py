@@ -702,6 +702,8 @@ def build_parser() -> argparse.ArgumentParser:
     from .analysis.cli import add_parser as add_neurons
     from .compress.cli import add_parser as add_cook
     from .infer.cli import add_parser as add_generate
+    from .knowledge.entities.cli import add_parser as add_entities
+    from .knowledge.ernie.cli import add_parser as add_ernie
     from .plugins.plugd.cli import add_parser as add_plugd
     from .pretrain.cli import add_parser as add_pretrain
     from .prompting.cli import add_parser as add_prompting
@@ -710,6 +712,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_generate(sub)
     add_cook(sub)
     add_prompting(sub)
+    add_entities(sub)
+    add_ernie(sub)
     add_pretrain(sub)
     add_plugd(sub)
 

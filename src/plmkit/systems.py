@@ -87,7 +87,12 @@ _ROWS = [
      "encoder's states, top-scored masks (<= 15%, 80/10/10) saved as a datasets folder, task-guided pretraining "
      "vs random masks with mask generation compute counted; plmkit selective-mask; recipe 'selective-masking'",
      "plmkit.pretrain.selective_masking.token_importance"),
-    ("ernie", "ERNIE: knowledge-enhanced encoder", "knowledge", "not yet", "plmkit.knowledge.ernie"),
+    ("ernie", "ERNIE: knowledge-enhanced encoder", "knowledge",
+     "implemented: alias entity linker (pyahocorasick; WordNet lemmas and forms, geonames names, priors), KG "
+     "embeddings (PyKEEN TransE/RotatE; PyKEEN, OpenKE and KEPLER import/export), aggregator blocks fused into any "
+     "BERT-family encoder's own FFNs (undoable wraps), dEA + MLM pretraining, typing and relation heads, tasks "
+     "built from WordNet and geonames, ablations; plmkit link, kge, ernie; recipe 'ernie'",
+     "plmkit.knowledge.ernie.ERNIE"),
 ]
 
 SYSTEMS: dict[str, System] = {k: System(k, n, a, s, e, f"docs/{k}.md") for k, n, a, s, e in _ROWS}

@@ -117,18 +117,21 @@ class M:
     entity: str
 
 
-class Table:
+class Table:  # the part of EntityEmbeddings that alignment reads
     ids = ["cat", "mat", "dog"]
 
+    def __contains__(self, entity):
+        return entity in self.ids
+
     def index(self, entity):
-        return self.ids.index(entity) if entity in self.ids else None
+        return self.ids.index(entity)
 
 
 def test_entities_sit_on_the_first_word_piece():
     # pieces: [CLS] the | cat|s | sat | on | the | mat [SEP] (character offsets as a WordPiece tokenizer gives)
     offsets = [(0, 0), (0, 3), (4, 7), (7, 8), (9, 12), (13, 15), (16, 19), (20, 23), (0, 0)]
     mentions = [M(4, 8, "cat"), M(20, 23, "mat"), M(9, 12, "unknown")]
-    rows = first_piece_entities(offsets, mentions, lambda e: 0 if Table().index(e) is None else Table().index(e) + 1)
+    rows = first_piece_entities(offsets, mentions, lambda e: Table().index(e) + 1 if e in Table() else 0)
     assert rows == [0, 0, 1, 0, 0, 0, 0, 2, 0]
     tok = tiny_tokenizer(chat=False)  # one piece per character
     recs = encode_with_entities(tok, ["a cat", "dog"], [[M(2, 5, "cat")], [M(0, 3, "dog")]], Table())
@@ -226,3 +229,38 @@ def test_classifier_fine_tunes_with_and_without_entities(tmp_path):
     fine_tune(clf, tok, recs, tmp_path / "ft", TuneConfig(steps=30, batch_size=8, lr=5e-3, mixed_precision="no"))
     assert predict(clf, tok, recs[:2]) == [0, 1]
     assert len(predict(clf, tok, without_entities(recs[:2]))) == 2
+
+
+def test_mlm_loss_on_masked_positions_equals_the_models_own():
+    e = _ernie("bert")
+    x = tiny_inputs(e.model)
+    ids = _entity_ids(x)
+    labels = x["input_ids"].masked_fill(torch.rand(x["input_ids"].shape, generator=torch.Generator().manual_seed(0))
+                                        > 0.4, -100)
+    full = e(**x, labels=labels, entity_ids=ids).loss
+    hidden = e(**x, entity_ids=ids, encode_only=True)
+    m = labels != -100
+    assert torch.allclose(F.cross_entropy(arch.head(e.model)(hidden[m]), labels[m]), full, atol=1e-5)
+
+
+def test_classifier_save_load_and_cli_errors(tmp_path, capsys):
+    from plmkit import cli
+    from plmkit.knowledge.ernie import load_classifier, save_classifier
+
+    e = _ernie("bert")
+    clf = ERNIEClassifier(e, 3, seed=1).eval()
+    x = tiny_inputs(e.model)
+    ids = _entity_ids(x)
+    want = clf(x["input_ids"], x["attention_mask"], ids).logits
+    save_classifier(clf, tmp_path / "clf", entity_ids=[f"e{i}" for i in range(9)], info={"task": "typing"})
+    back, _, names, info = load_classifier(tmp_path / "clf")
+    assert torch.equal(back(x["input_ids"], x["attention_mask"], ids).logits, want)
+    assert info["task"] == "typing" and names[0] == "e0"
+    for argv, says in ((["ernie", "eval", "--model", str(tmp_path)], "classifier.json"),
+                       (["ernie", "finetune", "--ernie", str(tmp_path), "--task", "typing", "--out", str(tmp_path / "o")],
+                        "not an ERNIE folder")):
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as ex:
+            cli.main(argv)
+        err = capsys.readouterr().err
+        assert ex.value.code == 2 and err.count("\n") == 1 and says in err, err

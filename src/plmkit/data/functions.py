@@ -26,9 +26,9 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from ..errors import ConfigError
+from .wordnet import gloss_examples
 
 KINDS = ("semantic", "knowledge", "task")
-_QUOTED = re.compile(r'"([^"]+)"')
 _WORD = re.compile(r"[a-z]+")
 
 
@@ -96,12 +96,6 @@ def _forms(word: str) -> set[str]:
     if word.endswith("y"):
         forms |= {word[:-1] + "ies", word[:-1] + "ied"}
     return forms
-
-
-def gloss_examples(gloss: str) -> list[str]:
-    """The example sentences of a WordNet gloss: double-quoted texts after the first ';'."""
-    _, sep, rest = gloss.partition(";")
-    return [e.strip() for e in _QUOTED.findall(rest) if e.strip()] if sep else []
 
 
 @lru_cache(maxsize=2)

@@ -7,11 +7,12 @@
 """
 from .align import encode_with_entities, entity_collate, first_piece_entities
 from .config import ERNIEConfig
-from .finetune import ERNIEClassifier, fine_tune, mark_mentions, predict, scores, task_records, without_entities
+from .finetune import (ERNIEClassifier, fine_tune, load_classifier, mark_mentions, predict, save_classifier, scores,
+                       task_records, without_entities)
 from .model import ERNIE, Aggregator, EntityAttention, EntityOutput, FusedFFNIn, load_ernie, save_ernie
 from .pretrain import corrupt_entities, dea_loss, pretrain, pretrain_loss
 
 __all__ = ["ERNIE", "ERNIEClassifier", "ERNIEConfig", "Aggregator", "EntityAttention", "EntityOutput", "FusedFFNIn",
            "corrupt_entities", "dea_loss", "encode_with_entities", "entity_collate", "fine_tune",
-           "first_piece_entities", "load_ernie", "mark_mentions", "predict", "pretrain", "pretrain_loss", "save_ernie",
+           "first_piece_entities", "load_classifier", "load_ernie", "mark_mentions", "save_classifier", "predict", "pretrain", "pretrain_loss", "save_ernie",
            "scores", "task_records", "without_entities"]

@@ -11,8 +11,7 @@ from ...errors import ConfigError
 def _row_of(entities: Any) -> Callable[[str], int]:
     """Entity id -> row of ERNIE's entity table (index + 1; 0 for an entity the table does not hold)."""
     def row(entity: str) -> int:
-        i = entities.index(entity)
-        return 0 if i is None else i + 1
+        return entities.index(entity) + 1 if entity in entities else 0
 
     return row
 
@@ -40,7 +39,7 @@ def encode_with_entities(tokenizer: Any, texts: Sequence[str], mentions: Sequenc
     """Tokenize ``texts`` (no padding) with the entity of each word piece: ``{"input_ids", "entity_ids"}`` records.
 
     ``mentions[i]`` are text ``i``'s linked mentions (``start``, ``end``, ``entity``), ``entities`` the KG
-    embedding table (anything with ``index(entity_id) -> int | None``, e.g. ``EntityEmbeddings``)."""
+    embedding table (an ``EntityEmbeddings``: ``entity in entities``, ``entities.index(entity)``)."""
     if not getattr(tokenizer, "is_fast", False):
         raise ConfigError("aligning entities needs a fast tokenizer (character offsets); load it with use_fast=True")
     if len(texts) != len(mentions):

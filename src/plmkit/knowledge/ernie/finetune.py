@@ -41,11 +41,14 @@ class ERNIEClassifier(nn.Module):
         self.head.to(model_device(encoder))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                entity_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> SequenceClassifierOutput:
+                entity_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None) -> SequenceClassifierOutput:
+        extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
         if isinstance(self.encoder, ERNIE):
-            h = self.encoder.encode(input_ids, attention_mask, entity_ids)
+            h = self.encoder.encode(input_ids, attention_mask, entity_ids, **extra)
         else:
-            h = arch.base_model(self.encoder)(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            h = arch.base_model(self.encoder)(input_ids=input_ids, attention_mask=attention_mask,
+                                              **extra).last_hidden_state
         logits = self.head(self.dropout(h[:, 0]))
         loss = None
         if labels is not None:
@@ -162,3 +165,45 @@ def scores(preds: Sequence[int], records: Sequence[dict], num_labels: int) -> di
     acc = sum(int(p == g) for p, g in zip(preds, gold)) / max(len(gold), 1)
     return {"accuracy": acc, "macro_f1": float(f1_score(gold, preds, average="macro", zero_division=0)),
             "n": len(gold)}
+
+
+HEAD_WEIGHTS, HEAD_CONFIG = "classifier.safetensors", "classifier.json"
+
+
+def save_classifier(classifier: ERNIEClassifier, directory: str | Path, tokenizer: Any = None,
+                    entity_ids: list[str] | None = None, info: dict | None = None) -> Path:
+    """An ERNIE folder (:func:`~plmkit.knowledge.ernie.save_ernie`) plus the head (``classifier.safetensors``) and
+    ``classifier.json`` (labels, multi-label, ``info`` such as the task), written atomically together."""
+    from safetensors.torch import save_file
+
+    from ..._io import write_json
+    from .model import save_ernie
+
+    if not isinstance(classifier.encoder, ERNIE):
+        raise ConfigError("save_classifier saves ERNIE classifiers; save a plain encoder with save_pretrained")
+
+    def head(folder: Path) -> None:
+        save_file({k: v.contiguous().cpu() for k, v in classifier.head.state_dict().items()}, str(folder / HEAD_WEIGHTS))
+        write_json(folder / HEAD_CONFIG, {"num_labels": classifier.head.out_features,
+                                          "multi_label": classifier.multi_label, **(info or {})})
+
+    return save_ernie(classifier.encoder, directory, tokenizer, entity_ids, extra=head)
+
+
+def load_classifier(directory: str | Path) -> tuple[ERNIEClassifier, Any, list[str] | None, dict]:
+    """``(classifier, tokenizer, entity ids, info)`` from a folder :func:`save_classifier` wrote."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from ...errors import PlmkitError
+    from .model import load_ernie
+
+    d = Path(directory)
+    if not (d / HEAD_CONFIG).is_file():
+        raise PlmkitError(f"{d} holds no {HEAD_CONFIG}; pass a folder written by `plmkit ernie finetune --out`")
+    ernie, tok, ids = load_ernie(d)
+    info = json.loads((d / HEAD_CONFIG).read_text())
+    clf = ERNIEClassifier(ernie, info["num_labels"], multi_label=info["multi_label"])
+    clf.head.load_state_dict(load_file(str(d / HEAD_WEIGHTS)))
+    return clf.eval(), tok, ids, info

@@ -246,25 +246,32 @@ class ERNIE(nn.Module):
         finally:
             self.flow.entities = self.flow.mask = self.flow.attended = None
 
-    def forward(self, *args: Any, entity_ids: torch.Tensor | None = None, **kwargs: Any) -> Any:
-        """The model's output for its usual inputs, its upper blocks reading ``entity_ids`` (B, T)."""
+    def forward(self, *args: Any, entity_ids: torch.Tensor | None = None, encode_only: bool = False,
+                **kwargs: Any) -> Any:
+        """The model's output for its usual inputs, its upper blocks reading ``entity_ids`` (B, T); with
+        ``encode_only``, the encoder's last hidden states (no head run)."""
+        if encode_only:
+            return self.encode(*args, entity_ids=entity_ids, **kwargs)
         with self.entities(entity_ids):
             return self.model(*args, **kwargs)
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-               entity_ids: torch.Tensor | None = None) -> torch.Tensor:
+               entity_ids: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
         """The encoder's last hidden states (B, T, d), without running a head the model may carry."""
         with self.entities(entity_ids):
-            return arch.base_model(self.model)(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            return arch.base_model(self.model)(input_ids=input_ids, attention_mask=attention_mask,
+                                               **kwargs).last_hidden_state
 
 
 WEIGHTS, CONFIG = "ernie.safetensors", "ernie.json"
 
 
-def save_ernie(ernie: ERNIE, directory: str | Path, tokenizer: Any = None, entity_ids: list[str] | None = None) -> Path:
+def save_ernie(ernie: ERNIE, directory: str | Path, tokenizer: Any = None, entity_ids: list[str] | None = None, *,
+               extra: Any = None) -> Path:
     """Save ``ernie`` to ``directory`` (atomically): the encoder in its own Hugging Face layout (loadable by plain
     transformers), ``ernie.safetensors`` (aggregators, entity head, entity table) and ``ernie.json`` (the config,
-    the encoder class and the table's entity ids)."""
+    the encoder class and the table's entity ids). ``extra(folder)`` writes more files into the same folder
+    before it replaces ``directory`` (a task head)."""
     from safetensors.torch import save_file
 
     from ..._io import atomic_dir, write_json
@@ -280,6 +287,8 @@ def save_ernie(ernie: ERNIE, directory: str | Path, tokenizer: Any = None, entit
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(Path(tmp) / WEIGHTS))
         write_json(Path(tmp) / CONFIG, {"config": ernie.config.to_dict(), "t_layers": ernie.t_layers,
                                         "encoder_class": type(ernie.model).__name__, "entity_ids": entity_ids})
+        if extra is not None:
+            extra(Path(tmp))
     return Path(directory)
 
 

@@ -12,6 +12,8 @@ from typing import Any, Sequence
 import torch
 from torch.nn import functional as F
 
+from ... import arch
+from ...errors import ConfigError
 from ...pretrain.masking import batch_generator, mask_batch
 from ...train.loop import TrainConfig, TrainResult, train, unwrap_model
 from .align import entity_collate
@@ -42,16 +44,21 @@ def dea_loss(ernie: ERNIE, hidden: torch.Tensor, entity_ids: torch.Tensor) -> to
 
 
 def pretrain_loss(tokenizer: Any, *, mlm_probability: float = 0.15, seed: int = 0):
-    """``loss(model, batch, step)`` for :func:`plmkit.train.train`: MLM loss + ``dea_weight`` * dEA loss."""
+    """``loss(model, batch, step)`` for :func:`plmkit.train.train`: MLM loss + ``dea_weight`` * dEA loss. The MLM
+    head runs on the masked positions only (the vocabulary projection of every other token would be wasted)."""
     def loss(model: Any, batch: dict, step: int) -> torch.Tensor:
         ernie: ERNIE = unwrap_model(model)
+        head = arch.head(ernie.model)
+        if head is None:
+            raise ConfigError("ERNIE pretraining needs an encoder with an MLM head (e.g. *ForMaskedLM)")
         g = batch_generator(batch["input_ids"], step, seed)
         inputs, labels = mask_batch(batch["input_ids"], tokenizer, mlm_probability, g)
         cfg = ernie.config
         noisy = corrupt_entities(batch["entity_ids"], ernie.num_entities, cfg.dea_replace, cfg.dea_drop, g)
-        out = model(input_ids=inputs, attention_mask=batch["attention_mask"], labels=labels, entity_ids=noisy,
-                    output_hidden_states=True)
-        return out.loss + cfg.dea_weight * dea_loss(ernie, out.hidden_states[-1], batch["entity_ids"])
+        hidden = model(input_ids=inputs, attention_mask=batch["attention_mask"], entity_ids=noisy, encode_only=True)
+        masked = labels != -100
+        mlm = F.cross_entropy(head(hidden[masked]).float(), labels[masked]) if masked.any() else hidden.sum() * 0.0
+        return mlm + cfg.dea_weight * dea_loss(ernie, hidden, batch["entity_ids"])
 
     return loss
 

@@ -1,0 +1,169 @@
+"""The pieces an ERNIE study is made of, shared by the recipe and the CLI: the entity table from knowledge-graph
+embeddings, the linked pretraining corpus, random controls, and one fine-tune-and-score run of a variant."""
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Collection, Sequence
+
+import torch
+
+from ...errors import ConfigError
+from ...train.loop import TuneConfig
+from ..entities import EntityEmbeddings, KGEConfig, fit_kge, kg_triples
+from .config import ERNIEConfig
+from .finetune import ERNIEClassifier, fine_tune, predict, scores, task_records, without_entities
+from .model import ERNIE
+
+TASK_KINDS = {"typing": "typing", "relation": "relation"}
+
+
+@dataclass(frozen=True)
+class KnowledgeSettings:
+    """Which graphs give entity vectors and how they are trained (PyKEEN). ``wordnet_scope``: ``all`` of WordNet,
+    or ``neighbourhood``: the entities the study's texts link to and their 1-hop neighbours (faster)."""
+
+    kgs: tuple[str, ...] = ("wordnet", "geonames")
+    kge: KGEConfig = field(default_factory=lambda: KGEConfig(dim=100, epochs=20))
+    wordnet_scope: str = "neighbourhood"
+
+    def __post_init__(self) -> None:
+        if self.wordnet_scope not in ("all", "neighbourhood"):
+            raise ConfigError("wordnet_scope must be 'all' or 'neighbourhood'")
+
+
+def concat_embeddings(parts: Sequence[EntityEmbeddings]) -> EntityEmbeddings:
+    """One table over several graphs' entities (ids must not repeat; widths must match)."""
+    dims = {p.dim for p in parts}
+    if len(dims) != 1:
+        raise ConfigError(f"entity tables of widths {sorted(dims)} cannot share one ERNIE table; train them with one dim")
+    ids = [i for p in parts for i in p.ids]
+    if len(set(ids)) != len(ids):
+        raise ConfigError("entity ids repeat across the tables; give each graph its own id prefix")
+    return EntityEmbeddings(ids, torch.cat([p.vectors for p in parts]),
+                            meta={"parts": [p.meta for p in parts]})
+
+
+def knowledge_table(settings: KnowledgeSettings, *, seed: int = 0, wordnet_entities: Collection[str] | None = None,
+                    progress: bool = False) -> EntityEmbeddings:
+    """Train each graph's embeddings and join them into one table (see :class:`KnowledgeSettings`)."""
+    from ..entities.kge import neighbourhood
+
+    parts = []
+    for kg in settings.kgs:
+        triples = kg_triples(kg)
+        if kg == "wordnet" and settings.wordnet_scope == "neighbourhood":
+            if not wordnet_entities:
+                raise ConfigError("a WordNet neighbourhood needs the linked entities (wordnet_entities)")
+            triples = neighbourhood(triples, wordnet_entities)
+        parts.append(fit_kge(triples, settings.kge, seed=seed, progress=progress, kg=kg))
+    return concat_embeddings(parts)
+
+
+def norm_matched_random(vectors: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """Gaussian vectors with each row's norm equal to the given row's: the random-entity control."""
+    g = torch.Generator().manual_seed(seed)
+    r = torch.randn(vectors.shape, generator=g)
+    return r / r.norm(dim=1, keepdim=True).clamp_min(1e-12) * vectors.norm(dim=1, keepdim=True)
+
+
+def pretraining_texts(n: int, *, seed: int = 0, exclude: Collection[str] = (), min_chars: int = 40,
+                      max_chars: int = 300) -> list[str]:
+    """``n`` English sentence groups (up to ``max_chars``) for dEA pretraining, drawn with ``seed`` from the
+    Wikipedia sample, Lee news, Austen and the WordNet glosses; texts in ``exclude`` (a task's test and
+    validation sentences) are left out."""
+    import random
+
+    from ...data.text import english_documents, iter_sentences
+
+    pieces = []
+    for _, passages in english_documents(("wikipedia", "lee_news", "austen", "wordnet_glosses")):
+        for p in passages:
+            group = ""
+            for s in iter_sentences(p):
+                if len(group) + len(s) > max_chars and len(group) >= min_chars:
+                    pieces.append(group)
+                    group = ""
+                group = f"{group} {s}".strip()
+            if len(group) >= min_chars:
+                pieces.append(group)
+    drop = set(exclude)
+    pieces = [p for p in dict.fromkeys(pieces) if p not in drop]
+    random.Random(seed).shuffle(pieces)
+    return pieces[:n]
+
+
+def task_spans(row: dict, kind: str) -> list[tuple[int, int, str | None]]:
+    """The task's mentions of a row with their gold entities: the typed word, or the relation's head and tail."""
+    if kind == "typing":
+        return [(row["start"], row["end"], row.get("synset"))]
+    return [(row["head_start"], row["head_end"], row.get("head")), (row["tail_start"], row["tail_end"], row.get("tail"))]
+
+
+def linking_quality(rows: Sequence[dict], kind: str, linker: Any) -> dict[str, float]:
+    """How the linker does on a task's own mentions: the share it links (a mention starting at the span's start)
+    and the share it links to the gold entity."""
+    found = correct = total = 0
+    for row, mentions in zip(rows, linker.link([r["text"] for r in rows])):
+        starts = {m.start: m.entity for m in mentions}
+        for a, _, gold in task_spans(row, kind):
+            total += 1
+            found += a in starts
+            correct += starts.get(a) == gold
+    return {"linked": found / max(total, 1), "correct": correct / max(total, 1), "mentions": total}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One row of the ablation table. ``encoder``: ``plain`` (the encoder alone), ``ernie`` (dEA-pretrained) or
+    ``ernie-fresh`` (aggregators added at fine-tuning); ``entities``: ``linked``, ``gold``, ``none`` or ``random``
+    (norm-matched random vectors in the table); ``also_without``: the fine-tuned model is also tested with no
+    entities at run time (reported as the variant ``<name>-no-entities-at-test``)."""
+
+    name: str
+    encoder: str
+    entities: str = "linked"
+    also_without: bool = False
+
+
+VARIANTS = {
+    "plain": Variant("plain", "plain", "none"),
+    "ernie": Variant("ernie", "ernie", "linked", also_without=True),
+    "ernie-no-dea": Variant("ernie-no-dea", "ernie-fresh", "linked"),
+    "ernie-random": Variant("ernie-random", "ernie", "random"),
+    "ernie-gold": Variant("ernie-gold", "ernie", "gold"),
+}
+
+
+def run_variant(variant: Variant, task: Any, kind: str, *, tokenizer: Any, entities: EntityEmbeddings,
+                linker: Any, load_plain: Callable[[], Any], load_ernie: Callable[[], ERNIE], tune: TuneConfig,
+                seed: int, ernie_config: ERNIEConfig, max_test: int | None = None, work: Path | None = None
+                ) -> list[dict[str, Any]]:
+    """Fine-tune ``variant`` on ``task.train`` and score it on ``task.test`` (accuracy, macro-F1): one row, or two
+    with ``also_without``."""
+    source = "gold" if variant.entities == "gold" else "none" if variant.entities == "none" else "linked"
+    records = task_records(tokenizer, task.train, kind, entities, linker, entity_source=source,
+                           max_length=tune.max_length)
+    test_rows = task.test[:max_test]
+    test = task_records(tokenizer, test_rows, kind, entities, linker, entity_source=source, max_length=tune.max_length)
+    if variant.encoder == "plain":
+        encoder = load_plain()
+    elif variant.encoder == "ernie":
+        encoder = load_ernie()
+    else:
+        encoder = ERNIE(load_plain(), entities.vectors, ernie_config, seed=seed)
+    if variant.entities == "random":
+        encoder.set_entity_vectors(norm_matched_random(entities.vectors, seed))
+    multi = kind == "typing"
+    clf = ERNIEClassifier(encoder, task.num_labels, multi_label=multi, seed=seed)
+    with tempfile.TemporaryDirectory(dir=work) as tmp:
+        result = fine_tune(clf, tokenizer, records, tmp, tune, seed=seed)
+    aligned = sum(sum(1 for e in r["entity_ids"] if e) for r in test) / max(len(test), 1)
+    out = [{**scores(predict(clf, tokenizer, test), test, task.num_labels), "variant": variant.name, "seed": seed,
+            "train_seconds": round(result.totals.get("seconds", 0.0), 1), "entities_per_test_example": round(aligned, 2)}]
+    if variant.also_without:
+        bare = without_entities(test)
+        out.append({**out[0], **scores(predict(clf, tokenizer, bare), bare, task.num_labels),
+                    "variant": f"{variant.name}-no-entities-at-test", "entities_per_test_example": 0.0})
+    return out
