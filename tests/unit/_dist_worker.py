@@ -134,6 +134,18 @@ def main(out: Path, scenarios: list[str]) -> None:
                                   teacher=teacher, ki=KIConfig(ki_steps=2), progress=False)
             rec.update(curve=res.curve, state=model.state_dict(), n=matmul_params(model),
                        n_teacher=matmul_params(teacher))
+        elif name == "ernie":  # ERNIE's dEA + MLM pretraining: the DDP-wrapped ERNIE, entities on both processes
+            from plmkit.knowledge.ernie import ERNIE, ERNIEConfig, pretrain
+
+            tok = tiny_tokenizer()
+            g = torch.Generator().manual_seed(3)
+            records = [{"input_ids": tok(t)["input_ids"]} for t in lm_texts(8)]
+            for r in records:  # every third piece holds one of 5 entities
+                r["entity_ids"] = [int(i % 3 == 0) * int(torch.randint(1, 6, (1,), generator=g)) for i in
+                                   range(len(r["input_ids"]))]
+            ernie = ERNIE(tiny_model("bert"), torch.randn(5, 8, generator=g), ERNIEConfig(t_layers=1, entity_heads=2))
+            res = pretrain(ernie, tok, records, lm_config(str(d / "run"), 2))
+            rec.update(losses=res.losses, totals=res.totals, state=ernie.state_dict())
         else:
             raise SystemExit(f"unknown scenario {name!r}")
         d.mkdir(parents=True, exist_ok=True)

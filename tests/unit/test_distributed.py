@@ -26,7 +26,7 @@ _spec = importlib.util.spec_from_file_location("_dist_worker", WORKER)
 w = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(w)
 
-SCENARIOS = ["lr", "lr_accum", "lr_crash", "lr_resume", "equiv", "lm_llama", "lm_bert", "head_bert", "ki"]
+SCENARIOS = ["lr", "lr_accum", "lr_crash", "lr_resume", "equiv", "lm_llama", "lm_bert", "head_bert", "ki", "ernie"]
 
 
 def _env() -> dict[str, str]:
@@ -144,3 +144,11 @@ def test_a_knowledge_inheritance_step_runs_on_two_processes(dist):
     assert last["tokens"] == 4 * 2 * 2 * tokens  # 4 steps x 2 processes x batch 2
     assert last["teacher_flops"] == 2 * r0["n_teacher"] * 2 * 2 * 2 * tokens  # the teacher ran for 2 steps
     assert last["flops"] == 6 * r0["n"] * last["tokens"] + last["teacher_flops"]
+
+
+def test_ernie_dea_pretraining_runs_on_two_processes(dist):
+    r0, r1 = dist("ernie")
+    _assert_same_weights(r0["state"], r1["state"], rtol=0, atol=0)  # replicas stay identical
+    assert any(k.endswith("aggregator.fuse.weight") for k in r0["state"])  # the aggregators are the model's
+    assert r0["totals"]["entities"] == r1["totals"]["entities"] > 0  # counted over both processes
+    assert all(torch.isfinite(torch.tensor(r0["losses"])))

@@ -55,8 +55,9 @@ def test_entities_change_only_the_tokens_above_the_t_encoder():
 
 
 def test_fusion_and_entity_output_by_hand():
-    e = _ernie("bert")
-    layer = arch.layers(e.model)[1]
+    e = _ernie("bert", t_layers=0)  # block 0's aggregator passes entities up (the top block's has no output)
+    assert e.aggregators[0].out is not None and e.aggregators[1].out is None
+    layer = arch.layers(e.model)[0]
     wrapper = layer.ffn_in
     assert isinstance(wrapper, FusedFFNIn)
     agg = wrapper.aggregator

@@ -54,25 +54,34 @@ class EntityAttention(nn.Module):
 
 
 class Aggregator(nn.Module):
-    """The entity side of one K-encoder block: entity attention, ``W_e`` into the FFN, ``LN(W_o·h + e)`` out."""
+    """The entity side of one K-encoder block: entity attention, ``W_e`` into the FFN, ``LN(W_o·h + e)`` out.
+    The top block's aggregator (``last``) has no entity output: nothing above it would read one."""
 
-    def __init__(self, entity_dim: int, d_ff: int, config: ERNIEConfig):
+    def __init__(self, entity_dim: int, d_ff: int, config: ERNIEConfig, last: bool = False):
         super().__init__()
         self.attention = EntityAttention(entity_dim, config.entity_heads, config.dropout)
         self.fuse = nn.Linear(entity_dim, d_ff, bias=False)  # W_e; W_t (and the bias) are the block's own
-        self.out = nn.Linear(d_ff, entity_dim)
-        self.norm = nn.LayerNorm(entity_dim)
+        self.out = None if last else nn.Linear(d_ff, entity_dim)
+        self.norm = None if last else nn.LayerNorm(entity_dim)
         self.drop = nn.Dropout(config.dropout)
+
+    @property
+    def last(self) -> bool:
+        return self.out is None
 
     def reset_parameters(self, generator: torch.Generator, fusion_init: str) -> None:
         with torch.no_grad():
             for lin in (self.attention.qkv, self.attention.out, self.fuse, self.out):
+                if lin is None:
+                    continue
                 lin.weight.copy_(torch.randn(lin.weight.shape, generator=generator) * 0.02)
                 if lin.bias is not None:
                     lin.bias.zero_()
             if fusion_init == "zero":
                 self.fuse.weight.zero_()
             for norm in (self.attention.norm, self.norm):
+                if norm is None:
+                    continue
                 norm.weight.fill_(1.0)
                 norm.bias.zero_()
 
@@ -177,8 +186,8 @@ class ERNIE(nn.Module):
             self.entity_head.dense.weight.copy_(torch.randn(self.entity_head.dense.weight.shape, generator=gen) * 0.02)
             self.entity_head.dense.bias.zero_()
         aggregators = []
-        for layer in blocks[self.t_layers:]:
-            agg = Aggregator(self.entity_dim, layer.d_ff, config)
+        for i, layer in enumerate(blocks[self.t_layers:], self.t_layers):
+            agg = Aggregator(self.entity_dim, layer.d_ff, config, last=i == len(blocks) - 1)
             agg.reset_parameters(gen, config.fusion_init)
             aggregators.append(agg.to(device=p.device, dtype=p.dtype))
         self._attach(aggregators)
@@ -198,7 +207,8 @@ class ERNIE(nn.Module):
     def _attach(self, aggregators: list[Aggregator]) -> None:
         for (p_in, p_out), agg in zip(self._paths(), aggregators):
             _set_at(self.model, p_in, lambda m, a=agg: FusedFFNIn(m, a, self.flow))
-            _set_at(self.model, p_out, lambda m, a=agg: EntityOutput(m, a, self.flow))
+            if not agg.last:
+                _set_at(self.model, p_out, lambda m, a=agg: EntityOutput(m, a, self.flow))
 
     @property
     def aggregators(self) -> list[Aggregator]:

@@ -33,11 +33,12 @@ def corrupt_entities(entity_ids: torch.Tensor, num_entities: int, replace: float
 
 def dea_loss(ernie: ERNIE, hidden: torch.Tensor, entity_ids: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of each aligned token's original entity among the batch's entities (zero when the batch holds
-    fewer than two distinct entities: nothing to choose between)."""
+    fewer than two distinct entities: nothing to choose between; the zero still touches the entity head, so that
+    every process of a distributed run has gradients for the same parameters)."""
     aligned = entity_ids > 0
     candidates = torch.unique(entity_ids[aligned])
     if candidates.numel() < 2:
-        return hidden.sum() * 0.0
+        return ernie.entity_head(hidden[:, :1]).sum() * 0.0
     pred = ernie.entity_head(hidden[aligned])
     scores = pred @ ernie.entity_table[candidates].to(pred.dtype).T
     return F.cross_entropy(scores.float(), torch.searchsorted(candidates, entity_ids[aligned]))
@@ -57,7 +58,8 @@ def pretrain_loss(tokenizer: Any, *, mlm_probability: float = 0.15, seed: int = 
         noisy = corrupt_entities(batch["entity_ids"], ernie.num_entities, cfg.dea_replace, cfg.dea_drop, g)
         hidden = model(input_ids=inputs, attention_mask=batch["attention_mask"], entity_ids=noisy, encode_only=True)
         masked = labels != -100
-        mlm = F.cross_entropy(head(hidden[masked]).float(), labels[masked]) if masked.any() else hidden.sum() * 0.0
+        mlm = (F.cross_entropy(head(hidden[masked]).float(), labels[masked]) if masked.any()
+               else head(hidden[:, :1]).sum() * 0.0)
         return mlm + cfg.dea_weight * dea_loss(ernie, hidden, batch["entity_ids"])
 
     return loss
