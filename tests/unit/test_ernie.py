@@ -9,7 +9,7 @@ from plmkit import arch, hooks
 from plmkit.errors import ConfigError, PlmkitError
 from plmkit.knowledge.ernie import (ERNIE, ERNIEClassifier, ERNIEConfig, FusedFFNIn, corrupt_entities, dea_loss,
                                     encode_with_entities, entity_collate, fine_tune, first_piece_entities,
-                                    load_ernie, mark_mentions, predict, pretrain, save_ernie, task_records,
+                                    load_ernie, mark_mentions, predict, pretrain, save_ernie, scores, task_records,
                                     without_entities)
 from plmkit.testing import tiny_inputs, tiny_model, tiny_tokenizer
 from plmkit.train import TrainConfig, TuneConfig
@@ -109,6 +109,8 @@ def test_refuses_causal_models_and_a_t_encoder_without_aggregators():
         ERNIE(tiny_model("bert"), torch.randn(4, 8), ERNIEConfig(t_layers=2))
     with pytest.raises(ConfigError, match="divisible"):
         ERNIE(tiny_model("bert"), torch.randn(4, 6), ERNIEConfig(entity_heads=4))
+    with pytest.raises(ConfigError, match="encoder-decoder"):
+        ERNIE(tiny_model("t5"), torch.randn(4, 8))
 
 
 @dataclass(frozen=True)
@@ -194,7 +196,8 @@ def test_save_and_load_give_the_same_outputs(tmp_path):
 def test_pretraining_trains_aggregators_and_entity_head_not_the_table(tmp_path):
     tok = tiny_tokenizer(chat=False)
     model = tiny_model("bert", head="lm")
-    e = ERNIE(model, torch.randn(3, 8), ERNIEConfig(t_layers=1, entity_heads=2))
+    e = ERNIE(model, torch.randn(3, 8, generator=torch.Generator().manual_seed(0)),
+              ERNIEConfig(t_layers=1, entity_heads=2))
     texts = ["the cat sat on the mat", "a dog and a cat", "the mat and the dog"] * 4
     words = {"cat": "cat", "mat": "mat", "dog": "dog"}
     mentions = [[M(t.index(w), t.index(w) + 3, w) for w in words if w in t] for t in texts]
@@ -211,25 +214,46 @@ def test_pretraining_trains_aggregators_and_entity_head_not_the_table(tmp_path):
     assert res.losses[-1] < res.losses[0]
 
 
-def test_classifier_fine_tunes_with_and_without_entities(tmp_path):
+def test_classifier_learns_from_entities_alone(tmp_path):
+    """The label is the entity's, and the text never says it: only the entity vectors can tell the classes apart."""
     tok = tiny_tokenizer(chat=False)
 
-    class Linker:
+    class Linker:  # links "thing" to whatever entity the row's gold says: the linker is told nothing
         def link(self, texts):
-            return [[M(t.index(w), t.index(w) + 3, w) for w in ("cat", "dog") if w in t] for t in texts]
+            return [[] for _ in texts]
 
-    rows = [{"text": f"I saw a {w} there", "start": 8, "end": 11, "label": int(w == "dog"), "synset": w}
+    rows = [{"text": "I saw a thing there", "start": 8, "end": 13, "label": int(w == "dog"), "synset": w}
             for w in ("cat", "dog")] * 8
-    recs = task_records(tok, rows, "typing", Table(), Linker())
+    recs = task_records(tok, rows, "typing", Table(), Linker(), entity_source="gold")
     assert recs[0]["input_ids"][8] == tok.convert_tokens_to_ids("@")  # the mention is marked
-    assert recs[0]["entity_ids"][9] == 1 and recs[1]["entity_ids"][9] == 3
-    gold = task_records(tok, rows, "typing", Table(), None, entity_source="none")
-    assert all(not any(r["entity_ids"]) for r in gold)
-    clf = ERNIEClassifier(ERNIE(tiny_model("bert", head="base"), torch.randn(3, 8), ERNIEConfig(entity_heads=2)),
-                          2, multi_label=True)
-    fine_tune(clf, tok, recs, tmp_path / "ft", TuneConfig(steps=30, batch_size=8, lr=5e-3, mixed_precision="no"))
+    assert recs[0]["entity_ids"][9] == 1 and recs[1]["entity_ids"][9] == 3  # gold entities on the first piece
+    assert all(not any(r["entity_ids"]) for r in task_records(tok, rows, "typing", Table(), Linker()))
+    vectors = torch.randn(3, 8, generator=torch.Generator().manual_seed(0))
+    # block 0 fuses the entity into its token; block 1's attention carries it to the first token, which the head
+    # reads (the top block's own fusion reaches no other token). Weights drawn at std 0.2 rather than 0.02, so the
+    # signal crosses the two random blocks within 40 steps.
+    encoder = tiny_model("bert", head="base", initializer_range=0.2)
+    clf = ERNIEClassifier(ERNIE(encoder, vectors, ERNIEConfig(t_layers=0, entity_heads=2, dropout=0.0,
+                                                              fusion_init="normal")), 2, multi_label=True)
+    fine_tune(clf, tok, recs, tmp_path / "ft", TuneConfig(steps=40, batch_size=8, lr=1e-2, mixed_precision="no"))
     assert predict(clf, tok, recs[:2]) == [0, 1]
-    assert len(predict(clf, tok, without_entities(recs[:2]))) == 2
+    bare = predict(clf, tok, without_entities(recs[:2]))
+    assert bare[0] == bare[1]  # without entities the two texts are identical: one answer for both
+    assert scores([0, 1, 1], [{"label": 0}, {"label": 1}, {"label": 0}]) == {"accuracy": 2 / 3, "macro_f1": 2 / 3,
+                                                                             "n": 3}
+
+
+def test_pretraining_texts_leave_out_held_out_sentences(monkeypatch):
+    import plmkit.data.text as text
+    from plmkit.knowledge.ernie.study import pretraining_texts
+
+    docs = [("wordnet/x", ["cat: feline mammal; \"the cat sat on the mat\". dog: a canine; \"dogs bark at night\"."]),
+            ("wiki/y", ["Paris is the capital and largest city of France, on the Seine river in the north."])]
+    monkeypatch.setattr(text, "english_documents", lambda sources: docs)
+    kept = pretraining_texts(10, exclude={"The cat sat on the mat"}, min_chars=10, max_chars=60)
+    assert kept and not any("cat sat on the mat" in p for p in kept)
+    assert any("Paris" in p for p in kept)
+    assert len(pretraining_texts(10, min_chars=10, max_chars=60)) > len(kept)
 
 
 def test_mlm_loss_on_masked_positions_equals_the_models_own():

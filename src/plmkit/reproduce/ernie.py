@@ -4,7 +4,8 @@ need knowledge, with the paper's ablations.
 Entities: TransE (PyKEEN) on WordNet (the neighbourhood of the synsets the study's texts link to, or all of it)
 and on the geonames graph, one 100-d table. Linking: plmkit's alias linker (WordNet noun lemmas and their forms,
 sense order as the prior; geonames names, population as the prior). Pretraining: dEA + MLM on linked English
-text (Wikipedia sample, Lee news, Austen, WordNet glosses; never a task's test or validation sentence), from
+text (Wikipedia sample, Lee news, Austen, WordNet glosses; a piece holding a task's test or validation sentence is
+dropped, since the glosses quote the typing task's examples), from
 MiniLM with its fitted MLM head. Tasks (:mod:`plmkit.data.entity_tasks`): the supersense of the word a WordNet
 example sentence illustrates (linked by the linker, not by the gold synset), and the relation between two
 geonames places named in a neutral sentence (test templates unseen). Each variant is fine-tuned the same way
@@ -54,7 +55,7 @@ QUICK = ERNIESettings(head=MLMHeadSettings(steps=20, max_length=64),  # the kepl
                       pretrain_texts=160, pretrain_steps=8, pretrain_batch=8,
                       variants=("plain", "ernie", "ernie-random"),
                       typing_max_train=320, max_test=200, seeds=(0,))
-FULL = ERNIESettings(head=MLMHeadSettings(steps=300), knowledge=KnowledgeSettings(kge=KGEConfig(dim=100, epochs=12)),
+FULL = ERNIESettings(head=MLMHeadSettings(steps=300), knowledge=KnowledgeSettings(),
                      ernie=ERNIEConfig(), tune=TuneConfig(steps=300, batch_size=16, lr=1e-4, max_length=64),
                      max_test=1000)
 
@@ -86,8 +87,8 @@ def _tasks(S: ERNIESettings, seed: int) -> dict[str, Any]:
 def run(ctx: RecipeContext) -> dict[str, Any]:
     from ..knowledge.entities import kb_linker
     from ..knowledge.ernie import ERNIE, encode_with_entities, load_ernie, pretrain, save_ernie
-    from ..knowledge.ernie.study import (VARIANTS, knowledge_table, linking_quality, pretraining_texts,
-                                         run_variant)
+    from ..knowledge.ernie.study import (VARIANTS, heldout_texts, knowledge_table, linking_quality,
+                                         pretraining_texts, run_variant)
     from ..train.loop import TrainConfig
     from .shared import minilm_mlm
 
@@ -95,8 +96,7 @@ def run(ctx: RecipeContext) -> dict[str, Any]:
     tasks = _tasks(S, ctx.seed)
     with ctx.phase("linkers"):
         linkers = {"typing": kb_linker("wordnet"), "relation": kb_linker("geonames"), "corpus": kb_linker("both")}
-        heldout = {r["text"] for t in tasks.values() for split in (t.validation, t.test) for r in split}
-        texts = pretraining_texts(S.pretrain_texts, seed=ctx.seed, exclude=heldout)
+        texts = pretraining_texts(S.pretrain_texts, seed=ctx.seed, exclude=heldout_texts(ctx.seed))
         corpus_mentions = linkers["corpus"].link(texts)
         task_mentions = [m for k, t in tasks.items() for ms in linkers[k].link([r["text"] for r in t.train + t.test])
                          for m in ms]
@@ -136,6 +136,7 @@ def run(ctx: RecipeContext) -> dict[str, Any]:
                             load_plain=load_plain, load_ernie=load_pretrained, tune=S.tune, seed=seed,
                             ernie_config=S.ernie, max_test=S.max_test, work=tmp)]
     pretraining = {"texts": len(texts), "aligned_entities": aligned, "steps": S.pretrain_steps,
+                   "t_layers": ernie.t_layers, "blocks": ernie.t_layers + len(ernie.aggregators),
                    "loss_first": pre.losses[0] if pre.losses else None, "loss_last": pre.losses[-1] if pre.losses else None,
                    "seconds": round(pre.totals.get("seconds", 0.0), 1)}
     return _report(ctx, S, tasks, entities, linking, pretraining, rows)
@@ -170,12 +171,11 @@ def _report(ctx: RecipeContext, S: ERNIESettings, tasks: dict, entities, linking
             table.append([v, fmt(s["acc"], s["acc_std"]), fmt(s["f1"], s["f1_std"]), s["entities"]])
             measured[f"{kind}.{v}.accuracy"] = s["acc"]
             measured[f"{kind}.{v}.macro_f1"] = s["f1"]
-        counts = task.counts()
         tables.append({"title": f"{kind}: test accuracy and macro-F1 (%), mean ± std over seeds {list(S.seeds)}; "
                                 f"{len(task.labels)} classes, {len(task.train)} train / "
                                 f"{_summary(rows, kind, S.variants[0])['n']} test examples",
                        "columns": ["variant", "accuracy", "macro-F1", "entities per test example"], "rows": table})
-        measured[f"{kind}.train"] = counts["train"]["total"] if "train" in counts else len(task.train)
+        measured[f"{kind}.train"] = len(task.train)
     tables.append({"title": "Entity linking on the tasks' own test mentions (the linker, not the gold entity)",
                    "columns": ["task", "linked", "linked to the gold entity", "mentions"],
                    "rows": [[k, f"{100 * v['linked']:.1f}%", f"{100 * v['correct']:.1f}%", v["mentions"]]
@@ -197,8 +197,9 @@ def _report(ctx: RecipeContext, S: ERNIESettings, tasks: dict, entities, linking
                     f"{p.get('train_seconds')} s" for p in kge) + ".",
         f"dEA + MLM pretraining: {pretraining['texts']} linked texts holding {pretraining['aligned_entities']} aligned "
         f"entities, {pretraining['steps']} steps of {S.pretrain_batch}, loss {pretraining['loss_first']:.3f} -> "
-        f"{pretraining['loss_last']:.3f} ({pretraining['seconds']} s). Aggregators in blocks {S.ernie.t_layers or 3}-5 "
-        "of MiniLM's 6, fusion starting at zero.",
+        f"{pretraining['loss_last']:.3f} ({pretraining['seconds']} s). Aggregators in blocks {pretraining['t_layers']}-"
+        f"{pretraining['blocks'] - 1} of MiniLM's {pretraining['blocks']}, fusion starting at zero. No validation or "
+        "test sentence of either task is in the pretraining text (pieces holding one are dropped).",
         f"Fine-tuning: {S.tune.steps} steps of {S.tune.batch_size}, lr {S.tune.lr}, every variant the same; no setting "
         "chosen on test.",
         "Variants: plain = MiniLM (same MLM-head checkpoint) with the same head; ernie-no-dea = aggregators added at "
@@ -210,8 +211,9 @@ def _report(ctx: RecipeContext, S: ERNIESettings, tasks: dict, entities, linking
     ]
     if ctx.quick:
         notes.append(f"Quick run: {S.pretrain_steps} dEA steps, {S.tune.steps} fine-tuning steps, one seed, "
-                     f"{S.typing_max_train} typing training examples, {S.max_test} test examples, 64-d TransE of 5 "
-                     "epochs: a smoke run whose accuracies say little; `plmkit reproduce ernie` is the measurement.")
+                     f"{S.typing_max_train} typing training examples, {S.max_test} test examples, "
+                     f"{S.knowledge.kge.dim}-d TransE of {S.knowledge.kge.epochs} epochs: a smoke run whose accuracies "
+                     "say little; `plmkit reproduce ernie` is the measurement.")
     return {"headline": headline, "measured": measured, "tables": tables, "plots": _plot(ctx, S, tasks, rows),
             "details": {"settings": dataclasses.asdict(S), "rows": rows, "linking": linking,
                         "pretraining": pretraining, "entities": entities.meta},

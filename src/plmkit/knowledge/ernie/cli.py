@@ -52,13 +52,13 @@ def _cmd_pretrain(args: argparse.Namespace) -> None:
     from ...train.loop import TrainConfig
     from ..entities import EntityEmbeddings, KGEConfig, kb_linker
     from . import ERNIE, ERNIEConfig, encode_with_entities, pretrain, save_ernie
-    from .study import KnowledgeSettings, knowledge_table, pretraining_texts
+    from .study import KnowledgeSettings, heldout_texts, knowledge_table, pretraining_texts
 
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not (out / "ernie.json").is_file():
         raise ConfigError(f"--out {out} exists and is no ERNIE folder; pass a new folder")
     linker = kb_linker("both")
-    texts = pretraining_texts(args.texts, seed=args.seed)
+    texts = pretraining_texts(args.texts, seed=args.seed, exclude=heldout_texts(args.task_seed))
     mentions = linker.link(texts)
     if args.entities:
         entities = EntityEmbeddings.load(args.entities)
@@ -89,7 +89,7 @@ def _scores(clf: Any, tok: Any, rows: list[dict], task: str, entities: Any, sour
                         max_length=max_length)
     if source == "none":
         recs = without_entities(recs)
-    return scores(predict(clf, tok, recs), recs, clf.head.out_features)
+    return scores(predict(clf, tok, recs), recs)
 
 
 def _cmd_finetune(args: argparse.Namespace) -> None:
@@ -98,7 +98,9 @@ def _cmd_finetune(args: argparse.Namespace) -> None:
     from .model import load_ernie
     from .study import norm_matched_random
 
-    ernie, tok, ids = load_ernie(args.ernie)
+    import torch
+
+    ernie, tok, ids = load_ernie(args.ernie, device="cuda" if torch.cuda.is_available() else "cpu")
     entities = _table(ernie, ids)
     task = _task(args.task, args.task_seed, args.max_train)
     source = "linked" if args.entities == "random" else args.entities
@@ -122,7 +124,9 @@ def _cmd_finetune(args: argparse.Namespace) -> None:
 def _cmd_eval(args: argparse.Namespace) -> None:
     from .finetune import load_classifier
 
-    clf, tok, ids, info = load_classifier(args.model)
+    import torch
+
+    clf, tok, ids, info = load_classifier(args.model, device="cuda" if torch.cuda.is_available() else "cpu")
     entities = _table(clf.encoder, ids)
     task = _task(info["task"], info["task_seed"])
     rows = task.split(args.split)[:args.max]
@@ -157,6 +161,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--max-length", type=int, default=64, help="word pieces per text")
     p.add_argument("--t-layers", type=int, default=None, help="plain blocks below the aggregators (default: half)")
     p.add_argument("--entity-heads", type=int, default=4, help="heads of the entity self-attention")
+    p.add_argument("--task-seed", type=int, default=0,
+                   help="split seed of the tasks whose validation and test sentences pretraining must not see")
     p.add_argument("--seed", type=int, default=0, help="seed of the texts, the KG vectors and the new weights")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(fn=_cmd_pretrain)

@@ -33,5 +33,7 @@ class ERNIEConfig(JsonConfig):
             raise ConfigError("entity_heads must be >= 1")
         if self.fusion_init not in ("zero", "normal"):
             raise ConfigError("fusion_init must be 'zero' or 'normal'")
+        if not 0 <= self.dropout < 1 or self.dea_weight < 0:
+            raise ConfigError("dropout must lie in [0, 1) and dea_weight be >= 0")
         if not (0 <= self.dea_replace and 0 <= self.dea_drop and self.dea_replace + self.dea_drop <= 1):
             raise ConfigError("dea_replace and dea_drop must be shares in [0, 1] summing to at most 1")

@@ -2,8 +2,9 @@
 
 As in the paper, the mentions are marked by characters put around them (``@`` for the typed mention, ``#`` for
 the head and ``$`` for the tail of a relation), and the class is read from the first token's final state.
-Typing trains with binary cross-entropy per class (multi-label, as FIGER / OpenEntity), relations with
-cross-entropy. The same head serves a plain encoder (the baseline), so both are fine-tuned the same way.
+Typing trains with a sigmoid and binary cross-entropy per class, the paper's typing loss (here on one gold class
+per example; ``labels`` may also be a (B, C) multi-hot tensor), relations with cross-entropy; prediction is the
+arg-max class. The same head serves a plain encoder (the baseline), so both are fine-tuned the same way.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from torch.nn import functional as F
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from ... import arch
-from ...device import model_device
+from ...device import model_device, to_device
 from ...errors import ConfigError
 from ...train.loop import TrainResult, TuneConfig, train
 from .align import encode_with_entities, entity_collate
@@ -60,9 +61,15 @@ class ERNIEClassifier(nn.Module):
         return SequenceClassifierOutput(loss=loss, logits=logits)
 
 
+MARKS = {"typing": ("@",), "relation": ("#", "$")}
+
+
 def mark_mentions(text: str, spans: Sequence[tuple[int, int]], marks: Sequence[str]) -> tuple[str, list[tuple[int, int]]]:
     """Put ``marks[i]`` before and after ``spans[i]`` (non-overlapping); returns the text and the spans' new
     offsets (the mention itself, without its marks)."""
+    for a, b in spans:
+        if not 0 <= a < b <= len(text):
+            raise ConfigError(f"mention span {a}:{b} is empty or outside the text (length {len(text)})")
     ordered = sorted(spans)
     for (a, b), (c, d) in zip(ordered, ordered[1:]):
         if c < b:
@@ -102,16 +109,14 @@ def task_records(tokenizer: Any, rows: Sequence[dict], kind: str, entities: Any,
     if kind == "typing":
         spans = [[(r["start"], r["end"])] for r in rows]
         golds = [[r.get("synset")] for r in rows]
-        marks = ("@",)
     elif kind == "relation":
         spans = [[(r["head_start"], r["head_end"]), (r["tail_start"], r["tail_end"])] for r in rows]
         golds = [[r.get("head"), r.get("tail")] for r in rows]
-        marks = ("#", "$")
     else:
         raise ConfigError("kind must be typing or relation")
     texts, task_spans = [], []
     for r, sp in zip(rows, spans):
-        t, new = mark_mentions(r["text"], sp, marks[:len(sp)])
+        t, new = mark_mentions(r["text"], sp, MARKS[kind][:len(sp)])
         texts.append(t)
         task_spans.append(new)
     if entity_source == "none" or linker is None:
@@ -147,23 +152,22 @@ def fine_tune(classifier: ERNIEClassifier, tokenizer: Any, records: Sequence[dic
 def predict(classifier: ERNIEClassifier, tokenizer: Any, records: Sequence[dict], *, batch_size: int = 32) -> list[int]:
     """The arg-max class of each record."""
     classifier.eval()
-    device = model_device(classifier)
     collate = entity_collate(tokenizer)
     preds: list[int] = []
     for i in range(0, len(records), batch_size):
         batch = collate([{k: v for k, v in r.items() if k != "label"} for r in records[i:i + batch_size]])
-        batch = {k: v.to(device) for k, v in batch.items()}
+        batch = to_device(batch, classifier)
         preds += classifier(**batch).logits.argmax(-1).tolist()
     return preds
 
 
-def scores(preds: Sequence[int], records: Sequence[dict], num_labels: int) -> dict[str, float]:
-    """Accuracy and macro-F1 (over the classes present in the gold labels or predictions)."""
-    from sklearn.metrics import f1_score
+def scores(preds: Sequence[int], records: Sequence[dict]) -> dict[str, float]:
+    """Accuracy and macro-F1 over the classes of the gold labels (the same classes for every model scored on
+    these records, whatever it predicts)."""
+    from ...eval.metrics import accuracy, f1
 
     gold = [r["label"] for r in records]
-    acc = sum(int(p == g) for p, g in zip(preds, gold)) / max(len(gold), 1)
-    return {"accuracy": acc, "macro_f1": float(f1_score(gold, preds, average="macro", zero_division=0)),
+    return {"accuracy": accuracy(preds, gold), "macro_f1": f1(preds, gold, average="macro", labels=sorted(set(gold))),
             "n": len(gold)}
 
 
@@ -190,8 +194,9 @@ def save_classifier(classifier: ERNIEClassifier, directory: str | Path, tokenize
     return save_ernie(classifier.encoder, directory, tokenizer, entity_ids, extra=head)
 
 
-def load_classifier(directory: str | Path) -> tuple[ERNIEClassifier, Any, list[str] | None, dict]:
-    """``(classifier, tokenizer, entity ids, info)`` from a folder :func:`save_classifier` wrote."""
+def load_classifier(directory: str | Path, *, device: str | torch.device | None = None
+                    ) -> tuple[ERNIEClassifier, Any, list[str] | None, dict]:
+    """``(classifier, tokenizer, entity ids, info)`` from a folder :func:`save_classifier` wrote (on ``device``)."""
     import json
 
     from safetensors.torch import load_file
@@ -202,7 +207,7 @@ def load_classifier(directory: str | Path) -> tuple[ERNIEClassifier, Any, list[s
     d = Path(directory)
     if not (d / HEAD_CONFIG).is_file():
         raise PlmkitError(f"{d} holds no {HEAD_CONFIG}; pass a folder written by `plmkit ernie finetune --out`")
-    ernie, tok, ids = load_ernie(d)
+    ernie, tok, ids = load_ernie(d, device=device)
     info = json.loads((d / HEAD_CONFIG).read_text())
     clf = ERNIEClassifier(ernie, info["num_labels"], multi_label=info["multi_label"])
     clf.head.load_state_dict(load_file(str(d / HEAD_WEIGHTS)))

@@ -142,11 +142,16 @@ class EntityHead(nn.Module):
 
 
 def _encoder_layers(model: nn.Module) -> list[arch.Layer]:
+    config = getattr(arch.hf_model(model)[0], "config", None)
+    if getattr(config, "is_encoder_decoder", False):
+        raise ConfigError("ERNIE fuses entities into an encoder-only model (BERT, RoBERTa, ELECTRA ...); this model "
+                          "is an encoder-decoder: pass its encoder alone (e.g. T5EncoderModel)")
     if arch.is_causal(model):
         raise ConfigError("ERNIE needs a bidirectional encoder (BERT, RoBERTa, ELECTRA ...); this model is causal")
     found = arch.layers(model)
     if any(layer.ffn_gate is not None for layer in found):
-        raise ConfigError("ERNIE fuses entities into a plain FFN (act(W·x)); this model's FFN is gated")
+        raise ConfigError("ERNIE fuses entities into a plain FFN (act(W·x)); this model's FFN is gated (GLU): use a "
+                          "BERT-family encoder")
     return found
 
 
@@ -177,14 +182,16 @@ class ERNIE(nn.Module):
         table = torch.zeros(entity_vectors.shape[0] + 1, entity_vectors.shape[1])
         table[1:] = entity_vectors.detach().float()
         p = next(model.parameters())
-        self.register_buffer("entity_table", table.to(p.device), persistent=False)
+        # persistent: a training checkpoint carries the table its aggregators were trained against
+        self.register_buffer("entity_table", table.to(p.device))
         self.flow = _Flow()
         self.model = model
-        self.entity_head = EntityHead(blocks[0].d_model, self.entity_dim).to(p.device)
+        self.entity_head = EntityHead(blocks[0].d_model, self.entity_dim)
         gen = torch.Generator().manual_seed(seed)
         with torch.no_grad():
             self.entity_head.dense.weight.copy_(torch.randn(self.entity_head.dense.weight.shape, generator=gen) * 0.02)
             self.entity_head.dense.bias.zero_()
+        self.entity_head.to(device=p.device, dtype=p.dtype)
         aggregators = []
         for i, layer in enumerate(blocks[self.t_layers:], self.t_layers):
             agg = Aggregator(self.entity_dim, layer.d_ff, config, last=i == len(blocks) - 1)
@@ -238,8 +245,9 @@ class ERNIE(nn.Module):
 
     def entity_inputs(self, entity_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The aligned entity vectors (B, T, d_e) and their mask (B, T) for ``entity_ids`` (0 = none)."""
-        if entity_ids.min() < 0 or entity_ids.max() > self.num_entities:
-            raise ConfigError(f"entity ids must lie in 0..{self.num_entities} (0 = no entity)")
+        if entity_ids.numel() and (entity_ids.min() < 0 or entity_ids.max() > self.num_entities):
+            raise ConfigError(f"entity ids {int(entity_ids.min())}..{int(entity_ids.max())} outside 0..{self.num_entities} "
+                              "(0 = no entity): align them with the same entity table this ERNIE was built with")
         ids = entity_ids.to(self.entity_table.device)
         return self.entity_table[ids], ids > 0
 
@@ -317,8 +325,9 @@ def load_ernie(directory: str | Path, *, device: str | torch.device | None = Non
                           "plmkit.knowledge.ernie.save_ernie or `plmkit ernie pretrain --out`")
     meta = json.loads((d / CONFIG).read_text())
     cls = getattr(transformers, meta["encoder_class"], None)
-    if cls is None or not meta["encoder_class"].startswith(tuple(("Bert", "Roberta", "Electra", "XLMRoberta"))):
-        cls = transformers.AutoModel
+    if cls is None or not isinstance(cls, type) or not issubclass(cls, transformers.PreTrainedModel):
+        raise PlmkitError(f"{d}: the encoder class {meta['encoder_class']!r} is not a transformers model class; "
+                          "install the transformers version that saved it")
     model = cls.from_pretrained(d)
     weights = load_file(str(d / WEIGHTS))
     table = weights.pop("entity_table")

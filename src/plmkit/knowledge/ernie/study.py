@@ -16,16 +16,13 @@ from .config import ERNIEConfig
 from .finetune import ERNIEClassifier, fine_tune, predict, scores, task_records, without_entities
 from .model import ERNIE
 
-TASK_KINDS = {"typing": "typing", "relation": "relation"}
-
-
 @dataclass(frozen=True)
 class KnowledgeSettings:
     """Which graphs give entity vectors and how they are trained (PyKEEN). ``wordnet_scope``: ``all`` of WordNet,
     or ``neighbourhood``: the entities the study's texts link to and their 1-hop neighbours (faster)."""
 
     kgs: tuple[str, ...] = ("wordnet", "geonames")
-    kge: KGEConfig = field(default_factory=lambda: KGEConfig(dim=100, epochs=20))
+    kge: KGEConfig = field(default_factory=lambda: KGEConfig(dim=100, epochs=12))
     wordnet_scope: str = "neighbourhood"
 
     def __post_init__(self) -> None:
@@ -68,11 +65,32 @@ def norm_matched_random(vectors: torch.Tensor, seed: int = 0) -> torch.Tensor:
     return r / r.norm(dim=1, keepdim=True).clamp_min(1e-12) * vectors.norm(dim=1, keepdim=True)
 
 
+def heldout_texts(seed: int = 0) -> set[str]:
+    """The validation and test sentences of both ERNIE tasks (split with ``seed``): what pretraining must not see."""
+    from ...data.entity_tasks import entity_typing_task, geo_relation_task
+
+    return {r["text"] for t in (entity_typing_task(seed=seed), geo_relation_task(seed=seed))
+            for split in (t.validation, t.test) for r in split}
+
+
+def _containing(pieces: list[str], texts: Collection[str]) -> set[int]:
+    """Indices of the pieces that contain any of ``texts`` (case-insensitive; one Aho-Corasick pass)."""
+    import ahocorasick
+
+    if not texts:
+        return set()
+    automaton = ahocorasick.Automaton()
+    for t in texts:
+        automaton.add_word(t.lower(), True)
+    automaton.make_automaton()
+    return {i for i, p in enumerate(pieces) if next(automaton.iter(p.lower()), None) is not None}
+
+
 def pretraining_texts(n: int, *, seed: int = 0, exclude: Collection[str] = (), min_chars: int = 40,
                       max_chars: int = 300) -> list[str]:
     """``n`` English sentence groups (up to ``max_chars``) for dEA pretraining, drawn with ``seed`` from the
-    Wikipedia sample, Lee news, Austen and the WordNet glosses; texts in ``exclude`` (a task's test and
-    validation sentences) are left out."""
+    Wikipedia sample, Lee news, Austen and the WordNet glosses. A group that contains any text of ``exclude``
+    (a task's test and validation sentences: WordNet's glosses quote the typing task's examples) is left out."""
     import random
 
     from ...data.text import english_documents, iter_sentences
@@ -88,8 +106,9 @@ def pretraining_texts(n: int, *, seed: int = 0, exclude: Collection[str] = (), m
                 group = f"{group} {s}".strip()
             if len(group) >= min_chars:
                 pieces.append(group)
-    drop = set(exclude)
-    pieces = [p for p in dict.fromkeys(pieces) if p not in drop]
+    pieces = list(dict.fromkeys(pieces))
+    drop = _containing(pieces, exclude)
+    pieces = [p for i, p in enumerate(pieces) if i not in drop]
     random.Random(seed).shuffle(pieces)
     return pieces[:n]
 
@@ -102,15 +121,22 @@ def task_spans(row: dict, kind: str) -> list[tuple[int, int, str | None]]:
 
 
 def linking_quality(rows: Sequence[dict], kind: str, linker: Any) -> dict[str, float]:
-    """How the linker does on a task's own mentions: the share it links (a mention starting at the span's start)
-    and the share it links to the gold entity."""
+    """How the linker does on a task's own mentions, in the marked text the models read: the share of mentions it
+    links with exactly their span, and the share it links to the gold entity (rows without a gold one skipped)."""
+    from .finetune import MARKS, mark_mentions
+
+    marked = []
+    for row in rows:
+        spans = task_spans(row, kind)
+        text, new = mark_mentions(row["text"], [(a, b) for a, b, _ in spans], MARKS[kind][:len(spans)])
+        marked.append((text, [(a, b, g) for (a, b), (_, _, g) in zip(new, spans) if g]))
     found = correct = total = 0
-    for row, mentions in zip(rows, linker.link([r["text"] for r in rows])):
-        starts = {m.start: m.entity for m in mentions}
-        for a, _, gold in task_spans(row, kind):
+    for (_, spans), mentions in zip(marked, linker.link([t for t, _ in marked])):
+        by_span = {(m.start, m.end): m.entity for m in mentions}
+        for a, b, gold in spans:
             total += 1
-            found += a in starts
-            correct += starts.get(a) == gold
+            found += (a, b) in by_span
+            correct += by_span.get((a, b)) == gold
     return {"linked": found / max(total, 1), "correct": correct / max(total, 1), "mentions": total}
 
 
@@ -160,10 +186,10 @@ def run_variant(variant: Variant, task: Any, kind: str, *, tokenizer: Any, entit
     with tempfile.TemporaryDirectory(dir=work) as tmp:
         result = fine_tune(clf, tokenizer, records, tmp, tune, seed=seed)
     aligned = sum(sum(1 for e in r["entity_ids"] if e) for r in test) / max(len(test), 1)
-    out = [{**scores(predict(clf, tokenizer, test), test, task.num_labels), "variant": variant.name, "seed": seed,
+    out = [{**scores(predict(clf, tokenizer, test), test), "variant": variant.name, "seed": seed,
             "train_seconds": round(result.totals.get("seconds", 0.0), 1), "entities_per_test_example": round(aligned, 2)}]
     if variant.also_without:
         bare = without_entities(test)
-        out.append({**out[0], **scores(predict(clf, tokenizer, bare), bare, task.num_labels),
+        out.append({**out[0], **scores(predict(clf, tokenizer, bare), bare),
                     "variant": f"{variant.name}-no-entities-at-test", "entities_per_test_example": 0.0})
     return out
