@@ -56,8 +56,8 @@ QUICK = ERNIESettings(head=MLMHeadSettings(steps=20, max_length=64),  # the kepl
                       variants=("plain", "ernie", "ernie-random"),
                       typing_max_train=320, max_test=200, seeds=(0,))
 FULL = ERNIESettings(head=MLMHeadSettings(steps=300), knowledge=KnowledgeSettings(),
-                     ernie=ERNIEConfig(), tune=TuneConfig(steps=300, batch_size=16, lr=1e-4, max_length=64),
-                     max_test=1000)
+                     ernie=ERNIEConfig(), tune=TuneConfig(steps=200, batch_size=16, lr=1e-4, max_length=64),
+                     pretrain_steps=200, variants=("plain", "ernie", "ernie-random", "ernie-gold"), max_test=1000)
 
 
 def _tasks(S: ERNIESettings, seed: int) -> dict[str, Any]:
