@@ -58,6 +58,21 @@ def knowledge_table(settings: KnowledgeSettings, *, seed: int = 0, wordnet_entit
     return concat_embeddings(parts)
 
 
+def kepler_table(run_dir: str | Path, synsets: Collection[str], *, progress: bool = False) -> EntityEmbeddings:
+    """KEPLER's vectors of WordNet synsets, read from their descriptions by a KEPLER run's encoder: any synset gets
+    one, also those the run never trained on (KEPLER's inductive use)."""
+    from ...data.wordnet import wordnet_graph
+    from ..kepler_run import kepler_embed
+
+    g = wordnet_graph()
+    descriptions = {s: g.synsets[s].description for s in sorted(synsets) if s in g.synsets}
+    if not descriptions:
+        raise ConfigError("none of the synsets given is in WordNet; pass ids like '02084071-n'")
+    labels, vectors = kepler_embed(run_dir, descriptions, progress=progress)
+    return EntityEmbeddings(labels, vectors, meta={"model": "KEPLER", "kg": "wordnet", "run": str(run_dir),
+                                                   "entities": len(labels)})
+
+
 def norm_matched_random(vectors: torch.Tensor, seed: int = 0) -> torch.Tensor:
     """Gaussian vectors with each row's norm equal to the given row's: the random-entity control."""
     g = torch.Generator().manual_seed(seed)
@@ -145,12 +160,14 @@ class Variant:
     """One row of the ablation table. ``encoder``: ``plain`` (the encoder alone), ``ernie`` (dEA-pretrained) or
     ``ernie-fresh`` (aggregators added at fine-tuning); ``entities``: ``linked``, ``gold``, ``none`` or ``random``
     (norm-matched random vectors in the table); ``also_without``: the fine-tuned model is also tested with no
-    entities at run time (reported as the variant ``<name>-no-entities-at-test``)."""
+    entities at run time (reported as the variant ``<name>-no-entities-at-test``); ``table``: which entity vectors
+    (``transe``, or ``kepler``: KEPLER's description embeddings of WordNet synsets, typing task only)."""
 
     name: str
     encoder: str
     entities: str = "linked"
     also_without: bool = False
+    table: str = "transe"
 
 
 VARIANTS = {
@@ -159,6 +176,7 @@ VARIANTS = {
     "ernie-no-dea": Variant("ernie-no-dea", "ernie-fresh", "linked"),
     "ernie-random": Variant("ernie-random", "ernie", "random"),
     "ernie-gold": Variant("ernie-gold", "ernie", "gold"),
+    "ernie-kepler-no-dea": Variant("ernie-kepler-no-dea", "ernie-fresh", "linked", table="kepler"),
 }
 
 
