@@ -66,7 +66,8 @@ def kg_triples(kg: str) -> list[tuple[str, str, str]]:
 
 
 def neighbourhood(triples: list[tuple[str, str, str]], entities: Collection[str]) -> list[tuple[str, str, str]]:
-    """The triples touching ``entities``: those entities plus their 1-hop neighbours, with the edges between."""
+    """The triples touching ``entities`` (a head or tail among them): the entities and their 1-hop neighbours,
+    without the edges between two neighbours."""
     keep = set(entities)
     return [tr for tr in triples if tr[0] in keep or tr[2] in keep]
 

@@ -43,7 +43,8 @@ def encode_with_entities(tokenizer: Any, texts: Sequence[str], mentions: Sequenc
     if not getattr(tokenizer, "is_fast", False):
         raise ConfigError("aligning entities needs a fast tokenizer (character offsets); load it with use_fast=True")
     if len(texts) != len(mentions):
-        raise ConfigError(f"{len(texts)} texts but {len(mentions)} mention lists")
+        raise ConfigError(f"{len(texts)} texts but {len(mentions)} mention lists: pass linker.link(texts) for the "
+                          "same texts, one list per text")
     enc = tokenizer(list(texts), truncation=True, max_length=max_length, return_offsets_mapping=True)
     row = _row_of(entities)
     return [{"input_ids": ids, "entity_ids": first_piece_entities(offs, ms, row)}
