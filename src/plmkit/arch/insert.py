@@ -295,17 +295,24 @@ class PromptVectors(nn.Module):
         return self.vectors.shape[0]
 
 
-def _prompt_pre_hook(model: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-    prompt: PromptVectors = model.plmkit_prompt
+def input_embeddings(model: nn.Module, args: tuple, kwargs: dict, what: str) -> tuple[dict, torch.Tensor]:
+    """For a forward pre-hook that edits the inputs: the call's keyword arguments without ``input_ids`` /
+    ``inputs_embeds`` (a positional ``input_ids`` folded in), and the input embeddings."""
     if args:
         kwargs = {"input_ids": args[0], **kwargs}
-        args = ()
     ids = kwargs.pop("input_ids", None)
     embeds = kwargs.pop("inputs_embeds", None)
     if embeds is None:
         if ids is None:
-            raise ConfigError("prompt tuning needs input_ids or inputs_embeds")
+            raise ConfigError(f"{what} needs input_ids or inputs_embeds")
         embeds = model.get_input_embeddings()(ids)
+    return kwargs, embeds
+
+
+def _prompt_pre_hook(model: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    prompt: PromptVectors = model.plmkit_prompt
+    kwargs, embeds = input_embeddings(model, args, kwargs, "prompt tuning")
+    args = ()
     b = embeds.shape[0]
     vec = prompt.vectors.to(embeds.dtype).unsqueeze(0).expand(b, -1, -1)
     kwargs["inputs_embeds"] = torch.cat([vec, embeds], 1)

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ... import arch
+from ...arch.insert import input_embeddings
 from ...errors import ConfigError
 
 IGNORE = -100
@@ -102,13 +103,8 @@ def _pre_hook(model: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]
     entities = kwargs.pop("plmkit_entities", None)
     if entities is None:
         return args, kwargs
-    if args:
-        kwargs = {"input_ids": args[0], **kwargs}
-        args = ()
-    ids = kwargs.pop("input_ids", None)
-    embeds = kwargs.pop("inputs_embeds", None)
-    if embeds is None:
-        embeds = model.get_input_embeddings()(ids)
+    kwargs, embeds = input_embeddings(model, args, kwargs, "a knowledge plug")
+    args = ()
     mask = kwargs.pop("attention_mask", None)
     if mask is None:
         mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
