@@ -53,11 +53,11 @@ class ERNIESettings:
 
 
 QUICK = ERNIESettings(head=MLMHeadSettings(steps=20, max_length=64),  # the kepler / dpt quick head: one cache entry
-                      knowledge=KnowledgeSettings(kge=KGEConfig(dim=32, epochs=3, negatives=4)),
-                      ernie=ERNIEConfig(), tune=TuneConfig(steps=24, batch_size=8, lr=1e-4, max_length=48),
-                      pretrain_texts=160, pretrain_steps=8, pretrain_batch=8,
+                      knowledge=KnowledgeSettings(kge=KGEConfig(dim=32, epochs=2, negatives=4)),
+                      ernie=ERNIEConfig(), tune=TuneConfig(steps=16, batch_size=8, lr=1e-4, max_length=48),
+                      pretrain_texts=96, pretrain_steps=6, pretrain_batch=8,
                       variants=("plain", "ernie", "ernie-random"),
-                      typing_max_train=320, max_test=200, seeds=(0,))
+                      typing_max_train=200, max_test=120, seeds=(0,))
 FULL = ERNIESettings(head=MLMHeadSettings(steps=300), knowledge=KnowledgeSettings(),
                      ernie=ERNIEConfig(), tune=TuneConfig(steps=200, batch_size=16, lr=1e-4, max_length=64),
                      pretrain_steps=200, max_test=1000,
