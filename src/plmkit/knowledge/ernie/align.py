@@ -52,10 +52,15 @@ def encode_with_entities(tokenizer: Any, texts: Sequence[str], mentions: Sequenc
 
 
 def entity_collate(tokenizer: Any) -> Callable[[list[dict]], dict]:
-    """Pad ``{"input_ids", "entity_ids"[, "label"]}`` records into a batch (entities padded with 0)."""
+    """Pad ``{"input_ids", "entity_ids"[, "label"]}`` records into a batch (entities padded with 0, on the
+    tokenizer's padding side)."""
+    from ...pretrain.masking import pad_collate
+
+    pad = pad_collate(tokenizer)
+
     def collate(rows: list[dict]) -> dict:
-        out = tokenizer.pad([{"input_ids": r["input_ids"]} for r in rows], return_tensors="pt")
-        t = out["input_ids"].shape[1]
+        batch = pad(rows)
+        t = batch["input_ids"].shape[1]
         left = getattr(tokenizer, "padding_side", "right") == "left"
         ents = torch.zeros(len(rows), t, dtype=torch.long)
         for i, r in enumerate(rows):
@@ -64,7 +69,7 @@ def entity_collate(tokenizer: Any) -> Callable[[list[dict]], dict]:
                 ents[i, t - len(e):] = e
             else:
                 ents[i, :len(e)] = e
-        batch = {"input_ids": out["input_ids"], "attention_mask": out["attention_mask"], "entity_ids": ents}
+        batch["entity_ids"] = ents
         if "label" in rows[0]:
             batch["labels"] = torch.tensor([r["label"] for r in rows])
         return batch

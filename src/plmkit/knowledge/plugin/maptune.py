@@ -16,6 +16,7 @@ from torch import nn
 
 from ... import arch
 from ...errors import ConfigError
+from ...pretrain.masking import pad_collate
 from ...train.loop import TrainConfig, TrainResult, train
 from .inject import IGNORE, attach
 
@@ -48,7 +49,7 @@ def mention_batch(tokenizer: Any, rows: Sequence[dict], *, mlm: bool) -> dict[st
     """Pad ``{"input_ids", "mentions": [(start, end, table row)]}`` records (token spans) into a batch with
     ``plmkit_entities`` (a pseudo-token before each mention) and labels on the mention tokens; for a masked LM the
     mention tokens are replaced by the mask token."""
-    pad = tokenizer.pad([{"input_ids": r["input_ids"]} for r in rows], return_tensors="pt")
+    pad = pad_collate(tokenizer)(rows)
     ids, labels = pad["input_ids"].clone(), torch.full_like(pad["input_ids"], IGNORE)
     left = getattr(tokenizer, "padding_side", "right") == "left"
     entities = []
