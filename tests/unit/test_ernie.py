@@ -243,6 +243,30 @@ def test_classifier_learns_from_entities_alone(tmp_path):
                                                                              "n": 3}
 
 
+def test_tuning_is_chosen_on_validation_and_never_reads_test(tmp_path):
+    """The plain encoder under each candidate is scored on validation; a learning rate too small to learn loses."""
+    from plmkit.data.entity_tasks import EntityTask
+    from plmkit.knowledge.ernie.study import TuningChoice, select_tuning
+
+    class Unread(list):
+        def __getitem__(self, item):
+            raise AssertionError("the test split was read")
+
+    tok = tiny_tokenizer(chat=False)
+    rows = [{"text": f"this one is {w}", "start": 0, "end": 4, "label": int(w == "good"), "synset": None}
+            for w in ("good", "bad")]
+    task = EntityTask("toy", ("bad", "good"), train=rows * 8, validation=rows * 2, test=Unread(rows))
+    candidates = (TuningChoice("ce", 1e-9), TuningChoice("ce", 1e-2))
+    best, tried = select_tuning(candidates, task, "typing", tokenizer=tok, entities=Table(), linker=None,
+                                load_plain=lambda: tiny_model("bert", head="base", initializer_range=0.2),
+                                tune=TuneConfig(steps=30, batch_size=8, mixed_precision="no"), work=tmp_path)
+    assert best == candidates[1]
+    assert [r["lr"] for r in tried] == [1e-9, 1e-2] and all(r["n"] == 4 and r["split"] == "validation" for r in tried)
+    assert tried[1]["accuracy"] == 1.0 and tried[0]["accuracy"] <= 0.75
+    with pytest.raises(ConfigError, match="bce"):
+        TuningChoice("hinge", 1e-3)
+
+
 def test_pretraining_texts_leave_out_held_out_sentences(monkeypatch):
     import plmkit.data.text as text
     from plmkit.knowledge.ernie.study import pretraining_texts

@@ -29,7 +29,7 @@ class AutoSeqSettings:
 
 
 QUICK = AutoSeqSettings(
-    tasks=("polarity",), k=8, seeds=(0, 1), max_test=24,
+    tasks=("polarity",), k=8, seeds=(0,), max_test=24,
     fewshot=FewShotConfig(model="smollm2", tune=PromptTuneConfig(steps=0), max_length=64,
                           autoseq=AutoSeqConfig(beam=4, max_tokens=3, rerank_pool=8, per_label=3)))
 FULL = AutoSeqSettings(

@@ -52,11 +52,13 @@ class ErenSettings:
     ft_epochs: int
     methods: tuple[str, ...] = METHODS
     fact_check: bool = True
+    fact_check_methods: tuple[str, ...] | None = None  # the editors whose verdicts are scored (None: all of methods)
 
 
 QUICK = ErenSettings(n_eval=12, sizes=(1000,), tune_edits=12, tune_probes=40, two_hop=0, ft_sizes=(), ft_epochs=3,
                      methods=("unedited", "one-step reading", "SERAC-like scope", "EREN (reader relevance)",
-                              "EREN (reader relevance, top note)"))
+                              "EREN (reader relevance, top note)"),
+                     fact_check_methods=("unedited", "EREN (reader relevance)"))
 FULL = ErenSettings(n_eval=100, sizes=(1, 10, 100, 1000), tune_edits=150, tune_probes=500, two_hop=50,
                     ft_sizes=(10, 100, 1000), ft_epochs=3)
 
@@ -215,7 +217,7 @@ def _fact_check(reader: Reader, nb: Notebook, es: EditSet, S: ErenSettings, thre
     befores = {sc: [v.label for v in EREN(reader, None, ERENConfig(check_scoring=sc)).check_batch(texts)]
                for sc in CHECK_SCORING}
     out = {}
-    for name, editor in _editors(reader, nb, thresholds, S.methods).items():
+    for name, editor in _editors(reader, nb, thresholds, S.fact_check_methods or S.methods).items():
         if name == "EREN (paper prompt)":
             continue  # its relevance is a generated answer; fact checking scores options instead
         for scoring in (CHECK_SCORING if name == "EREN (reader relevance)" else (best,)):

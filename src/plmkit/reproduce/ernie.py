@@ -24,7 +24,7 @@ import numpy as np
 from ..errors import ConfigError
 from ..knowledge.entities import KGEConfig
 from ..knowledge.ernie.config import ERNIEConfig
-from ..knowledge.ernie.study import KnowledgeSettings
+from ..knowledge.ernie.study import KnowledgeSettings, TuningChoice
 from ..train.loop import TuneConfig
 from .registry import Budgets, RecipeContext, recipe
 from .shared import MLMHeadSettings
@@ -50,6 +50,13 @@ class ERNIESettings:
     seeds: tuple[int, ...] = (0, 1, 2)
     kepler_steps: int = 200  # the KEPLER run whose description embeddings the kepler variant reads
     kepler_entities: int = 5000
+    # fine-tuning settings per task, chosen on its validation split with the plain encoder (one: no selection)
+    typing_choices: tuple[TuningChoice, ...] = (TuningChoice("bce", 1e-4),)
+    relation_choices: tuple[TuningChoice, ...] = (TuningChoice("ce", 1e-4),)
+    max_validation: int | None = 500
+
+    def choices(self, kind: str) -> tuple[TuningChoice, ...]:
+        return self.typing_choices if kind == "typing" else self.relation_choices
 
 
 QUICK = ERNIESettings(head=MLMHeadSettings(steps=20, max_length=64),  # the kepler / dpt quick head: one cache entry
@@ -57,11 +64,16 @@ QUICK = ERNIESettings(head=MLMHeadSettings(steps=20, max_length=64),  # the kepl
                       ernie=ERNIEConfig(), tune=TuneConfig(steps=16, batch_size=8, lr=1e-4, max_length=48),
                       pretrain_texts=96, pretrain_steps=6, pretrain_batch=8,
                       variants=("plain", "ernie", "ernie-random"),
-                      typing_max_train=200, max_test=120, seeds=(0,))
+                      typing_max_train=200, max_test=120, seeds=(0,),
+                      typing_choices=(TuningChoice("ce", 3e-4),))  # the full run's validation choice for typing
 FULL = ERNIESettings(head=MLMHeadSettings(steps=300), knowledge=KnowledgeSettings(),
                      ernie=ERNIEConfig(), tune=TuneConfig(steps=200, batch_size=16, lr=1e-4, max_length=64),
                      pretrain_steps=200, max_test=1000,
-                     variants=("plain", "ernie", "ernie-random", "ernie-gold", "ernie-no-dea", "ernie-kepler-no-dea"))
+                     variants=("plain", "ernie", "ernie-random", "ernie-gold", "ernie-no-dea", "ernie-no-dea-random",
+                               "ernie-kepler-no-dea"),
+                     typing_choices=(TuningChoice("bce", 1e-4), TuningChoice("bce", 1e-3), TuningChoice("ce", 1e-4),
+                                     TuningChoice("ce", 3e-4)),
+                     relation_choices=(TuningChoice("ce", 1e-4), TuningChoice("ce", 3e-4)))
 
 
 def _tasks(S: ERNIESettings, seed: int) -> dict[str, Any]:
@@ -92,7 +104,7 @@ def run(ctx: RecipeContext) -> dict[str, Any]:
     from ..knowledge.entities import kb_linker
     from ..knowledge.ernie import ERNIE, encode_with_entities, load_ernie, pretrain, save_ernie
     from ..knowledge.ernie.study import (VARIANTS, heldout_texts, knowledge_table, linking_quality,
-                                         pretraining_texts, run_variant)
+                                         pretraining_texts, run_variant, select_tuning)
     from ..train.loop import TrainConfig
     from .shared import minilm_mlm
 
@@ -134,21 +146,32 @@ def run(ctx: RecipeContext) -> dict[str, Any]:
         if "typing" in tasks and any(VARIANTS[v].table == "kepler" for v in S.variants):
             with ctx.phase("KEPLER embeddings"):
                 tables["kepler"] = _kepler_table(S, ctx, head_info["path"], tasks["typing"], task_mentions, tmp)
-        rows = []
+        rows, selection, chosen = [], [], {}
         for kind, task in tasks.items():
+            chosen[kind] = S.choices(kind)[0]
+            if len(S.choices(kind)) > 1:
+                with ctx.phase(f"{kind} tuning on validation"):
+                    chosen[kind], tried = select_tuning(
+                        S.choices(kind), task, kind, tokenizer=tok, entities=entities, linker=linkers[kind],
+                        load_plain=load_plain, tune=S.tune, seed=S.seeds[0], max_validation=S.max_validation,
+                        work=tmp)
+                selection += [{"task": kind, **r} for r in tried]
+            tune = dataclasses.replace(S.tune, lr=chosen[kind].lr)
             for name in _trained(S, kind):
                 for seed in S.seeds:
                     with ctx.phase(f"{kind} fine-tuning"):
                         rows += [{"task": kind, **r} for r in run_variant(
                             VARIANTS[name], task, kind, tokenizer=tok, entities=tables[VARIANTS[name].table],
                             linker=linkers[kind],
-                            load_plain=load_plain, load_ernie=load_pretrained, tune=S.tune, seed=seed,
-                            ernie_config=S.ernie, max_test=S.max_test, work=tmp)]
+                            load_plain=load_plain, load_ernie=load_pretrained, tune=tune, seed=seed,
+                            ernie_config=S.ernie, max_test=S.max_test, work=tmp,
+                            multi_label=chosen[kind].loss == "bce")]
     pretraining = {"texts": len(texts), "aligned_entities": aligned, "steps": S.pretrain_steps,
                    "t_layers": ernie.t_layers, "blocks": ernie.t_layers + len(ernie.aggregators),
                    "loss_first": pre.losses[0] if pre.losses else None, "loss_last": pre.losses[-1] if pre.losses else None,
                    "seconds": round(pre.totals.get("seconds", 0.0), 1)}
-    return _report(ctx, S, tasks, entities, linking, pretraining, rows)
+    tuning = {"chosen": {k: dataclasses.asdict(c) for k, c in chosen.items()}, "validation": selection}
+    return _report(ctx, S, tasks, entities, linking, pretraining, rows, tuning)
 
 
 def _trained(S: ERNIESettings, kind: str) -> list[str]:
@@ -191,7 +214,7 @@ def _reported(S: ERNIESettings, kind: str) -> list[str]:
 
 
 def _report(ctx: RecipeContext, S: ERNIESettings, tasks: dict, entities, linking: dict, pretraining: dict,
-            rows: list[dict]) -> dict[str, Any]:
+            rows: list[dict], tuning: dict) -> dict[str, Any]:
     fmt = lambda m, s: f"{m:.1f} ± {s:.1f}"  # noqa: E731
     tables, measured = [], {}
     for kind, task in tasks.items():
@@ -210,6 +233,16 @@ def _report(ctx: RecipeContext, S: ERNIESettings, tasks: dict, entities, linking
                    "columns": ["task", "linked", "linked to the gold entity", "mentions"],
                    "rows": [[k, f"{100 * v['linked']:.1f}%", f"{100 * v['correct']:.1f}%", v["mentions"]]
                             for k, v in linking.items()]})
+    if tuning["validation"]:
+        tables.append({"title": f"Fine-tuning setting chosen on validation (plain MiniLM, seed {S.seeds[0]}, up to "
+                                f"{S.max_validation} validation examples; the chosen one serves every variant)",
+                       "columns": ["task", "loss", "lr", "validation accuracy", "validation macro-F1", "chosen"],
+                       "rows": [[r["task"], r["loss"], r["lr"], f"{100 * r['accuracy']:.1f}",
+                                 f"{100 * r['macro_f1']:.1f}",
+                                 "yes" if tuning["chosen"][r["task"]] == {"loss": r["loss"], "lr": r["lr"]} else ""]
+                                for r in tuning["validation"]]})
+    for k, c in tuning["chosen"].items():
+        measured[f"{k}.tuning"] = f"{c['loss']} lr {c['lr']}"
     for k, v in linking.items():
         measured[f"{k}.linked"] = v["linked"]
         measured[f"{k}.linked_gold"] = v["correct"]
@@ -232,10 +265,12 @@ def _report(ctx: RecipeContext, S: ERNIESettings, tasks: dict, entities, linking
         f"{pretraining['loss_last']:.3f} ({pretraining['seconds']} s). Aggregators in blocks {pretraining['t_layers']}-"
         f"{pretraining['blocks'] - 1} of MiniLM's {pretraining['blocks']}, fusion starting at zero. No validation or "
         "test sentence of either task is in the pretraining text (pieces holding one are dropped).",
-        f"Fine-tuning: {S.tune.steps} steps of {S.tune.batch_size}, lr {S.tune.lr}, every variant the same; no setting "
-        "chosen on test.",
+        f"Fine-tuning: {S.tune.steps} steps of {S.tune.batch_size}, every variant of a task the same; the loss and "
+        "learning rate per task: " + "; ".join(f"{k} {c['loss']} at lr {c['lr']}" for k, c in tuning["chosen"].items())
+        + " (chosen on validation where several were tried); no setting chosen on test.",
         "Variants: plain = MiniLM (same MLM-head checkpoint) with the same head; ernie-no-dea = aggregators added at "
-        "fine-tuning; ernie-random = the table replaced by norm-matched random vectors; ernie-no-entities-at-test = "
+        "fine-tuning; ernie-random = the table replaced by norm-matched random vectors; ernie-no-dea-random = the "
+        "same for ernie-no-dea (its control); ernie-no-entities-at-test = "
         "the ernie model fine-tuned with entities, tested without; ernie-gold = the task's mentions given their gold "
         "entity (an upper bound on linking); ernie-kepler-no-dea = aggregators added at fine-tuning over KEPLER's "
         f"description embeddings of the synsets (a KEPLER run of {S.kepler_steps} steps on a {S.kepler_entities}-synset "
@@ -249,7 +284,7 @@ def _report(ctx: RecipeContext, S: ERNIESettings, tasks: dict, entities, linking
                      f"{S.knowledge.kge.dim}-d TransE of {S.knowledge.kge.epochs} epochs: a smoke run whose accuracies "
                      "say little; `plmkit reproduce ernie` is the measurement.")
     return {"headline": headline, "measured": measured, "tables": tables, "plots": _plot(ctx, S, tasks, rows),
-            "details": {"settings": dataclasses.asdict(S), "rows": rows, "linking": linking,
+            "details": {"settings": dataclasses.asdict(S), "rows": rows, "linking": linking, "tuning": tuning,
                         "pretraining": pretraining, "entities": entities.meta},
             "notes": notes}
 

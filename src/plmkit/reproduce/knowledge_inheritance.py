@@ -45,9 +45,9 @@ class KISettings:
 
 QUICK = KISettings(
     corpus=CorpusConfig(max_chars=3_000_000, block_size=64, validation_fraction=0.05), vocab_size=4096,
-    teacher=PretrainConfig(size="xs", steps=400, batch_size=16, lr=1e-3, warmup_steps=20, eval_every=100),
-    student=PretrainConfig(size="s", steps=150, batch_size=16, lr=1e-3, warmup_steps=15, eval_every=25),
-    ki=KIConfig(ki_steps=100), seeds=(0,), downstream=DownstreamSettings(steps=100, max_test=300))
+    teacher=PretrainConfig(size="xs", steps=250, batch_size=16, lr=1e-3, warmup_steps=20, eval_every=50),
+    student=PretrainConfig(size="s", steps=100, batch_size=16, lr=1e-3, warmup_steps=10, eval_every=20),
+    ki=KIConfig(ki_steps=60), seeds=(0,), downstream=DownstreamSettings(steps=60, max_test=200))
 FULL = KISettings(
     corpus=CorpusConfig(block_size=128, validation_fraction=0.03), vocab_size=8192,
     teacher=PretrainConfig(size="s", steps=1500, batch_size=32, lr=1e-3, warmup_steps=75, eval_every=100),

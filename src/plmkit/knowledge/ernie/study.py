@@ -176,16 +176,18 @@ VARIANTS = {
     "ernie-no-dea": Variant("ernie-no-dea", "ernie-fresh", "linked"),
     "ernie-random": Variant("ernie-random", "ernie", "random"),
     "ernie-gold": Variant("ernie-gold", "ernie", "gold"),
+    "ernie-no-dea-random": Variant("ernie-no-dea-random", "ernie-fresh", "random"),
     "ernie-kepler-no-dea": Variant("ernie-kepler-no-dea", "ernie-fresh", "linked", table="kepler"),
 }
 
 
 def run_variant(variant: Variant, task: Any, kind: str, *, tokenizer: Any, entities: EntityEmbeddings,
                 linker: Any, load_plain: Callable[[], Any], load_ernie: Callable[[], ERNIE], tune: TuneConfig,
-                seed: int, ernie_config: ERNIEConfig, max_test: int | None = None, work: Path | None = None
-                ) -> list[dict[str, Any]]:
+                seed: int, ernie_config: ERNIEConfig, max_test: int | None = None, work: Path | None = None,
+                multi_label: bool | None = None) -> list[dict[str, Any]]:
     """Fine-tune ``variant`` on ``task.train`` and score it on ``task.test`` (accuracy, macro-F1): one row, or two
-    with ``also_without``."""
+    with ``also_without``. ``multi_label``: sigmoid + BCE (default for typing, the paper's loss) or softmax + CE
+    (default for relations)."""
     source = "gold" if variant.entities == "gold" else "none" if variant.entities == "none" else "linked"
     records = task_records(tokenizer, task.train, kind, entities, linker, entity_source=source,
                            max_length=tune.max_length)
@@ -199,7 +201,7 @@ def run_variant(variant: Variant, task: Any, kind: str, *, tokenizer: Any, entit
         encoder = ERNIE(load_plain(), entities.vectors, ernie_config, seed=seed)
     if variant.entities == "random":
         encoder.set_entity_vectors(norm_matched_random(entities.vectors, seed))
-    multi = kind == "typing"
+    multi = kind == "typing" if multi_label is None else multi_label
     clf = ERNIEClassifier(encoder, task.num_labels, multi_label=multi, seed=seed)
     with tempfile.TemporaryDirectory(dir=work) as tmp:
         result = fine_tune(clf, tokenizer, records, tmp, tune, seed=seed)
@@ -211,3 +213,39 @@ def run_variant(variant: Variant, task: Any, kind: str, *, tokenizer: Any, entit
         out.append({**out[0], **scores(predict(clf, tokenizer, bare), bare),
                     "variant": f"{variant.name}-no-entities-at-test", "entities_per_test_example": 0.0})
     return out
+
+
+@dataclass(frozen=True)
+class TuningChoice:
+    """One fine-tuning setting a task's validation split chooses among: the loss (``bce``: a sigmoid per class;
+    ``ce``: softmax cross-entropy) and the learning rate."""
+
+    loss: str = "bce"
+    lr: float = 1e-4
+
+    def __post_init__(self) -> None:
+        if self.loss not in ("bce", "ce"):
+            raise ConfigError("a tuning choice's loss is 'bce' or 'ce'")
+
+
+def select_tuning(candidates: Sequence[TuningChoice], task: Any, kind: str, *, tokenizer: Any,
+                  entities: EntityEmbeddings, linker: Any, load_plain: Callable[[], Any], tune: TuneConfig,
+                  seed: int = 0, max_validation: int | None = None, work: Path | None = None
+                  ) -> tuple[TuningChoice, list[dict[str, Any]]]:
+    """The candidate under which the plain encoder, fine-tuned on ``task.train``, scores best on
+    ``task.validation`` (accuracy, then macro-F1; the first wins ties), and every candidate's validation row.
+    The test split is never read; the winner then serves every variant."""
+    import dataclasses
+
+    if not candidates:
+        raise ConfigError("select_tuning needs at least one candidate")
+    on_validation = dataclasses.replace(task, test=task.validation)
+    rows = []
+    for c in candidates:
+        row = run_variant(VARIANTS["plain"], on_validation, kind, tokenizer=tokenizer, entities=entities,
+                          linker=linker, load_plain=load_plain, load_ernie=lambda: None,
+                          tune=dataclasses.replace(tune, lr=c.lr), seed=seed, ernie_config=ERNIEConfig(),
+                          max_test=max_validation, work=work, multi_label=c.loss == "bce")[0]
+        rows.append({**row, "loss": c.loss, "lr": c.lr, "split": "validation"})
+    best = max(range(len(candidates)), key=lambda i: (rows[i]["accuracy"], rows[i]["macro_f1"], -i))
+    return candidates[best], rows
