@@ -41,7 +41,11 @@ _ROWS = [
     ("readin", "READIN: realistic noisy Chinese input", "chinese",
      "implemented: loader for the release layout, Average/Worst, pinyin-IME and speech noise generator, small "
      "BERTs per tokenizer under noise; recipe 'readin'", "plmkit.chinese.readin.load_readin"),
-    ("knowledge_plugin", "Knowledge Plugin: map-tuning", "knowledge", "not yet", "plmkit.knowledge.map_tuning"),
+    ("knowledge_plugin", "Knowledge Plugin: map-tuning", "knowledge",
+     "partial: general map-tuning (mention-masked LM, the model frozen), plug and play into MiniLM classifiers "
+     "trained by full fine-tuning, LoRA or prompt tuning, with zero / random / description controls, task-specific "
+     "map-tuning; recipe 'knowledge-plugin'. Not yet: entity questions for SmolLM2, two-KG domain adaptation, CLI",
+     "plmkit.knowledge.plugin.map_tune"),
     ("plugd", "PlugD: document plugins", "plugins",
      "implemented: map network on the frozen backbone's document states, plugged into the upper layers' "
      "self-attention through their own norm and K/V (every family, T5 included), plugin pretraining, LoRA task "

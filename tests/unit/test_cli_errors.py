@@ -70,6 +70,10 @@ CASES = {
                                       ["--corpus no.txt: no such file"]),
     "selective-mask corpus not utf-8": (["selective-mask", "--classifier", "nomodel", "--corpus", "latin1.txt",
                                          "--out", "sm"], ["latin1.txt is not UTF-8"]),
+    "knowledge plug without a downstream folder": (["knowledge-plugin", "plug", "--model", "nomodel", "--mapper", "m",
+                                                    "--kg", "k"], ["no plmkit_task.json", "knowledge-plugin finetune"]),
+    "knowledge plug without embeddings": (["knowledge-plugin", "map-tune", "--kg", "nomodel", "--out", "mp"],
+                                          ["plmkit kge train"]),
 }
 
 

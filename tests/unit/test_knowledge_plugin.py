@@ -1,5 +1,6 @@
 """Knowledge Plugin pieces on tiny random models: pseudo-tokens before mentions, masks, labels, the mapper's files."""
 import copy
+from dataclasses import dataclass
 
 import pytest
 import torch
@@ -122,3 +123,140 @@ def test_map_tuning_trains_only_the_mapper(family, tmp_path):
         model.plmkit_plug.mapper = fresh
         untuned = model(**full).loss
     assert tuned < untuned  # the mention is easier to restore from the tuned mapper's pseudo-token
+
+
+def _classifier(num_labels=2, seed=0, **overrides):
+    from transformers import AutoModelForSequenceClassification
+
+    from plmkit.testing import tiny_config
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        config = tiny_config("bert", num_labels=num_labels, **overrides)
+        return AutoModelForSequenceClassification.from_config(config).eval()
+
+
+@dataclass
+class _M:  # a linked mention
+    start: int
+    end: int
+    entity: str
+
+
+def test_token_mentions_spans_rows_and_descriptions():
+    from plmkit.knowledge.plugin.records import plug_entities, plug_table, token_mentions, with_descriptions
+    from plmkit.testing import tiny_tokenizer
+
+    class Table:
+        ids = ["cat", "dog"]
+
+        def __contains__(self, e):
+            return e in self.ids
+
+        def index(self, e):
+            return self.ids.index(e)
+
+    tok = tiny_tokenizer(chat=False)  # one piece per character
+    texts = ["a cat and a yak", "dog"]
+    mentions = [[_M(12, 15, "yak"), _M(2, 5, "cat")], [_M(0, 3, "dog")]]
+    recs = token_mentions(tok, texts, mentions, Table())
+    assert recs[0]["mentions"] == [(2, 5, 1), (12, 15, 0)]  # sorted; the unknown yak gets the zero row
+    assert recs[1]["mentions"] == [(0, 3, 2)]
+    assert token_mentions(tok, texts, mentions, Table(), keep_unknown=False)[0]["mentions"] == [(2, 5, 1)]
+    assert token_mentions(tok, texts, mentions, Table(), max_length=4)[0]["mentions"] == []  # cut off: dropped
+    assert plug_entities(recs[0]) == [(2, 1), (12, 0)]
+    table = plug_table(torch.ones(2, 3))
+    assert table.shape == (3, 3) and not table[0].any()
+    described = with_descriptions(texts, mentions, {"cat": "a feline", "dog": "a canine"}.get)
+    assert described == ["a (a feline) cat and a yak", "(a canine) dog"]
+    with pytest.raises(ConfigError, match="mention lists"):
+        token_mentions(tok, texts, mentions[:1], Table())
+
+
+def test_controls_plug_what_they_say_and_leave_the_model_unplugged():
+    from plmkit.knowledge.plugin.plug import ZeroMapper, control_setup, evaluate_controls, plug_collate, plugged
+
+    model = _classifier()
+    tok_ids = [[5, 6, 7, 8, 9], [5, 6, 7]]
+    records = [{"input_ids": ids, "mentions": [(1, 3, r)], "label": r % 2} for ids, r in zip(tok_ids, (1, 2))]
+
+    class Tok:
+        pad_token_id, padding_side = 0, "right"
+
+        def pad(self, rows, return_tensors="pt"):
+            n = max(len(r["input_ids"]) for r in rows)
+            return {"input_ids": torch.tensor([r["input_ids"] + [0] * (n - len(r["input_ids"])) for r in rows]),
+                    "attention_mask": torch.tensor([[1] * len(r["input_ids"]) + [0] * (n - len(r["input_ids"]))
+                                                    for r in rows])}
+
+    batch = plug_collate(Tok())(records)
+    assert batch["plmkit_entities"] == [[(1, 1)], [(1, 2)]] and batch["labels"].tolist() == [1, 0]
+    mapper = Mapper(MapperConfig(kg_dim=4, model_dim=32))
+    table = torch.cat([torch.zeros(1, 4), torch.randn(2, 4, generator=torch.Generator().manual_seed(1))])
+    zero, same_table = control_setup("zero vector", mapper, table, 32)
+    assert isinstance(zero, ZeroMapper) and not zero(table).any() and same_table is table
+    _, random = control_setup("random vector", mapper, table, 32, seed=0)
+    assert torch.allclose(random.norm(dim=1), table.norm(dim=1)) and not torch.allclose(random, table)
+    assert control_setup("no plug", mapper, table, 32) is None
+    with pytest.raises(ConfigError, match="unknown control"):
+        control_setup("sparkle", mapper, table, 32)
+
+    b = {k: v for k, v in plug_collate(Tok())(records).items() if k != "labels"}
+    plain = model(**{k: v for k, v in b.items() if k != "plmkit_entities"}).logits
+    with plugged(model, zero, table):
+        zeroed = model(**b).logits
+        emb = model.get_input_embeddings()(b["input_ids"])
+        inputs, _ = insert_vectors(emb, b["attention_mask"], [[1], [1]], [torch.zeros(1, 32)] * 2)
+        assert torch.allclose(zeroed, model(**inputs).logits, atol=1e-6)  # a zero vector at the mention
+    assert not torch.allclose(zeroed, plain)  # the extra position alone moves the logits
+    assert "plmkit_plug" not in model._modules  # detached after the block
+    out = evaluate_controls(model, Tok(), records, mapper, table, controls=("no plug", "plug", "zero vector"),
+                            score=lambda preds, recs: {"preds": preds})
+    assert out["no plug"]["preds"] == plain.argmax(-1).tolist()
+    assert out["zero vector"]["preds"] == zeroed.argmax(-1).tolist()
+    assert "plmkit_plug" not in model._modules
+    with pytest.raises(ConfigError, match="description_records"):
+        evaluate_controls(model, Tok(), records, mapper, table, controls=("description",))
+
+
+def test_task_map_tuning_trains_only_the_mapper(tmp_path):
+    from plmkit.knowledge.plugin.plug import predict_classes, task_map_tune
+    from plmkit.testing import tiny_tokenizer
+    from plmkit.train import TrainConfig
+
+    tok = tiny_tokenizer(chat=False)
+    model = _classifier(initializer_range=0.2)  # weights large enough for the signal to reach the first token
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    # the same text; only the entity tells the label
+    records = [{"input_ids": tok("i saw it")["input_ids"], "mentions": [(6, 8, r)], "label": r - 1} for r in (1, 2)] * 8
+    table = torch.cat([torch.zeros(1, 4), torch.eye(4)[:2] * 3])
+    mapper = Mapper(MapperConfig(kg_dim=4, model_dim=32), seed=0)
+    m0 = {k: v.clone() for k, v in mapper.state_dict().items()}
+    task_map_tune(model, mapper, table, tok, records, TrainConfig(out_dir=str(tmp_path), max_steps=60, batch_size=8,
+                                                                   lr=3e-2, progress=False), dropout=0.0)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    assert all(not torch.equal(v, mapper.state_dict()[k]) for k, v in m0.items())
+    assert predict_classes(model, tok, records[:2]) == [0, 1]  # the mapper alone learnt to carry the label
+    assert len(set(predict_classes(model, tok, records[:2], entities=False))) == 1
+    detach(model)
+
+
+def test_a_plug_on_a_prompt_tuned_model_counts_only_the_texts_tokens():
+    from peft import PromptTuningConfig, TaskType, get_peft_model
+
+    model = _classifier()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        peft_model = get_peft_model(model, PromptTuningConfig(task_type=TaskType.SEQ_CLS, num_virtual_tokens=3)).eval()
+    x = tiny_inputs(model, pad_last=0)
+    mapper = Mapper(MapperConfig(kg_dim=4, model_dim=32))
+    table = torch.randn(3, 4, generator=torch.Generator().manual_seed(2))
+    attach(peft_model, mapper, table)
+    got = peft_model(**x, plmkit_entities=[[(2, 1)], [(0, 2)]]).logits
+    emb = peft_model.get_input_embeddings()(x["input_ids"])
+    inputs, _ = insert_vectors(emb, x["attention_mask"], [[2], [0]], [mapper(table[1:2]), mapper(table[2:3])])
+    prompts = peft_model.get_prompt(batch_size=2)
+    want = model(inputs_embeds=torch.cat([prompts, inputs["inputs_embeds"]], 1),
+                 attention_mask=torch.cat([torch.ones(2, 3, dtype=torch.long), inputs["attention_mask"]], 1)).logits
+    assert torch.allclose(got, want, atol=1e-5)
+    assert detach(peft_model) is mapper

@@ -172,3 +172,23 @@ def geonames_graph(min_population: int = 100_000) -> tuple[dict[str, dict], list
         if (code, name) in capitals:
             triples.add((country_id(code), "capital", yid))
     return entities, sorted(triples)
+
+
+@lru_cache(maxsize=2)
+def geonames_descriptions(min_population: int = 100_000) -> dict[str, str]:
+    """A short text per entity of :func:`geonames_graph`, made from its facts: ``"Lyon: city in France"``,
+    ``"France: country in Europe; capital Paris; currency Euro"``, ``"Paris: city in France; capital of France"``."""
+    entities, triples = geonames_graph(min_population)
+    facts: dict[str, list[str]] = {e: [] for e in entities}
+    names = {e: v["name"] for e, v in entities.items()}
+    for h, r, t in triples:
+        if r == "city_in":
+            facts[h].insert(0, f"city in {names[t]}")
+        elif r == "capital":
+            facts[h].append(f"capital {names[t]}")
+            facts[t].append(f"capital of {names[h]}")
+        elif r == "continent":
+            facts[h].insert(0, f"country in {names[t]}")
+        elif r == "currency":
+            facts[h].append(f"currency {names[t]}")
+    return {e: f"{names[e]}: " + ("; ".join(facts[e]) or entities[e]["kind"]) for e in entities}

@@ -76,14 +76,15 @@ FULL = ERNIESettings(head=MLMHeadSettings(steps=300), knowledge=KnowledgeSetting
                      relation_choices=(TuningChoice("ce", 1e-4), TuningChoice("ce", 3e-4)))
 
 
-def _tasks(S: ERNIESettings, seed: int) -> dict[str, Any]:
+def entity_tasks(names: tuple[str, ...], seed: int, typing_max_train: int | None = None) -> dict[str, Any]:
+    """The ERNIE study's tasks by name (``typing``, ``relation``), the typing training split cut when asked."""
     from ..data.entity_tasks import entity_typing_task, geo_relation_task
 
     out = {}
-    if "typing" in S.tasks:
+    if "typing" in names:
         t = entity_typing_task(seed=seed)
-        out["typing"] = dataclasses.replace(t, train=t.train[:S.typing_max_train]) if S.typing_max_train else t
-    if "relation" in S.tasks:
+        out["typing"] = dataclasses.replace(t, train=t.train[:typing_max_train]) if typing_max_train else t
+    if "relation" in names:
         out["relation"] = geo_relation_task(seed=seed)
     return out
 
@@ -109,7 +110,7 @@ def run(ctx: RecipeContext) -> dict[str, Any]:
     from .shared import minilm_mlm
 
     S: ERNIESettings = ctx.settings
-    tasks = _tasks(S, ctx.seed)
+    tasks = entity_tasks(S.tasks, ctx.seed, S.typing_max_train)
     with ctx.phase("linkers"):
         linkers = {"typing": kb_linker("wordnet"), "relation": kb_linker("geonames"), "corpus": kb_linker("both")}
         texts = pretraining_texts(S.pretrain_texts, seed=ctx.seed, exclude=heldout_texts(ctx.seed))

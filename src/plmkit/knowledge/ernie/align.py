@@ -8,7 +8,7 @@ import torch
 from ...errors import ConfigError
 
 
-def _row_of(entities: Any) -> Callable[[str], int]:
+def table_row(entities: Any) -> Callable[[str], int]:
     """Entity id -> row of ERNIE's entity table (index + 1; 0 for an entity the table does not hold)."""
     def row(entity: str) -> int:
         return entities.index(entity) + 1 if entity in entities else 0
@@ -46,7 +46,7 @@ def encode_with_entities(tokenizer: Any, texts: Sequence[str], mentions: Sequenc
         raise ConfigError(f"{len(texts)} texts but {len(mentions)} mention lists: pass linker.link(texts) for the "
                           "same texts, one list per text")
     enc = tokenizer(list(texts), truncation=True, max_length=max_length, return_offsets_mapping=True)
-    row = _row_of(entities)
+    row = table_row(entities)
     return [{"input_ids": ids, "entity_ids": first_piece_entities(offs, ms, row)}
             for ids, offs, ms in zip(enc["input_ids"], enc["offset_mapping"], mentions)]
 

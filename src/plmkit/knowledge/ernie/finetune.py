@@ -96,14 +96,14 @@ class _Span:
     entity: str
 
 
-def task_records(tokenizer: Any, rows: Sequence[dict], kind: str, entities: Any, linker: Any | None, *,
-                 entity_source: str = "linked", max_length: int = 128) -> list[dict]:
-    """Fine-tuning records ``{"input_ids", "entity_ids", "label"}`` of entity-typing (``kind="typing"``: rows with
-    ``text, start, end, label, synset``) or relation rows (``kind="relation"``: ``text, head_start, head_end,
-    tail_start, tail_end, head, tail, label``), the mentions marked.
+def marked_task(rows: Sequence[dict], kind: str, linker: Any | None, *, entity_source: str = "linked"
+                ) -> tuple[list[str], list[list[Any]]]:
+    """The texts of entity-typing (``kind="typing"``: rows with ``text, start, end, label, synset``) or relation
+    rows (``kind="relation"``: ``text, head_start, head_end, tail_start, tail_end, head, tail, label``) with their
+    mentions marked, and each text's mentions (``start``, ``end``, ``entity``).
 
     ``entity_source``: ``linked`` (the linker's mentions of the marked text), ``gold`` (linked, with the task's
-    mentions given their gold entity: an upper bound on linking), ``none`` (no entities)."""
+    mentions given their gold entity: an upper bound on linking), ``none`` (no mentions)."""
     if entity_source not in ("linked", "gold", "none"):
         raise ConfigError("entity_source must be linked, gold or none")
     if kind == "typing":
@@ -127,6 +127,14 @@ def task_records(tokenizer: Any, rows: Sequence[dict], kind: str, entities: Any,
         for i, (sp, gold) in enumerate(zip(task_spans, golds)):
             keep = [m for m in mentions[i] if all(m.end <= a or m.start >= b for a, b in sp)]
             mentions[i] = keep + [_Span(a, b, g) for (a, b), g in zip(sp, gold) if g]
+    return texts, mentions
+
+
+def task_records(tokenizer: Any, rows: Sequence[dict], kind: str, entities: Any, linker: Any | None, *,
+                 entity_source: str = "linked", max_length: int = 128) -> list[dict]:
+    """Fine-tuning records ``{"input_ids", "entity_ids", "label"}`` of a task's rows, the mentions marked and
+    their entities on the first word piece (see :func:`marked_task` for ``kind`` and ``entity_source``)."""
+    texts, mentions = marked_task(rows, kind, linker, entity_source=entity_source)
     records = encode_with_entities(tokenizer, texts, mentions, entities, max_length=max_length)
     for rec, r in zip(records, rows):
         rec["label"] = int(r["label"])

@@ -13,7 +13,6 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from ... import arch
 from ...arch.insert import input_embeddings
 from ...errors import ConfigError
 
@@ -115,31 +114,37 @@ def _pre_hook(model: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]
         rows = torch.tensor([e for _, e in row], dtype=torch.long, device=plug.table.device)
         vectors.append(plug.mapper(plug.table[rows].to(embeds.dtype)) if len(row) else embeds.new_zeros(0, embeds.shape[-1]))
     labels = kwargs.pop("labels", None)
+    if labels is not None and labels.dim() != 2:  # a class per sequence (a classifier): nothing to shift
+        kwargs["labels"], labels = labels, None
     if labels is not None and getattr(model.config, "is_encoder_decoder", False):
         raise ConfigError("knowledge plugs go into encoder-only and decoder-only models")
     inputs, _ = insert_vectors(embeds, mask, positions, vectors, labels=labels,
                                token_type_ids=kwargs.pop("token_type_ids", None))
     kwargs.pop("position_ids", None)
+    if not _left_padded(inputs["attention_mask"]):  # the default positions are these; a peft prompt model
+        del inputs["position_ids"]  # (which prepends its own vectors) refuses explicit ones
     return args, {**kwargs, **inputs}
 
 
 def attach(model: nn.Module, mapper: nn.Module, table: torch.Tensor) -> None:
     """Let ``model``'s forward take ``plmkit_entities``: per sequence, ``(token index, table row)`` pairs; each row's
-    vector, through ``mapper``, goes in before that token. Unknown entities: pass a zero row of the table."""
-    inner, _ = arch.hf_model(model)
-    if hasattr(inner, "plmkit_plug"):
+    vector, through ``mapper``, goes in before that token. Unknown entities: pass a zero row of the table
+    (:func:`~plmkit.knowledge.plugin.plug_table` puts one at row 0).
+
+    The plug goes on the object given, the one the caller calls: on a peft model it runs before peft's own
+    prompt vectors go in front, so token indices count the text's tokens only."""
+    if "plmkit_plug" in model._modules:
         raise ConfigError("this model already has a knowledge plug; call plmkit.knowledge.plugin.detach(model) first")
-    p = next(inner.parameters())
-    inner.plmkit_plug = _Plug(mapper.to(device=p.device), table.detach().to(p.device))
-    inner._plmkit_plug_hook = inner.register_forward_pre_hook(_pre_hook, with_kwargs=True)
+    p = next(model.parameters())
+    model.plmkit_plug = _Plug(mapper.to(device=p.device), table.detach().to(p.device))
+    model._plmkit_plug_hook = model.register_forward_pre_hook(_pre_hook, with_kwargs=True)
 
 
 def detach(model: nn.Module) -> nn.Module:
     """Undo :func:`attach`; returns the mapper."""
-    inner, _ = arch.hf_model(model)
-    if not hasattr(inner, "plmkit_plug"):
+    if "plmkit_plug" not in model._modules:
         raise ConfigError("this model has no knowledge plug (plmkit.knowledge.plugin.attach)")
-    inner._plmkit_plug_hook.remove()
-    mapper = inner.plmkit_plug.mapper
-    del inner.plmkit_plug, inner._plmkit_plug_hook
+    model._plmkit_plug_hook.remove()
+    mapper = model.plmkit_plug.mapper
+    del model.plmkit_plug, model._plmkit_plug_hook
     return mapper

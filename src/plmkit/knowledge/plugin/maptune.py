@@ -75,17 +75,25 @@ def map_tune(model: nn.Module, mapper: nn.Module, table: torch.Tensor, tokenizer
     if mlm and tokenizer.mask_token_id is None:
         raise ConfigError("mention-masked LM needs a tokenizer with a mask token; pass MapTuneConfig(mlm=False) "
                           "for a causal LM")
+
+    def collate(rows: list[dict]) -> dict:
+        return mention_batch(tokenizer, rows, mlm=mlm)
+
+    return train_mapper(model, mapper, table, records, config, collate, dropout=tune.dropout)
+
+
+def train_mapper(model: nn.Module, mapper: nn.Module, table: torch.Tensor, records: Sequence[dict],
+                 config: TrainConfig, collate: Any, *, dropout: float = 0.25) -> TrainResult:
+    """Attach ``mapper`` to ``model`` and train the mapper alone on the model's own loss over ``collate``'s batches
+    (which carry ``plmkit_entities``), every dropout of the frozen model at ``dropout``. The plug stays attached."""
     for p in model.parameters():
         p.requires_grad_(False)
     attach(model, mapper, table)
     for p in mapper.parameters():
         p.requires_grad_(True)
 
-    def collate(rows: list[dict]) -> dict:
-        return mention_batch(tokenizer, rows, mlm=mlm)
-
     def loss(m: nn.Module, batch: dict) -> torch.Tensor:
         return m(**batch).loss
 
-    with dropout_set(model, tune.dropout):
+    with dropout_set(model, dropout):
         return train(model, list(records), config, loss, collate_fn=collate)

@@ -1,0 +1,184 @@
+"""The pieces a Knowledge Plugin study is made of, shared by the recipe and the CLI: the general mapper map-tuned on
+linked text, downstream classifiers trained without knowledge (full fine-tuning, LoRA, prompt tuning), and one
+plug-and-play evaluation with its controls and task-specific map-tuning.
+
+Tasks and linking are the ERNIE study's (:mod:`plmkit.data.entity_tasks`, :func:`plmkit.knowledge.entities.kb_linker`);
+the entity table is its TransE table, with a zero row in front for entities it lacks.
+"""
+from __future__ import annotations
+
+import copy
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from ... import arch
+from ...errors import ConfigError
+from ...train.loop import TrainConfig
+from ..ernie.finetune import marked_task, scores
+from .mapper import Mapper, MapperConfig
+from .maptune import MapTuneConfig, map_tune
+from .inject import detach
+from .plug import CONTROLS, evaluate_controls, plugged, predict_classes, task_map_tune
+from .records import token_mentions, with_descriptions
+
+TUNINGS = ("full", "lora", "prompt")
+
+
+@dataclass(frozen=True)
+class MapTuning:
+    """How a mapper is trained: steps, batch, learning rate (the mapper alone trains), dropout on the frozen model."""
+
+    steps: int = 300
+    batch_size: int = 16
+    lr: float = 1e-3
+    dropout: float = 0.25
+    max_length: int = 64
+    kind: str = "linear"
+
+    def train_config(self, out_dir: str | Path, seed: int, progress: bool = False) -> TrainConfig:
+        return TrainConfig(out_dir=str(out_dir), max_steps=self.steps, batch_size=self.batch_size, lr=self.lr,
+                           warmup_steps=max(1, self.steps // 10), resume=False, seed=seed, mixed_precision="auto",
+                           progress=progress, log_every=max(1, self.steps // 10))
+
+
+@dataclass(frozen=True)
+class Downstream:
+    """How the downstream classifiers are trained, without knowledge: ``steps`` of ``batch_size``; learning rates
+    for full fine-tuning, LoRA (rank ``lora_rank``) and prompt tuning (``virtual_tokens`` soft tokens)."""
+
+    steps: int = 200
+    batch_size: int = 16
+    full_lr: float = 1e-4
+    lora_lr: float = 1e-3
+    prompt_lr: float = 3e-2
+    lora_rank: int = 8
+    virtual_tokens: int = 16
+    max_length: int = 64
+
+
+def describe_entity(entity: str) -> str | None:
+    """A short text of a WordNet synset (its gloss) or a geonames entity (its facts); None when unknown."""
+    from ...data.geonames import geonames_descriptions
+    from ...data.wordnet import wordnet_graph
+
+    if entity.startswith("geo:"):
+        return geonames_descriptions().get(entity)
+    synset = wordnet_graph().synsets.get(entity)
+    return synset.description if synset is not None else None
+
+
+def general_mapper(lm: nn.Module, tokenizer: Any, entities: Any, texts: Sequence[str], mentions: Sequence[Sequence[Any]],
+                   settings: MapTuning, out_dir: str | Path, *, seed: int = 0, progress: bool = False,
+                   heldout: float = 0.1) -> tuple[Mapper, dict[str, Any]]:
+    """Map-tune a mapper on linked ``texts`` with the masked (or causal) LM ``lm`` frozen; returns the mapper (the
+    plug detached again) and what was trained (mentions, losses, seconds) with the mention loss on the held-out
+    ``heldout`` share of the texts under each control (:func:`~plmkit.knowledge.plugin.plug.mention_loss_controls`)."""
+    from .plug import mention_loss_controls
+    from .records import plug_table
+
+    records = [r for r in token_mentions(tokenizer, texts, mentions, entities, max_length=settings.max_length,
+                                         keep_unknown=False) if r["mentions"]]
+    if len(records) < 2:
+        raise ConfigError("fewer than two texts hold a mention of an entity in the table; link the texts with a "
+                          "linker over the table's knowledge graph")
+    n_held = max(1, int(len(records) * heldout))
+    train, held = records[n_held:], records[:n_held]
+    dim = lm.get_input_embeddings().weight.shape[1]
+    mlm = not arch.is_causal(lm)
+    mapper = Mapper(MapperConfig(kg_dim=entities.dim, model_dim=dim, kind=settings.kind), seed=seed)
+    table = plug_table(entities.vectors)
+    result = map_tune(lm, mapper, table, tokenizer, train, settings.train_config(out_dir, seed, progress),
+                      MapTuneConfig(dropout=settings.dropout, mlm=mlm))
+    detach(lm)
+    mapper.eval()
+    losses = mention_loss_controls(lm, tokenizer, held, mapper, table, mlm=mlm, seed=seed)
+    return mapper, {"texts": len(train), "mentions": sum(len(r["mentions"]) for r in train),
+                    "heldout_texts": len(held), "heldout_mention_loss": losses,
+                    "steps": settings.steps, "loss_first": result.losses[0] if result.losses else None,
+                    "loss_last": result.losses[-1] if result.losses else None,
+                    "seconds": round(result.totals.get("seconds", 0.0), 1)}
+
+
+def downstream_model(model_name: str, texts: Sequence[str], labels: Sequence[int], num_labels: int, tuning: str,
+                     settings: Downstream, *, seed: int = 0, progress: bool = False) -> tuple[nn.Module, Any]:
+    """A sequence classifier trained on ``texts`` without any knowledge: ``full`` fine-tuning, ``lora`` or
+    ``prompt`` tuning (peft, the backbone frozen, the head trained). Returns (model in eval mode, tokenizer)."""
+    from ...analysis.skill_neurons import SkillConfig, tune
+    from ...assets.models import quiet_load_report
+
+    if tuning not in TUNINGS:
+        raise ConfigError(f"unknown tuning '{tuning}'; choose from {', '.join(TUNINGS)}")
+
+    @dataclass
+    class _Task:
+        train: list
+        label_names: tuple
+
+    config = SkillConfig(virtual_tokens=settings.virtual_tokens, steps=settings.steps,
+                         batch_size=settings.batch_size, lr=settings.prompt_lr, delta_lr=settings.lora_lr,
+                         full_lr=settings.full_lr, lora_rank=settings.lora_rank, max_length=settings.max_length,
+                         progress=progress)
+    rows = [{"text": t, "label": int(y)} for t, y in zip(texts, labels)]
+    with quiet_load_report():  # the new head's MISSING keys are expected
+        return tune(model_name, _Task(rows, tuple(str(i) for i in range(num_labels))), config, seed=seed,
+                    tuning=tuning)
+
+
+@dataclass
+class PlugTask:
+    """A task's rows as plug records: ``train`` / ``test`` (``{"input_ids", "mentions", "label"}``), the marked
+    texts the downstream models train on, and the test texts with descriptions written in."""
+
+    kind: str
+    num_labels: int
+    train_texts: list[str]
+    train: list[dict]
+    test: list[dict]
+    test_described: list[dict]
+
+
+def plug_task(task: Any, kind: str, tokenizer: Any, entities: Any, linker: Any, *, max_length: int = 64,
+              max_train: int | None = None, max_test: int | None = None) -> PlugTask:
+    """Mark the task's mentions, link them, and tokenize train and test with each mention's plug-table row."""
+    def build(rows: list[dict]) -> tuple[list[str], list[dict], list[list[Any]]]:
+        texts, mentions = marked_task(rows, kind, linker)
+        recs = token_mentions(tokenizer, texts, mentions, entities, max_length=max_length)
+        for rec, r in zip(recs, rows):
+            rec["label"] = int(r["label"])
+        return texts, recs, mentions
+
+    train_rows, test_rows = task.train[:max_train], task.test[:max_test]
+    train_texts, train, _ = build(train_rows)
+    test_texts, test, test_mentions = build(test_rows)
+    described = tokenizer(with_descriptions(test_texts, test_mentions, describe_entity), truncation=True,
+                          max_length=max_length)["input_ids"]
+    test_described = [{"input_ids": list(ids), "mentions": [], "label": r["label"]} for ids, r in zip(described, test)]
+    return PlugTask(kind, task.num_labels, train_texts, train, test, test_described)
+
+
+def plug_and_play(model_name: str, data: PlugTask, tokenizer: Any, mapper: Mapper, table: torch.Tensor, *,
+                  tuning: str, downstream: Downstream, task_mapping: MapTuning | None, seed: int, work: Path,
+                  controls: Sequence[str] = CONTROLS, progress: bool = False) -> list[dict[str, Any]]:
+    """Train one downstream model without knowledge, then score it on the test records under every control and,
+    with ``task_mapping``, after task-specific map-tuning of a copy of the general mapper (the model frozen).
+    One row per condition."""
+    model, _ = downstream_model(model_name, data.train_texts, [r["label"] for r in data.train], data.num_labels,
+                                tuning, downstream, seed=seed, progress=progress)
+    results = evaluate_controls(model, tokenizer, data.test, mapper, table, description_records=data.test_described,
+                                controls=controls, seed=seed)
+    if task_mapping is not None:
+        tuned = copy.deepcopy(mapper)
+        with tempfile.TemporaryDirectory(dir=work) as tmp:
+            task_map_tune(model, tuned, table, tokenizer, data.train, task_mapping.train_config(tmp, seed, progress),
+                          dropout=task_mapping.dropout)
+        detach(model)
+        with plugged(model, tuned.eval(), table):
+            results["task-specific plug"] = scores(predict_classes(model, tokenizer, data.test), data.test)
+    per_example = sum(len(r["mentions"]) for r in data.test) / max(len(data.test), 1)
+    return [{"task": data.kind, "tuning": tuning, "seed": seed, "condition": c, **s,
+             "mentions_per_test_example": round(per_example, 2)} for c, s in results.items()]
