@@ -44,7 +44,8 @@ _ROWS = [
     ("knowledge_plugin", "Knowledge Plugin: map-tuning", "knowledge",
      "partial: general map-tuning (mention-masked LM, the model frozen), plug and play into MiniLM classifiers "
      "trained by full fine-tuning, LoRA or prompt tuning, with zero / random / description controls, task-specific "
-     "map-tuning; recipe 'knowledge-plugin'. Not yet: entity questions for SmolLM2, two-KG domain adaptation, CLI",
+     "map-tuning, entity questions for SmolLM2, one mapper per graph swapped on one frozen model (`plmkit "
+     "knowledge-plugin`; recipe 'knowledge-plugin'). Not yet: a recorded full run",
      "plmkit.knowledge.plugin.map_tune"),
     ("plugd", "PlugD: document plugins", "plugins",
      "implemented: map network on the frozen backbone's document states, plugged into the upper layers' "

@@ -178,3 +178,22 @@ def test_relation_task_is_seeded_and_validated(relations):
         geo_relation_task(templates=("{head} only.", *RELATION_TEMPLATES))
     with pytest.raises(ConfigError, match="per_class"):
         geo_relation_task(per_class=2)
+
+
+def test_entity_questions_split_by_subject_with_answers_from_the_graph():
+    from plmkit.data.entity_tasks import QUESTION_TEMPLATES, entity_questions
+    from plmkit.data.geonames import geonames_graph
+
+    t = entity_questions(seed=0)
+    entities, triples = geonames_graph()
+    facts = {(h, r): o for h, r, o in triples}
+    subjects = [{r["subject"] for r in t.split(s)} for s in ("train", "validation", "test")]
+    assert not (subjects[0] & subjects[1]) and not (subjects[0] & subjects[2]) and not (subjects[1] & subjects[2])
+    for r in t.train[:50] + t.test[:50]:
+        assert r["question"][r["subject_start"]:r["subject_end"]] == entities[r["subject"]]["name"].strip()
+        assert r["answer"] == entities[r["object"]]["name"].strip()
+        relation = "city_in" if r["relation"] == "country" else r["relation"]
+        assert facts[r["subject"], relation] == r["object"]
+        assert r["question"] == QUESTION_TEMPLATES[r["relation"]].format(s=entities[r["subject"]]["name"].strip())
+    assert set(t.counts()["test"]) == set(QUESTION_TEMPLATES)
+    assert entity_questions(seed=0).test == t.test and entity_questions(seed=1).test != t.test

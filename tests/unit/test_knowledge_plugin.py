@@ -260,3 +260,105 @@ def test_a_plug_on_a_prompt_tuned_model_counts_only_the_texts_tokens():
                  attention_mask=torch.cat([torch.ones(2, 3, dtype=torch.long), inputs["attention_mask"]], 1)).logits
     assert torch.allclose(got, want, atol=1e-5)
     assert detach(peft_model) is mapper
+
+
+class _Entities:  # the part of EntityEmbeddings that records read
+    ids = ["geo:a", "geo:b"]
+
+    def __contains__(self, e):
+        return e in self.ids
+
+    def index(self, e):
+        return self.ids.index(e)
+
+
+_QROWS = [{"question": "who is ab?", "answer": "x", "subject": "geo:a", "subject_start": 7, "subject_end": 9,
+           "relation": "r"},
+          {"question": "who is b?", "answer": "yz", "subject": "geo:b", "subject_start": 7, "subject_end": 8,
+           "relation": "r"}]
+
+
+def test_question_records_put_the_subject_and_answer_where_they_are():
+    from plmkit.knowledge.plugin.qa import few_shot_prefix, question_records
+    from plmkit.testing import tiny_tokenizer
+
+    tok = tiny_tokenizer(chat=False)
+    prefix = few_shot_prefix(_QROWS, shots=1)
+    assert prefix.startswith("Question: who is") and prefix.endswith("\n\n")
+    recs = question_records(tok, _QROWS, _Entities(), prefix, with_answer=True)
+    start = len(prefix) + len("Question: ") + 7  # one piece per character
+    assert recs[0]["mentions"] == [(start, start + 2, 1)] and recs[1]["mentions"] == [(start, start + 1, 2)]
+    a, e = recs[1]["answer_tokens"]
+    assert tok.decode(recs[1]["input_ids"][a:e]) == " yz\n"
+    described = question_records(tok, _QROWS, _Entities(), describe={"geo:a": "a place"}.get)
+    assert tok.decode(described[0]["input_ids"]).startswith("question: who is (a place) ab?")
+    assert all(r["mentions"] == [] for r in described)
+
+
+def test_greedy_answers_match_generate_and_the_plug_goes_into_the_prompt():
+    from plmkit.knowledge.plugin.qa import greedy_answers, question_records
+    from plmkit.testing import tiny_tokenizer
+
+    tok = tiny_tokenizer(chat=False)
+    tok.padding_side = "left"
+    model = tiny_model("llama").eval()
+    recs = question_records(tok, _QROWS, _Entities())
+    got = greedy_answers(model, tok, recs, entities=False, max_new_tokens=5)
+    for rec, answer in zip(recs, got):  # one prompt at a time: no padding involved
+        ids = torch.tensor([rec["input_ids"]])
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=5, do_sample=False,
+                             pad_token_id=0, eos_token_id=None)
+        assert answer == tok.decode(out[0, ids.shape[1]:]).strip().split("\n")[0].strip()
+    mapper = Mapper(MapperConfig(kg_dim=4, model_dim=32))
+    table = torch.randn(3, 4, generator=torch.Generator().manual_seed(0)) * 30
+    attach(model, mapper, table)
+    first = greedy_answers(model, tok, recs[:1], max_new_tokens=1)[0]
+    emb = model.get_input_embeddings()(torch.tensor([recs[0]["input_ids"]]))
+    pos = recs[0]["mentions"][0][0]
+    inputs, _ = insert_vectors(emb, torch.ones(1, emb.shape[1], dtype=torch.long), [[pos]], [mapper(table[1:2])])
+    detach(model)
+    manual = model(**inputs).logits[0, -1].argmax().item()
+    assert first == tok.decode([manual]).strip().split("\n")[0].strip()
+
+
+def test_question_map_tuning_trains_only_the_mapper_on_the_answers(tmp_path):
+    from plmkit.knowledge.plugin.qa import answer_collate, question_map_tune, question_records
+    from plmkit.testing import tiny_tokenizer
+    from plmkit.train import TrainConfig
+
+    tok = tiny_tokenizer(chat=False)
+    tok.padding_side = "left"
+    model = tiny_model("llama")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    recs = question_records(tok, _QROWS, _Entities(), with_answer=True) * 4
+    batch = answer_collate(tok)(recs[:2])
+    labelled = (batch["labels"] != -100).sum(1).tolist()
+    assert labelled == [len(" x\n"), len(" yz\n")]
+    mapper = Mapper(MapperConfig(kg_dim=4, model_dim=32))
+    m0 = copy.deepcopy(mapper)
+    table = torch.cat([torch.zeros(1, 4), torch.eye(4)[:2]])
+    question_map_tune(model, mapper, table, tok, recs, TrainConfig(out_dir=str(tmp_path), max_steps=15, batch_size=4,
+                                                                    lr=3e-2, progress=False), dropout=0.0)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    model.eval()
+    full = answer_collate(tok)(recs)
+    with torch.no_grad():
+        tuned = model(**full).loss
+        model.plmkit_plug.mapper = m0
+        untuned = model(**full).loss
+    assert tuned < untuned
+    detach(model)
+    with pytest.raises(ConfigError, match="with_answer"):
+        question_map_tune(model, mapper, table, tok, question_records(tok, _QROWS, _Entities()),
+                          TrainConfig(out_dir=str(tmp_path / "x"), max_steps=1))
+
+
+def test_kg_parts_cut_the_joined_table_back_per_graph():
+    from plmkit.knowledge.entities import EntityEmbeddings
+    from plmkit.knowledge.plugin.study import kg_parts
+
+    joined = EntityEmbeddings(["01-n", "geo:country:FR", "02-n"], torch.arange(6.0).view(3, 2))
+    parts = kg_parts(joined)
+    assert parts["wordnet"].ids == ["01-n", "02-n"] and parts["wordnet"].vectors.tolist() == [[0, 1], [4, 5]]
+    assert parts["geonames"].ids == ["geo:country:FR"] and parts["geonames"].vectors.tolist() == [[2, 3]]
+    assert set(kg_parts(EntityEmbeddings(["geo:x"], torch.ones(1, 2)))) == {"geonames"}

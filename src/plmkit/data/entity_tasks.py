@@ -337,3 +337,65 @@ def _labels_by_types(rows: list[Row]) -> dict[str, list[str]]:
     for r in rows:
         out[f"{r['head'].split(':')[1]}-{r['tail'].split(':')[1]}"].add(RELATION_LABELS[r["label"]])
     return {k: sorted(v) for k, v in sorted(out.items())}
+
+
+QUESTION_TEMPLATES = {  # relation -> question about the subject (``{s}``); the object is the answer
+    "capital": "What is the capital of {s}?",
+    "currency": "What is the currency of {s}?",
+    "continent": "Which continent is {s} in?",
+    "country": "Which country is {s} in?",
+}
+
+
+@dataclass(frozen=True)
+class QuestionTask:
+    """Closed-book questions about entities: rows carry ``question``, ``answer``, the ``subject`` entity id and its
+    char span (``subject_start``, ``subject_end``), the ``relation`` and the ``object`` entity id."""
+    name: str
+    train: list[Row]
+    validation: list[Row]
+    test: list[Row]
+    info: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def split(self, name: str) -> list[Row]:
+        if name not in SPLITS:
+            raise ConfigError(f"split must be train, validation or test, got '{name}'")
+        return getattr(self, name)
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        return {s: dict(Counter(r["relation"] for r in getattr(self, s))) for s in SPLITS}
+
+
+def entity_questions(seed: int = 0, min_population: int = 500_000, min_capital_population: int = 100_000,
+                     min_country_population: int = 1_000_000, validation: float = 0.15, test: float = 0.3
+                     ) -> QuestionTask:
+    """EntityQuestions-style closed-book questions from the geonames graph: a country's capital, currency and
+    continent, and a city's country (:data:`QUESTION_TEMPLATES`), over the entities the relation task names
+    (unambiguous names, populous places). Split by subject, seeded: no subject is asked about in two splits."""
+    from .geonames import geonames_graph
+
+    _check_shares(validation, test)
+    geo = _geo_entities(min_population, min_capital_population, min_country_population)
+    entities, triples = geonames_graph(min(100_000, min_population, min_capital_population))
+    objects: dict[tuple[str, str], str] = {}
+    for h, r, t in triples:
+        if h in geo.continent and r in ("capital", "currency", "continent"):
+            if r != "capital" or t in geo.country_of:
+                objects[h, r] = t
+    for city, country in geo.country_of.items():
+        objects[city, "country"] = country
+    by_subject: dict[str, list[Row]] = defaultdict(list)
+    for (subject, relation), obj in sorted(objects.items()):
+        name = geo.names[subject]
+        question = QUESTION_TEMPLATES[relation].format(s=name)
+        start = question.index(name)
+        by_subject[subject].append({"question": question, "answer": entities[obj]["name"].strip(),
+                                    "subject": subject, "subject_start": start, "subject_end": start + len(name),
+                                    "relation": relation, "object": obj})
+    subjects = sorted(by_subject)
+    order = np.random.default_rng(seed).permutation(len(subjects))
+    n_test, n_val = _three_way(len(subjects), validation, test)
+    parts = {"test": order[:n_test], "validation": order[n_test:n_test + n_val], "train": order[n_test + n_val:]}
+    rows = {k: [r for i in sorted(idx) for r in by_subject[subjects[i]]] for k, idx in parts.items()}
+    return QuestionTask("geonames-questions", rows["train"], rows["validation"], rows["test"],
+                        info={"subjects": len(subjects), "seed": seed})

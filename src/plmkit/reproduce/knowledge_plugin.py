@@ -21,7 +21,7 @@ import numpy as np
 
 from ..knowledge.entities import KGEConfig
 from ..knowledge.ernie.study import KnowledgeSettings
-from ..knowledge.plugin.study import Downstream, MapTuning
+from ..knowledge.plugin.study import Downstream, MapTuning, QuestionSettings
 from .registry import Budgets, RecipeContext, recipe
 from .shared import MLMHeadSettings
 
@@ -42,6 +42,9 @@ class KPSettings:
     typing_max_train: int | None = None
     max_test: int | None = None
     seeds: tuple[int, ...] = (0, 1, 2)
+    questions: QuestionSettings | None = QuestionSettings()  # SmolLM2 on geonames entity questions (None: skipped)
+    question_seeds: tuple[int, ...] = (0, 1, 2)
+    domains: bool = True  # one mapper per graph for the same frozen MiniLM, swapped at run time
 
 
 QUICK = KPSettings(head=MLMHeadSettings(steps=20, max_length=64),  # the ernie / kepler quick head: one cache entry
@@ -49,10 +52,14 @@ QUICK = KPSettings(head=MLMHeadSettings(steps=20, max_length=64),  # the ernie /
                    general=MapTuning(steps=10, batch_size=8, max_length=48),
                    task_mapping=MapTuning(steps=8, batch_size=8, max_length=48),
                    downstream=Downstream(steps=16, batch_size=8, max_length=48),
-                   corpus_texts=120, tasks=("relation",), tunings=("full",), max_test=100, seeds=(0,))
+                   corpus_texts=120, tasks=("relation",), tunings=("full",), max_test=100, seeds=(0,),
+                   questions=None, domains=False)  # SmolLM2's map-tuning and decoding cost minutes here; the unit tests run them
 FULL = KPSettings(head=MLMHeadSettings(steps=300), knowledge=KnowledgeSettings(),
                   general=MapTuning(steps=300), task_mapping=MapTuning(steps=100), downstream=Downstream(),
-                  max_test=1000)
+                  max_test=1000,
+                  questions=QuestionSettings(general=MapTuning(steps=150, batch_size=8),
+                                             task_mapping=MapTuning(steps=60, batch_size=8, max_length=256),
+                                             shots=3, max_new_tokens=6, max_test=200))
 
 
 @recipe(
@@ -98,6 +105,13 @@ def run(ctx: RecipeContext) -> dict[str, Any]:
         with ctx.phase("general map-tuning"):
             mapper, general = general_mapper(lm, tok, entities, texts, mentions, S.general, tmp / "general",
                                              seed=ctx.seed, progress=ctx.progress)
+        domains = {}
+        if S.domains:
+            from ..knowledge.plugin.study import domain_mappers
+
+            with ctx.phase("one mapper per graph"):
+                domains = domain_mappers(lm, tok, entities, texts, S.general, tmp, seed=ctx.seed,
+                                         progress=ctx.progress)
         for kind, task in tasks.items():
             data = plug_task(task, kind, tok, entities, linkers[kind], max_length=S.downstream.max_length,
                              max_test=S.max_test)
@@ -107,7 +121,21 @@ def run(ctx: RecipeContext) -> dict[str, Any]:
                         rows += plug_and_play(head_info["path"], data, tok, mapper, table, tuning=tuning,
                                               downstream=S.downstream, task_mapping=S.task_mapping, seed=seed,
                                               work=tmp, progress=ctx.progress)
-    return _report(ctx, S, tasks, entities, general, rows)
+        questions, question_maps = [], []
+        if S.questions is not None:
+            from ..assets import load_model
+            from ..data.entity_tasks import entity_questions
+            from ..knowledge.plugin.study import entity_question_study
+
+            with ctx.phase("entity questions (SmolLM2)"):
+                causal, ctok = load_model("smollm2")
+                qtask = entity_questions(seed=ctx.seed)
+                for seed in S.question_seeds:
+                    got, info = entity_question_study(causal, ctok, entities, texts, mentions, qtask, S.questions,
+                                                      seed=seed, work=tmp, progress=ctx.progress)
+                    questions += got
+                    question_maps.append(info)
+    return _report(ctx, S, tasks, entities, general, rows, questions, question_maps, domains)
 
 
 def _stats(rows: list[dict], task: str, tuning: str, condition: str) -> dict[str, float]:
@@ -121,8 +149,8 @@ def _conditions(rows: list[dict]) -> list[str]:
     return list(dict.fromkeys(r["condition"] for r in rows))
 
 
-def _report(ctx: RecipeContext, S: KPSettings, tasks: dict, entities, general: dict, rows: list[dict]
-            ) -> dict[str, Any]:
+def _report(ctx: RecipeContext, S: KPSettings, tasks: dict, entities, general: dict, rows: list[dict],
+            questions: list[dict], question_maps: list[dict], domains: dict) -> dict[str, Any]:
     fmt = lambda m, s: f"{m:.1f} ± {s:.1f}"  # noqa: E731
     conditions = _conditions(rows)
     tables, measured = [], {}
@@ -145,6 +173,31 @@ def _report(ctx: RecipeContext, S: KPSettings, tasks: dict, entities, general: d
                             "of the mention)",
                    "columns": ["condition", "loss"], "rows": [[c, f"{v:.3f}"] for c, v in held.items()]})
     measured.update({f"map_tuning.heldout_loss.{c}": v for c, v in held.items()})
+    if domains:
+        conds = list(next(iter(domains.values()))["heldout_mention_loss"])
+        tables.append({"title": "One frozen MiniLM, one mapper per knowledge graph swapped in at run time: each "
+                                "mapper's mention-masked LM loss on held-out text linked to its own graph",
+                       "columns": ["graph", "texts", *conds],
+                       "rows": [[kg, d["heldout_texts"], *(f"{d['heldout_mention_loss'][c]:.3f}" for c in conds)]
+                                for kg, d in domains.items()]})
+        measured.update({f"domain.{kg}.{c}": d["heldout_mention_loss"][c] for kg, d in domains.items() for c in conds})
+    if questions:
+        qrows, conds = [], list(dict.fromkeys(r["condition"] for r in questions))
+        relations = sorted(questions[0]["contained_by_relation"])
+        for c in conds:
+            sel = [r for r in questions if r["condition"] == c]
+            em, cont = [100 * r["exact_match"] for r in sel], [100 * r["contained"] for r in sel]
+            rel = [f"{100 * np.mean([r['contained_by_relation'][k] for r in sel]):.1f}" for k in relations]
+            qrows.append([c, fmt(np.mean(em), np.std(em)), fmt(np.mean(cont), np.std(cont)), *rel])
+            measured[f"questions.{c}.exact_match"] = float(np.mean(em))
+            measured[f"questions.{c}.contained"] = float(np.mean(cont))
+        held = question_maps[0]["heldout_mention_loss"]
+        tables.append({"title": f"Entity questions, SmolLM2 closed-book ({S.questions.shots}-shot, greedy), "
+                                f"{questions[0]['n']} test questions on unseen subjects: exact match and answer "
+                                f"contained (%), mean ± std over seeds {list(S.question_seeds)}; contained per "
+                                "relation. Its mapper's held-out mention loss (seed 0): "
+                                + ", ".join(f"{k} {v:.3f}" for k, v in held.items()),
+                       "columns": ["condition", "exact match", "contained", *relations], "rows": qrows})
     first = next(iter(tasks))
     gain = {t: measured[f"{first}.{t}.plug.accuracy"] - measured[f"{first}.{t}.no plug.accuracy"] for t in S.tunings}
     measured.update({f"{first}.{t}.plug_gain": g for t, g in gain.items()})
@@ -175,14 +228,21 @@ def _report(ctx: RecipeContext, S: KPSettings, tasks: dict, entities, general: d
         "the same places; random vector = norm-matched random KG vectors through the same mapper; description = no "
         "vector, the entity's gloss (WordNet) or facts (geonames) written into the text before its mention; "
         "task-specific plug = after task-specific map-tuning. Nothing is chosen on test.",
+        "Entity questions: geonames capital / currency / continent of a country and country of a city "
+        "(plmkit.data.entity_tasks.entity_questions, split by subject), SmolLM2 with a mapper of its own map-tuned "
+        "on the same linked text (next-token loss on the mention), the subject's vector before its mention in the "
+        "question; the description control writes the subject's geonames facts into the question, which for "
+        "capital, currency and continent questions contain the answer (a retrieval upper bound, not a peer of "
+        "the plug).",
         f"Paper: {PAPER}.",
     ]
     if ctx.quick:
         notes.append(f"Quick run: {S.general.steps} map-tuning steps, {S.downstream.steps} downstream steps, one seed, "
-                     f"{S.max_test} test examples: a smoke run whose accuracies say little; `plmkit reproduce "
-                     "knowledge-plugin` is the measurement.")
+                     f"{S.max_test} test examples, no entity questions: a smoke run whose accuracies say little; "
+                     "`plmkit reproduce knowledge-plugin` is the measurement.")
     return {"headline": headline, "measured": measured, "tables": tables, "plots": _plot(ctx, S, tasks, rows),
             "details": {"settings": dataclasses.asdict(S), "rows": rows, "general_map_tuning": general,
+                        "questions": questions, "question_map_tuning": question_maps, "domains": domains,
                         "entities": entities.meta},
             "notes": notes}
 

@@ -182,3 +182,86 @@ def plug_and_play(model_name: str, data: PlugTask, tokenizer: Any, mapper: Mappe
     per_example = sum(len(r["mentions"]) for r in data.test) / max(len(data.test), 1)
     return [{"task": data.kind, "tuning": tuning, "seed": seed, "condition": c, **s,
              "mentions_per_test_example": round(per_example, 2)} for c, s in results.items()]
+
+
+@dataclass(frozen=True)
+class QuestionSettings:
+    """The entity-question study of a causal LM: general map-tuning on linked text, ``shots`` few-shot examples
+    from the training split, greedy answers of up to ``max_new_tokens``, task-specific map-tuning on the training
+    questions' answers (None: skipped), at most ``max_test`` test questions."""
+
+    general: MapTuning = MapTuning(steps=200, batch_size=8)
+    task_mapping: MapTuning | None = MapTuning(steps=100, batch_size=8, max_length=256)
+    shots: int = 4
+    max_new_tokens: int = 8
+    max_test: int | None = None
+
+
+def entity_question_study(lm: nn.Module, tokenizer: Any, entities: Any, texts: Sequence[str],
+                          mentions: Sequence[Sequence[Any]], questions: Any, settings: QuestionSettings, *,
+                          seed: int, work: Path, progress: bool = False) -> tuple[list[dict], dict[str, Any]]:
+    """Map-tune a mapper for the causal LM ``lm`` on linked text, then answer the test questions closed-book under
+    every control and after task-specific map-tuning. Rows per condition (exact match, contained, per relation),
+    and the map-tuning record."""
+    from .qa import (answer_scores, few_shot_prefix, greedy_answers, question_controls, question_map_tune,
+                     question_records)
+    from .records import plug_table
+
+    tokenizer.padding_side = "left"  # decoding batches
+    mapper, general = general_mapper(lm, tokenizer, entities, texts, mentions, settings.general, work / f"qa{seed}",
+                                     seed=seed, progress=progress)
+    table = plug_table(entities.vectors)
+    prefix = few_shot_prefix(questions.train, settings.shots, seed)
+    test_rows = questions.test[:settings.max_test]
+    records = question_records(tokenizer, test_rows, entities, prefix)
+    described = question_records(tokenizer, test_rows, entities, prefix, describe=describe_entity)
+    results = question_controls(lm, tokenizer, records, mapper, table, described=described, seed=seed,
+                                max_new_tokens=settings.max_new_tokens)
+    if settings.task_mapping is not None:
+        tuned = copy.deepcopy(mapper)
+        train = question_records(tokenizer, questions.train, entities, prefix, with_answer=True)
+        with tempfile.TemporaryDirectory(dir=work) as tmp:
+            question_map_tune(lm, tuned, table, tokenizer, train, settings.task_mapping.train_config(tmp, seed, progress),
+                              dropout=settings.task_mapping.dropout)
+        answers = greedy_answers(lm, tokenizer, records, max_new_tokens=settings.max_new_tokens)
+        detach(lm)
+        results["task-specific plug"] = {**answer_scores(answers, records), "answers": answers}
+    rows = []
+    for condition, r in results.items():
+        by_relation = {}
+        for rel in sorted({q["relation"] for q in test_rows}):
+            idx = [i for i, q in enumerate(test_rows) if q["relation"] == rel]
+            by_relation[rel] = answer_scores([r["answers"][i] for i in idx], [records[i] for i in idx])["contained"]
+        rows.append({"task": "questions", "seed": seed, "condition": condition, "exact_match": r["exact_match"],
+                     "contained": r["contained"], "n": r["n"], "contained_by_relation": by_relation,
+                     "examples": [[q["question"], q["answer"], a] for q, a in zip(test_rows[:5], r["answers"][:5])]})
+    return rows, general
+
+
+def kg_parts(entities: Any) -> dict[str, Any]:
+    """The joined table cut back into one table per graph (``geo:`` ids are geonames, the rest WordNet)."""
+    from ..entities import EntityEmbeddings
+
+    out = {}
+    for kg, keep in (("wordnet", lambda i: not i.startswith("geo:")), ("geonames", lambda i: i.startswith("geo:"))):
+        rows = [j for j, i in enumerate(entities.ids) if keep(i)]
+        if rows:
+            out[kg] = EntityEmbeddings([entities.ids[j] for j in rows], entities.vectors[rows].clone(),
+                                       meta={"kg": kg, "from": entities.meta.get("parts", [])})
+    return out
+
+
+def domain_mappers(lm: nn.Module, tokenizer: Any, entities: Any, texts: Sequence[str], settings: MapTuning,
+                   work: Path, *, seed: int = 0, progress: bool = False) -> dict[str, dict[str, Any]]:
+    """One mapper per knowledge graph for the same frozen model, each map-tuned on the texts linked to its own
+    graph, then swapped in turn (detached and attached with its own table): each one's held-out mention loss per
+    control on its own graph's text (see :func:`general_mapper`)."""
+    from ..entities import kb_linker
+
+    out = {}
+    for kg, part in kg_parts(entities).items():
+        mentions = kb_linker(kg).link(list(texts))
+        _, info = general_mapper(lm, tokenizer, part, texts, mentions, settings, work / f"domain-{kg}", seed=seed,
+                                 progress=progress)
+        out[kg] = info
+    return out
