@@ -8,7 +8,7 @@ takes a plug unchanged, and :func:`detach` removes it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn

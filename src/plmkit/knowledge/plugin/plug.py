@@ -99,6 +99,28 @@ def control_setup(control: str, mapper: nn.Module, table: torch.Tensor, model_di
     return None
 
 
+def under_controls(model: nn.Module, mapper: nn.Module, table: torch.Tensor, controls: Sequence[str],
+                   run: Callable[[Sequence[dict], bool], Any], records: Sequence[dict],
+                   described: Sequence[dict] | None = None, *, seed: int = 0) -> dict[str, Any]:
+    """``run(records, entities)`` once per control: with the control's plug attached (``entities=True``), with
+    none, or on ``described`` (the records with the descriptions written into their text) for ``description``."""
+    dim = model.get_input_embeddings().weight.shape[1]
+    out = {}
+    for control in controls:
+        if control == "description":
+            if described is None:
+                raise ConfigError("the description control needs the described records (description_records)")
+            out[control] = run(described, False)
+            continue
+        setup = control_setup(control, mapper, table, dim, seed=seed)
+        if setup is None:
+            out[control] = run(records, False)
+            continue
+        with plugged(model, *setup):
+            out[control] = run(records, True)
+    return out
+
+
 def evaluate_controls(model: nn.Module, tokenizer: Any, records: Sequence[dict], mapper: nn.Module,
                       table: torch.Tensor, *, description_records: Sequence[dict] | None = None,
                       controls: Sequence[str] = CONTROLS, seed: int = 0,
@@ -109,22 +131,11 @@ def evaluate_controls(model: nn.Module, tokenizer: Any, records: Sequence[dict],
     from ..ernie.finetune import scores as default_score
 
     score = score or default_score
-    dim = model.get_input_embeddings().weight.shape[1]
-    out = {}
-    for control in controls:
-        if control == "description":
-            if description_records is None:
-                raise ConfigError("the description control needs description_records")
-            out[control] = score(predict_classes(model, tokenizer, description_records, entities=False),
-                                 description_records)
-            continue
-        setup = control_setup(control, mapper, table, dim, seed=seed)
-        if setup is None:
-            out[control] = score(predict_classes(model, tokenizer, records, entities=False), records)
-            continue
-        with plugged(model, *setup):
-            out[control] = score(predict_classes(model, tokenizer, records), records)
-    return out
+
+    def run(recs: Sequence[dict], entities: bool) -> dict:
+        return score(predict_classes(model, tokenizer, recs, entities=entities), recs)
+
+    return under_controls(model, mapper, table, controls, run, records, description_records, seed=seed)
 
 
 def task_map_tune(model: nn.Module, mapper: nn.Module, table: torch.Tensor, tokenizer: Any,

@@ -17,7 +17,7 @@ from ...device import to_device
 from ...errors import ConfigError
 from ...train.loop import TrainConfig, TrainResult
 from .maptune import train_mapper
-from .plug import control_setup, plug_collate, plugged
+from .plug import CONTROLS, plug_collate, under_controls
 from .records import token_mentions, with_descriptions
 
 
@@ -108,26 +108,13 @@ def answer_scores(answers: Sequence[str], records: Sequence[dict]) -> dict[str, 
 
 def question_controls(model: nn.Module, tokenizer: Any, records: Sequence[dict], mapper: nn.Module,
                       table: torch.Tensor, *, described: Sequence[dict] | None = None,
-                      controls: Sequence[str] = ("no plug", "plug", "zero vector", "random vector", "description"),
-                      seed: int = 0, max_new_tokens: int = 8) -> dict[str, dict]:
+                      controls: Sequence[str] = CONTROLS, seed: int = 0, max_new_tokens: int = 8) -> dict[str, dict]:
     """Answer ``records`` under each control (see :mod:`plmkit.knowledge.plugin.plug`): scores and the answers."""
-    dim = model.get_input_embeddings().weight.shape[1]
-    out = {}
-    for control in controls:
-        if control == "description":
-            if described is None:
-                raise ConfigError("the description control needs the described records")
-            answers = greedy_answers(model, tokenizer, described, entities=False, max_new_tokens=max_new_tokens)
-            out[control] = {**answer_scores(answers, described), "answers": answers}
-            continue
-        setup = control_setup(control, mapper, table, dim, seed=seed)
-        if setup is None:
-            answers = greedy_answers(model, tokenizer, records, entities=False, max_new_tokens=max_new_tokens)
-        else:
-            with plugged(model, *setup):
-                answers = greedy_answers(model, tokenizer, records, max_new_tokens=max_new_tokens)
-        out[control] = {**answer_scores(answers, records), "answers": answers}
-    return out
+    def run(recs: Sequence[dict], entities: bool) -> dict:
+        answers = greedy_answers(model, tokenizer, recs, entities=entities, max_new_tokens=max_new_tokens)
+        return {**answer_scores(answers, recs), "answers": answers}
+
+    return under_controls(model, mapper, table, controls, run, records, described, seed=seed)
 
 
 def answer_collate(tokenizer: Any):
