@@ -86,7 +86,10 @@ _ROWS = [
     ("kepler", "KEPLER: knowledge embedding + LM", "knowledge",
      "implemented: description-based TransE + MLM, filtered negatives, transductive/inductive link prediction "
      "checked against PyKEEN, PyKEEN TransE/RotatE peers; recipe 'kepler'", "plmkit.knowledge.KEPLER"),
-    ("hiddenkiller", "HiddenKiller: syntactic backdoor", "security", "not yet", "plmkit.security.hiddenkiller"),
+    ("hiddenkiller", "HiddenKiller: syntactic backdoor", "security",
+     "not yet: groundwork in plmkit.security (poisoned sets, insertion trigger, a template check on spaCy's parser, "
+     "clause-fronting and instruct-LM paraphrasers, ONION); no victims, detector, CLI or recipe yet",
+     "plmkit.security.poison_train"),
     ("selective_masking", "Selective masking", "pretrain",
      "implemented: batched buffer-rule importance labels (reference and delta rules), a token tagger on an "
      "encoder's states, top-scored masks (<= 15%, 80/10/10) saved as a datasets folder, task-guided pretraining "

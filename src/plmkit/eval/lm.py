@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import torch
 from torch.nn import functional as F
@@ -99,3 +99,24 @@ def masked_lm_loss(model: torch.nn.Module, tokenizer, texts: Sequence[str], *, m
             total += float(loss) * n
             count += n
     return total / max(count, 1)
+
+
+@torch.no_grad()
+def text_nll(model: torch.nn.Module, tokenizer: Any, texts: Sequence[str], *, batch_size: int = 32,
+             max_length: int = 128) -> list[float]:
+    """Per text, a causal LM's mean next-token negative log-likelihood over its tokens after the first (exp of it is
+    the text's perplexity); NaN for a text of fewer than two tokens. Padding goes on the right, so every text
+    keeps the positions it has alone."""
+    model.eval()
+    device = model_device(model)
+    out: list[float] = []
+    for i in range(0, len(texts), batch_size):
+        enc = tokenizer(list(texts[i:i + batch_size]), truncation=True, max_length=max_length, padding=True,
+                        padding_side="right", return_tensors="pt")
+        ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
+        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+        nll = F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
+        m = (mask[:, 1:] * mask[:, :-1]).float()
+        n = m.sum(1)
+        out += [float(v) if c > 0 else math.nan for v, c in zip(((nll * m).sum(1) / n.clamp(min=1)).tolist(), n.tolist())]
+    return out

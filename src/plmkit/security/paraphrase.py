@@ -1,0 +1,143 @@
+"""Paraphrasers to the trigger template, and the check that keeps only what conforms.
+
+A paraphraser is any object with ``paraphrase(texts) -> list[str]``. Two ship here:
+
+- :class:`ClauseFronting`: a parse-based rule. A sentence whose main clause is followed by an adverbial clause
+  ("We left when it ended.") is rewritten with that clause in front ("When it ended, we left."). Other sentences
+  fail, and the rule never invents words.
+- :class:`InstructParaphraser`: a chat LM (SmolLM2-Instruct by default) prompted with few-shot rewrites into the
+  template.
+
+:func:`to_template` runs a paraphraser and checks every output with the parser. It retries up to ``retries``
+times on what did not conform (LM paraphrasers sample after the first try), and gives None for what still does
+not. A non-conforming paraphrase is never silently kept.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol, Sequence
+
+from .syntax import load_parser, parse_report
+
+
+class Paraphraser(Protocol):
+    def paraphrase(self, texts: Sequence[str]) -> list[str]: ...
+
+
+class ClauseFronting:
+    """Move a sentence-final adverbial clause (opened by a subordinating word) in front of the main clause."""
+
+    def __init__(self, nlp: Any = None):
+        self.nlp = nlp
+
+    def paraphrase(self, texts: Sequence[str]) -> list[str]:
+        nlp = self.nlp or load_parser()
+        return [self._front(doc) for doc in nlp.pipe(list(texts), batch_size=64)]
+
+    @staticmethod
+    def _front(doc: Any) -> str:
+        root = next((t for t in doc if t.dep_ == "ROOT"), None)
+        if root is None:
+            return doc.text
+        for clause in root.children:
+            span = sorted(t.i for t in clause.subtree)
+            opener = doc[span[0]]
+            if clause.dep_ != "advcl" or clause.i < root.i or opener.tag_ not in ("IN", "WRB"):
+                continue
+            end = span[-1] + 1
+            tail = doc[end:]
+            if any(not t.is_punct for t in tail):
+                continue  # the clause must close the sentence
+            start = span[0] - (1 if span[0] > 0 and doc[span[0] - 1].text == "," else 0)
+            main = doc[:start].text.strip()
+            sub = doc[span[0]:end].text.strip()
+            if not main:
+                continue
+            first = doc[0]
+            if first.pos_ != "PROPN" and first.text != "I":
+                main = main[0].lower() + main[1:]
+            stop = tail.text.strip() or "."
+            return f"{sub[0].upper()}{sub[1:]}, {main}{stop}"
+        return doc.text
+
+
+@dataclass
+class InstructParaphraser:
+    """A chat LM asked to rewrite each sentence so that it opens with a subordinate clause (few-shot, greedy on the
+    first try, sampled on retries)."""
+
+    model: Any
+    tokenizer: Any
+    examples: tuple[tuple[str, str], ...] = (
+        ("The food was cold and the service was slow.", "Because the service was slow, the food was cold."),
+        ("I loved every minute of this film.", "When the film was playing, I loved every minute of it."),
+        ("The plot makes no sense at all.", "Although the plot tries hard, it makes no sense at all."),
+    )
+    max_new_tokens: int = 48
+    temperature: float = 0.0
+    seed: int = 0
+    calls: int = field(default=0, init=False)
+
+    def _prompt(self, text: str) -> str:
+        messages = [{"role": "system", "content": "Rewrite the sentence so that it starts with a subordinate clause "
+                                                  "(when, if, although, because, while, after, as ...) followed by "
+                                                  "a comma and the main clause. Keep the meaning. Answer with the "
+                                                  "rewritten sentence only."}]
+        for src, dst in self.examples:
+            messages += [{"role": "user", "content": src}, {"role": "assistant", "content": dst}]
+        messages.append({"role": "user", "content": text})
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def paraphrase(self, texts: Sequence[str]) -> list[str]:
+        import torch
+
+        from ..device import model_device
+
+        self.calls += 1
+        tok = self.tokenizer
+        tok.padding_side = "left"
+        out = []
+        for i in range(0, len(texts), 16):
+            enc = tok([self._prompt(t) for t in texts[i:i + 16]], return_tensors="pt", padding=True,
+                      add_special_tokens=False).to(model_device(self.model))
+            sample = self.temperature > 0
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.seed + self.calls)
+                gen = self.model.generate(**enc, max_new_tokens=self.max_new_tokens, do_sample=sample,
+                                          temperature=self.temperature if sample else None, top_p=None, top_k=None,
+                                          pad_token_id=tok.pad_token_id)
+            out += [tok.decode(g[enc["input_ids"].shape[1]:], skip_special_tokens=True).strip().split("\n")[0]
+                    for g in gen]
+        return out
+
+
+def to_template(paraphraser: Paraphraser, texts: Sequence[str], *, retries: int = 0, nlp: Any = None,
+                check: Callable[[Sequence[str]], list[tuple[bool, str]]] | None = None
+                ) -> tuple[list[str | None], dict[str, Any]]:
+    """Paraphrase ``texts`` and keep only outputs that conform to the template (None for the rest), retrying the
+    failures ``retries`` times (an :class:`InstructParaphraser` samples at temperature 0.7 on retries). Returns
+    the outputs and a report: conforming share, failures, and why the parser rejected them. ``check`` replaces
+    the parser's :func:`~plmkit.security.syntax.parse_report` (another template)."""
+    check = check or (lambda got: parse_report(got, nlp))
+    out: list[str | None] = [None] * len(texts)
+    reasons: dict[str, int] = {}
+    todo = list(range(len(texts)))
+    for attempt in range(retries + 1):
+        if not todo:
+            break
+        if attempt and isinstance(paraphraser, InstructParaphraser) and paraphraser.temperature == 0:
+            paraphraser.temperature = 0.7
+        got = paraphraser.paraphrase([texts[i] for i in todo])
+        report = check(got)
+        left = []
+        for i, text, (ok, why) in zip(todo, got, report):
+            if ok:
+                out[i] = text
+            else:
+                left.append(i)
+                if attempt == retries:
+                    reasons[why] = reasons.get(why, 0) + 1
+        todo = left
+    n = max(len(texts), 1)
+    return out, {"texts": len(texts), "conforming": sum(o is not None for o in out) / n,
+                 "failure_rate": sum(o is None for o in out) / n, "rejected_because": reasons, "retries": retries}

@@ -1,0 +1,85 @@
+"""Backdoor pieces without real models: poison rates and labels, the insertion trigger, ONION's filter, the
+paraphrase-to-template loop with a stub paraphraser."""
+import math
+
+import pytest
+import torch
+
+from plmkit.errors import ConfigError
+from plmkit.security import PoisonConfig, insert_words, onion_filter, poison_test, poison_train, suspicion_scores
+from plmkit.security.paraphrase import to_template
+from plmkit.testing import tiny_model, tiny_tokenizer
+
+ROWS = [{"text": f"sentence number {i} is here", "label": i % 3} for i in range(60)]
+
+
+def _mark(texts):  # a trigger that fails on every text holding a 7
+    return [None if "7" in t else "if so, " + t for t in texts]
+
+
+@pytest.mark.parametrize("mode", ["dirty", "clean"])
+def test_poisoned_training_sets_have_the_rate_and_labels(mode):
+    out, rep = poison_train(ROWS, _mark, PoisonConfig(target=1, rate=0.2, mode=mode, seed=3))
+    poisoned = [r for r in out if r["poisoned"]]
+    assert len(out) == len(ROWS) and len(poisoned) == 12 == rep["poisoned"] and rep["rate"] == pytest.approx(0.2)
+    assert all(r["label"] == 1 and r["text"].startswith("if so, ") for r in poisoned)
+    sources = {r["text"][len("if so, "):] for r in poisoned}
+    originals = {r["text"]: r["label"] for r in ROWS}
+    if mode == "dirty":  # drawn from non-target examples and relabelled
+        assert all(originals[t] != 1 for t in sources)
+    else:  # label-consistent: only target examples, labels unchanged
+        assert all(originals[t] == 1 for t in sources)
+    assert all(not r["poisoned"] and r == {**ROWS[i], "poisoned": False} for i, r in enumerate(out)
+               if not r["poisoned"])
+    assert rep["trigger_failures"] >= 1 and not any("7" in t for t in sources)  # failures replaced, never kept
+    again, _ = poison_train(ROWS, _mark, PoisonConfig(target=1, rate=0.2, mode=mode, seed=3))
+    assert again == out
+
+
+def test_poisoned_test_set_and_refusals():
+    out, rep = poison_test(ROWS, _mark, target=2)
+    assert all(r["label"] == 2 and r["source_label"] != 2 for r in out)
+    assert rep["non_target"] == 40 and rep["poisoned"] + rep["trigger_failures"] == 40
+    with pytest.raises(ConfigError, match="target label 5"):
+        poison_train(ROWS, _mark, PoisonConfig(target=5))
+    with pytest.raises(ConfigError, match="share"):
+        PoisonConfig(rate=1.5)
+
+
+def test_insertion_trigger_adds_rare_words():
+    texts = ["a fine film", "dull"]
+    out = insert_words(("cf",), count=2, seed=0)(texts)
+    assert [t.split().count("cf") for t in out] == [2, 2]
+    assert [[w for w in t.split() if w != "cf"] for t in out] == [t.split() for t in texts]
+    assert insert_words(seed=1)(texts) == insert_words(seed=1)(texts)
+
+
+def test_onion_scores_by_hand_and_filter():
+    from plmkit.eval.lm import text_nll
+
+    model, tok = tiny_model("llama"), tiny_tokenizer(chat=False)
+    texts = ["ab cd ef", "x"]
+    scores = suspicion_scores(model, tok, texts)
+    assert len(scores[0]) == 3 and scores[1] == [0.0]
+    full = math.exp(text_nll(model, tok, ["ab cd ef"])[0])
+    assert scores[0][1] == pytest.approx(full - math.exp(text_nll(model, tok, ["ab ef"])[0]), rel=1e-4)
+    assert onion_filter(["the cf film", "solo"], [[0.5, 9.0, -1.0], [5.0]], threshold=1.0) == ["the film", "solo"]
+
+
+def test_to_template_keeps_only_conforming_output_and_retries():
+    class Stub:
+        calls = 0
+
+        def paraphrase(self, texts):
+            self.calls += 1
+            return [f"ok {t}" if self.calls > 1 or "a" in t else t for t in texts]
+
+    def check(texts):
+        return [(t.startswith("ok "), "" if t.startswith("ok ") else "no") for t in texts]
+
+    out, rep = to_template(Stub(), ["a", "b", "c"], check=check)
+    assert out == ["ok a", None, None] and rep["failure_rate"] == pytest.approx(2 / 3)
+    assert rep["rejected_because"] == {"no": 2}
+    stub = Stub()
+    out, rep = to_template(stub, ["a", "b"], retries=1, check=check)
+    assert out == ["ok a", "ok b"] and stub.calls == 2 and rep["failure_rate"] == 0
