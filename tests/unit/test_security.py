@@ -3,7 +3,6 @@ paraphrase-to-template loop with a stub paraphraser."""
 import math
 
 import pytest
-import torch
 
 from plmkit.errors import ConfigError
 from plmkit.security import PoisonConfig, insert_words, onion_filter, poison_test, poison_train, suspicion_scores
