@@ -82,3 +82,24 @@ def test_to_template_keeps_only_conforming_output_and_retries():
     stub = Stub()
     out, rep = to_template(stub, ["a", "b"], retries=1, check=check)
     assert out == ["ok a", "ok b"] and stub.calls == 2 and rep["failure_rate"] == 0
+
+
+def test_spectral_signatures_find_examples_pulled_one_way():
+    import numpy as np
+    import torch
+
+    from plmkit.security.study import detect_poison, detection_quality, spectral_signatures
+
+    g = torch.Generator().manual_seed(0)
+    reps = torch.randn(100, 16, generator=g)
+    labels = [0] * 60 + [1] * 40
+    poisoned = [False] * 100
+    for i in range(50, 60):  # ten class-0 examples share a strong feature (the trigger)
+        reps[i, 3] += 8.0
+        poisoned[i] = True
+    scores = spectral_signatures(reps, labels)
+    flags = detect_poison(scores, labels, flagged_share=0.15)
+    assert flags[:60].sum() == 9 and flags[60:].sum() == 6  # ceil(15%) of each class
+    q = detection_quality(flags, poisoned)
+    assert q["recall"] == 0.9 and q["precision"] == 9 / 15
+    assert all(poisoned[i] for i in np.flatnonzero(flags[:60]))  # every class-0 flag is a poisoned example
