@@ -42,3 +42,25 @@ def test_onion_finds_the_inserted_rare_word_with_smollm2():
         assert text.split()[max(range(len(s)), key=s.__getitem__)] == word
     top = [sorted(s)[-2] for s in scores]  # a threshold just under each text's top score drops that word only
     assert onion_filter(texts[:1], scores[:1], top[0]) == ["the movie was wonderful and moving ."]
+
+
+def test_question_subjects_span_whole_words_with_smollm2s_tokenizer():
+    """SmolLM2's byte-level pieces carry the space before a word; the subject's span still covers all of it."""
+    from plmkit.assets import load_model
+    from plmkit.data.entity_tasks import entity_questions
+    from plmkit.knowledge.plugin.qa import question_records
+
+    _, tok = load_model("smollm2")
+    rows = entity_questions().test[:40]
+
+    class Table:
+        def __contains__(self, e):
+            return True
+
+        def index(self, e):
+            return 0
+
+    recs = question_records(tok, rows, Table(), "Question: a?\nAnswer: b\n\n")
+    for rec, row in zip(recs, rows):
+        (start, end, _), = rec["mentions"]
+        assert tok.decode(rec["input_ids"][start:end]).strip() == row["question"][row["subject_start"]:row["subject_end"]]

@@ -362,3 +362,24 @@ def test_kg_parts_cut_the_joined_table_back_per_graph():
     assert parts["wordnet"].ids == ["01-n", "02-n"] and parts["wordnet"].vectors.tolist() == [[0, 1], [4, 5]]
     assert parts["geonames"].ids == ["geo:country:FR"] and parts["geonames"].vectors.tolist() == [[2, 3]]
     assert set(kg_parts(EntityEmbeddings(["geo:x"], torch.ones(1, 2)))) == {"geonames"}
+
+
+def test_token_spans_skip_the_space_a_byte_level_piece_carries():
+    from plmkit.knowledge.plugin.records import token_spans
+
+    text = "capital of Peru?"
+    offsets = [(0, 7), (7, 10), (10, 15), (15, 16)]  # "capital", " of", " Peru", "?" (byte-level BPE style)
+    assert token_spans(offsets, 11, 15, text) == (2, 3)
+    assert token_spans(offsets, 11, 15) is None  # without the text, " Peru" starts before the mention
+    assert token_spans([(0, 1), (1, 2), (2, 3)], 1, 3, "a b") == (2, 3)  # a space piece of its own is no part
+
+
+def test_descriptions_go_before_a_task_marker_and_cuts_keep_every_relation():
+    from plmkit.knowledge.plugin.records import with_descriptions
+    from plmkit.knowledge.plugin.study import balanced
+
+    out = with_descriptions(["we saw @cats@ here"], [[_M(8, 12, "cat")]], {"cat": "a feline"}.get, marks="@#$")
+    assert out == ["we saw (a feline) @cats@ here"]
+    rows = [{"relation": r, "i": i} for i, r in enumerate("aaaaabbc")]
+    assert [r["relation"] for r in balanced(rows, 5)] == ["a", "b", "c", "a", "b"]
+    assert balanced(rows, None) == rows

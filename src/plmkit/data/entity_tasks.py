@@ -396,6 +396,6 @@ def entity_questions(seed: int = 0, min_population: int = 500_000, min_capital_p
     order = np.random.default_rng(seed).permutation(len(subjects))
     n_test, n_val = _three_way(len(subjects), validation, test)
     parts = {"test": order[:n_test], "validation": order[n_test:n_test + n_val], "train": order[n_test + n_val:]}
-    rows = {k: [r for i in sorted(idx) for r in by_subject[subjects[i]]] for k, idx in parts.items()}
+    rows = {k: [r for i in idx for r in by_subject[subjects[i]]] for k, idx in parts.items()}  # seeded order
     return QuestionTask("geonames-questions", rows["train"], rows["validation"], rows["test"],
                         info={"subjects": len(subjects), "seed": seed})

@@ -18,7 +18,7 @@ def suspicion_scores(model: Any, tokenizer: Any, texts: Sequence[str], *, batch_
     variants, owner = [], []
     for i, t in enumerate(texts):
         words = t.split()
-        variants.append(t)
+        variants.append(" ".join(words))  # the same spacing as the variants
         owner.append((i, -1))
         if len(words) > 1:
             for j in range(len(words)):

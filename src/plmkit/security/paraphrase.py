@@ -122,12 +122,17 @@ def to_template(paraphraser: Paraphraser, texts: Sequence[str], *, retries: int 
     out: list[str | None] = [None] * len(texts)
     reasons: dict[str, int] = {}
     todo = list(range(len(texts)))
+    first_temperature = getattr(paraphraser, "temperature", None)
     for attempt in range(retries + 1):
         if not todo:
             break
-        if attempt and isinstance(paraphraser, InstructParaphraser) and paraphraser.temperature == 0:
-            paraphraser.temperature = 0.7
-        got = paraphraser.paraphrase([texts[i] for i in todo])
+        if isinstance(paraphraser, InstructParaphraser):  # greedy first, sampled on retries; put back after
+            paraphraser.temperature = first_temperature if not attempt or first_temperature else 0.7
+        try:
+            got = paraphraser.paraphrase([texts[i] for i in todo])
+        finally:
+            if isinstance(paraphraser, InstructParaphraser):
+                paraphraser.temperature = first_temperature
         report = check(got)
         left = []
         for i, text, (ok, why) in zip(todo, got, report):

@@ -34,11 +34,13 @@ def _left_padded(mask: torch.Tensor) -> bool:
 
 def insert_vectors(embeds: torch.Tensor, attention_mask: torch.Tensor, positions: Sequence[Sequence[int]],
                    vectors: Sequence[torch.Tensor], *, labels: torch.Tensor | None = None,
-                   token_type_ids: torch.Tensor | None = None) -> tuple[dict[str, torch.Tensor], Inserted]:
+                   token_type_ids: torch.Tensor | None = None, left: bool | None = None
+                   ) -> tuple[dict[str, torch.Tensor], Inserted]:
     """Insert ``vectors[b][j]`` (d) before token ``positions[b][j]`` of sequence ``b`` (indices into the unpadded
     and padded row alike). Returns the model inputs (``inputs_embeds``, ``attention_mask``, ``position_ids`` and,
     when given, ``labels`` with -100 at the pseudo-tokens and ``token_type_ids`` continuing their mention's type)
-    and where the vectors went. Rows keep their padding side (left padding is kept on the left)."""
+    and where the vectors went. Rows keep their padding side (left padding is kept on the left); ``left`` says
+    which it is, guessed from the mask when None (a batch without padding looks right-padded)."""
     b, t, d = embeds.shape
     if len(positions) != b or len(vectors) != b:
         raise ConfigError(f"{b} sequences but {len(positions)} position lists and {len(vectors)} vector sets")
@@ -49,7 +51,7 @@ def insert_vectors(embeds: torch.Tensor, attention_mask: torch.Tensor, positions
         if any(not 0 <= p < t for p in pos):
             raise ConfigError(f"sequence {row}: insertion positions must lie in 0..{t - 1}, got {list(pos)}")
     new_t = t + max(counts, default=0)
-    left = _left_padded(attention_mask)
+    left = _left_padded(attention_mask) if left is None else left
     out_embeds = embeds.new_zeros(b, new_t, d)
     out_mask = attention_mask.new_zeros(b, new_t)
     out_labels = None if labels is None else labels.new_full((b, new_t), IGNORE)
@@ -100,6 +102,7 @@ class _Plug(nn.Module):
 
 def _pre_hook(model: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
     entities = kwargs.pop("plmkit_entities", None)
+    side = kwargs.pop("plmkit_padding_side", None)
     if entities is None:
         return args, kwargs
     kwargs, embeds = input_embeddings(model, args, kwargs, "a knowledge plug")
@@ -114,15 +117,16 @@ def _pre_hook(model: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]
         rows = torch.tensor([e for _, e in row], dtype=torch.long, device=plug.table.device)
         vectors.append(plug.mapper(plug.table[rows].to(embeds.dtype)) if len(row) else embeds.new_zeros(0, embeds.shape[-1]))
     labels = kwargs.pop("labels", None)
-    if labels is not None and labels.dim() != 2:  # a class per sequence (a classifier): nothing to shift
+    if labels is not None and tuple(labels.shape) != tuple(embeds.shape[:2]):  # per sequence (a classifier)
         kwargs["labels"], labels = labels, None
     if labels is not None and getattr(model.config, "is_encoder_decoder", False):
         raise ConfigError("knowledge plugs go into encoder-only and decoder-only models")
+    left = None if side is None else side == "left"
     inputs, _ = insert_vectors(embeds, mask, positions, vectors, labels=labels,
-                               token_type_ids=kwargs.pop("token_type_ids", None))
+                               token_type_ids=kwargs.pop("token_type_ids", None), left=left)
     kwargs.pop("position_ids", None)
-    if not _left_padded(inputs["attention_mask"]):  # the default positions are these; a peft prompt model
-        del inputs["position_ids"]  # (which prepends its own vectors) refuses explicit ones
+    if not (left if left is not None else _left_padded(inputs["attention_mask"])):
+        del inputs["position_ids"]  # the default positions are these; a peft prompt model refuses explicit ones
     return args, {**kwargs, **inputs}
 
 

@@ -18,7 +18,7 @@ from ... import arch
 from ...errors import ConfigError
 from ...pretrain.masking import pad_collate
 from ...train.loop import TrainConfig, TrainResult, train
-from .inject import IGNORE, attach
+from .inject import IGNORE, attach, detach
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,8 @@ def mention_batch(tokenizer: Any, rows: Sequence[dict], *, mlm: bool) -> dict[st
                 ids[b, off + start:off + end] = tokenizer.mask_token_id
             row.append((off + start, entity))
         entities.append(row)
-    return {"input_ids": ids, "attention_mask": pad["attention_mask"], "labels": labels, "plmkit_entities": entities}
+    return {"input_ids": ids, "attention_mask": pad["attention_mask"], "labels": labels, "plmkit_entities": entities,
+            "plmkit_padding_side": "left" if left else "right"}
 
 
 def map_tune(model: nn.Module, mapper: nn.Module, table: torch.Tensor, tokenizer: Any, records: Sequence[dict],
@@ -95,5 +96,9 @@ def train_mapper(model: nn.Module, mapper: nn.Module, table: torch.Tensor, recor
     def loss(m: nn.Module, batch: dict) -> torch.Tensor:
         return m(**batch).loss
 
-    with dropout_set(model, dropout):
-        return train(model, list(records), config, loss, collate_fn=collate)
+    try:
+        with dropout_set(model, dropout):
+            return train(model, list(records), config, loss, collate_fn=collate)
+    except BaseException:
+        detach(model)  # a failed run leaves the model as it found it
+        raise

@@ -58,11 +58,14 @@ def plug_collate(tokenizer: Any, *, entities: bool = True) -> Callable[[list[dic
 
     def collate(rows: list[dict]) -> dict:
         batch = pad([{"input_ids": r["input_ids"]} for r in rows])
+        left = getattr(tokenizer, "padding_side", "right") == "left"
+        if left:  # positions count from each text's first token, with or without a plug
+            batch["position_ids"] = (batch["attention_mask"].long().cumsum(-1) - 1).clamp(min=0)
         if entities:
-            left = getattr(tokenizer, "padding_side", "right") == "left"
             t = batch["input_ids"].shape[1]
             batch["plmkit_entities"] = [[(p + (t - len(r["input_ids"]) if left else 0), e) for p, e in plug_entities(r)]
                                         for r in rows]
+            batch["plmkit_padding_side"] = "left" if left else "right"
         if "label" in rows[0]:
             batch["labels"] = torch.tensor([r["label"] for r in rows])
         return batch
@@ -158,7 +161,9 @@ def mention_loss(model: nn.Module, tokenizer: Any, records: Sequence[dict], *, m
         batch = mention_batch(tokenizer, records[i:i + batch_size], mlm=mlm)
         if not entities:
             batch.pop("plmkit_entities")
-        n = int((batch["labels"] != -100).sum())  # the model's loss is the mean over these tokens
+            batch.pop("plmkit_padding_side")
+        scored = batch["labels"] if mlm else batch["labels"][:, 1:]  # a causal LM never predicts position 0
+        n = int((scored != -100).sum())  # the model's loss is the mean over these tokens
         if n:
             total += float(model(**to_device(batch, model)).loss) * n
             count += n

@@ -19,7 +19,7 @@ from torch import nn
 from ... import arch
 from ...errors import ConfigError
 from ...train.loop import TrainConfig
-from ..ernie.finetune import marked_task, scores
+from ..ernie.finetune import MARKS, marked_task, scores
 from .mapper import Mapper, MapperConfig
 from .maptune import MapTuneConfig, map_tune
 from .inject import detach
@@ -27,6 +27,7 @@ from .plug import CONTROLS, evaluate_controls, plugged, predict_classes, task_ma
 from .records import token_mentions, with_descriptions
 
 TUNINGS = ("full", "lora", "prompt")
+DESCRIPTION_ROOM = 96  # word pieces allowed beyond max_length for the descriptions written into a text
 
 
 @dataclass(frozen=True)
@@ -155,8 +156,9 @@ def plug_task(task: Any, kind: str, tokenizer: Any, entities: Any, linker: Any, 
     train_rows, test_rows = task.train[:max_train], task.test[:max_test]
     train_texts, train, _ = build(train_rows)
     test_texts, test, test_mentions = build(test_rows)
-    described = tokenizer(with_descriptions(test_texts, test_mentions, describe_entity), truncation=True,
-                          max_length=max_length)["input_ids"]
+    marks = "".join(MARKS[kind])
+    described = tokenizer(with_descriptions(test_texts, test_mentions, describe_entity, marks=marks),
+                          truncation=True, max_length=max_length + DESCRIPTION_ROOM)["input_ids"]
     test_described = [{"input_ids": list(ids), "mentions": [], "label": r["label"]} for ids, r in zip(described, test)]
     return PlugTask(kind, task.num_labels, train_texts, train, test, test_described)
 
@@ -192,9 +194,24 @@ class QuestionSettings:
 
     general: MapTuning = MapTuning(steps=200, batch_size=8)
     task_mapping: MapTuning | None = MapTuning(steps=100, batch_size=8, max_length=256)
-    shots: int = 4
+    shots: int = 4  # one example per relation (the prefix takes the relations in turn)
     max_new_tokens: int = 8
     max_test: int | None = None
+
+
+def balanced(rows: Sequence[dict], n: int | None, key: str = "relation") -> list[dict]:
+    """Up to ``n`` rows taken in turn from each ``key`` value (in the rows' order), so a cut keeps every relation."""
+    if n is None or n >= len(rows):
+        return list(rows)
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(r[key], []).append(r)
+    out, queues = [], [list(g) for _, g in sorted(groups.items())]
+    while len(out) < n and any(queues):
+        for q in queues:
+            if q and len(out) < n:
+                out.append(q.pop(0))
+    return out
 
 
 def entity_question_study(lm: nn.Module, tokenizer: Any, entities: Any, texts: Sequence[str],
@@ -212,7 +229,7 @@ def entity_question_study(lm: nn.Module, tokenizer: Any, entities: Any, texts: S
                                      seed=seed, progress=progress)
     table = plug_table(entities.vectors)
     prefix = few_shot_prefix(questions.train, settings.shots, seed)
-    test_rows = questions.test[:settings.max_test]
+    test_rows = balanced(questions.test, settings.max_test)
     records = question_records(tokenizer, test_rows, entities, prefix)
     described = question_records(tokenizer, test_rows, entities, prefix, describe=describe_entity)
     results = question_controls(lm, tokenizer, records, mapper, table, described=described, seed=seed,
