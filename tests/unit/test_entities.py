@@ -117,14 +117,22 @@ def test_evaluate_linker_counts():
     assert r["mentions_per_text"] == 0.75
 
 
-def test_ner_gating_needs_spacy():
-    try:
-        import spacy  # noqa: F401
-    except ImportError:
-        with pytest.raises(PlmkitError, match="pip install spacy"):
-            NERGatedLinker(AliasLinker(TABLE))
-    else:
-        pytest.skip("spaCy is installed; gating is exercised only where a pipeline is downloaded")
+def test_ner_gating_names_how_to_install_a_missing_pipeline():
+    pytest.importorskip("spacy")
+    with pytest.raises(PlmkitError, match="spacy download no_such_pipeline"):
+        NERGatedLinker(AliasLinker(TABLE), model="no_such_pipeline")
+
+
+@pytest.mark.real
+def test_ner_gating_keeps_named_places_and_drops_common_words():
+    from plmkit.knowledge.entities import kb_linker
+
+    linker = kb_linker("both")
+    text = "We flew from Paris to Japan, and the bank near the river was closed."
+    plain = {text[m.start:m.end] for m in linker.link([text])[0]}
+    gated = {text[m.start:m.end] for m in NERGatedLinker(linker).link([text])[0]}
+    assert {"Paris", "Japan", "bank", "river"} <= plain
+    assert gated == {"Paris", "Japan"}
 
 
 @pytest.mark.real

