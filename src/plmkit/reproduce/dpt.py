@@ -48,7 +48,7 @@ class DPTSettings:
 _HEAD_QUICK = MLMHeadSettings(steps=20, max_length=64)  # the kepler recipe's quick head: one cache entry
 QUICK = DPTSettings(
     discriminator=DiscriminatorSettings(generator=_HEAD_QUICK, rtd_steps=30, corpus_chars=150_000, heldout_max=60),
-    tasks=("polarity",), ks=(8,), seeds=(0, 1), max_test=48,
+    tasks=("polarity",), ks=(8,), seeds=(0,), max_test=48,
     fewshot=FewShotConfig(model="minilm", tune=PromptTuneConfig(steps=16, lr=5e-5), dpt=DPTConfig(steps=16, lr=5e-5),
                           head_steps=16, max_length=64))
 FULL = DPTSettings(
