@@ -65,7 +65,8 @@ QUICK = ERNIESettings(head=MLMHeadSettings(steps=20, max_length=64),  # the kepl
                       pretrain_texts=96, pretrain_steps=6, pretrain_batch=8,
                       variants=("plain", "ernie", "ernie-random"),
                       typing_max_train=200, max_test=120, seeds=(0,),
-                      typing_choices=(TuningChoice("ce", 3e-4),))  # the full run's validation choice for typing
+                      # typing: the full run's validation choice (docs/results/ernie.json, tuning table)
+                      typing_choices=(TuningChoice("ce", 3e-4),))
 FULL = ERNIESettings(head=MLMHeadSettings(steps=300), knowledge=KnowledgeSettings(),
                      ernie=ERNIEConfig(), tune=TuneConfig(steps=200, batch_size=16, lr=1e-4, max_length=64),
                      pretrain_steps=200, max_test=1000,
