@@ -55,7 +55,7 @@ class ErenSettings:
     fact_check_methods: tuple[str, ...] | None = None  # the editors whose verdicts are scored (None: all of methods)
 
 
-QUICK = ErenSettings(n_eval=12, sizes=(1000,), tune_edits=12, tune_probes=40, two_hop=0, ft_sizes=(), ft_epochs=3,
+QUICK = ErenSettings(n_eval=8, sizes=(1000,), tune_edits=12, tune_probes=40, two_hop=0, ft_sizes=(), ft_epochs=3,
                      methods=("unedited", "one-step reading", "SERAC-like scope", "EREN (reader relevance)",
                               "EREN (reader relevance, top note)"),
                      fact_check_methods=("unedited", "EREN (reader relevance)"))
