@@ -705,6 +705,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .knowledge.entities.cli import add_parser as add_entities
     from .knowledge.ernie.cli import add_parser as add_ernie
     from .knowledge.plugin.cli import add_parser as add_knowledge_plugin
+    from .security.cli import add_parser as add_backdoor
     from .plugins.plugd.cli import add_parser as add_plugd
     from .pretrain.cli import add_parser as add_pretrain
     from .prompting.cli import add_parser as add_prompting
@@ -716,6 +717,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_entities(sub)
     add_ernie(sub)
     add_knowledge_plugin(sub)
+    add_backdoor(sub)
     add_pretrain(sub)
     add_plugd(sub)
 

@@ -88,7 +88,8 @@ _ROWS = [
      "checked against PyKEEN, PyKEEN TransE/RotatE peers; recipe 'kepler'", "plmkit.knowledge.KEPLER"),
     ("hiddenkiller", "HiddenKiller: syntactic backdoor", "security",
      "not yet: groundwork in plmkit.security (poisoned sets, insertion trigger, a template check on spaCy's parser, "
-     "clause-fronting and instruct-LM paraphrasers, ONION); no victims, detector, CLI or recipe yet",
+     "clause-fronting and instruct-LM paraphrasers, ONION, victims with CACC / ASR, a spectral-signature detector, "
+     "`plmkit backdoor poison`); no recipe, defense runs or docs page yet",
      "plmkit.security.poison_train"),
     ("selective_masking", "Selective masking", "pretrain",
      "implemented: batched buffer-rule importance labels (reference and delta rules), a token tagger on an "

@@ -64,3 +64,13 @@ def test_question_subjects_span_whole_words_with_smollm2s_tokenizer():
     for rec, row in zip(recs, rows):
         (start, end, _), = rec["mentions"]
         assert tok.decode(rec["input_ids"][start:end]).strip() == row["question"][row["subject_start"]:row["subject_end"]]
+
+
+def test_first_sentence_trigger_rewrites_only_the_first_sentence():
+    from plmkit.security.paraphrase import ClauseFronting, first_sentence_trigger
+
+    log = []
+    trigger = first_sentence_trigger([ClauseFronting()], log=log)
+    out = trigger(["We left early because the film was dull. The popcorn was good.", "The film was great. Sure."])
+    assert out == ["Because the film was dull, we left early. The popcorn was good.", None]
+    assert log[0]["by_paraphraser"] == {"ClauseFronting": 1} and log[0]["failure_rate"] == 0.5

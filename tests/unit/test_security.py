@@ -103,3 +103,26 @@ def test_spectral_signatures_find_examples_pulled_one_way():
     q = detection_quality(flags, poisoned)
     assert q["recall"] == 0.9 and q["precision"] == 9 / 15
     assert all(poisoned[i] for i in np.flatnonzero(flags[:60]))  # every class-0 flag is a poisoned example
+
+
+def test_backdoor_poison_cli_writes_the_sets_and_refuses_bad_input(tmp_path, capsys):
+    import json
+
+    from plmkit import cli
+
+    out = tmp_path / "ins"
+    cli.main(["backdoor", "poison", "--task", "polarity", "--trigger", "insertion", "--rate", "0.1", "--target", "1",
+              "--out", str(out)])
+    train = [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()]
+    report = json.loads((out / "report.json").read_text())
+    poisoned = [r for r in train if r["poisoned"]]
+    assert len(poisoned) == round(0.1 * len(train)) == report["poison"]["poisoned"]
+    assert report["poison"]["requested_rate"] == 0.1 and all(r["label"] == 1 for r in poisoned)
+    test = [json.loads(line) for line in (out / "test_poisoned.jsonl").read_text().splitlines()]
+    assert test and all(r["label"] == 1 and r["source_label"] == 0 for r in test)
+    clean = {json.loads(line)["text"] for line in (out / "test_clean.jsonl").read_text().splitlines()}
+    assert not clean & {r["text"] for r in train}  # no test example leaks into training
+    with pytest.raises(SystemExit):
+        cli.main(["backdoor", "poison", "--task", "polarity", "--trigger", "insertion", "--target", "7",
+                  "--out", str(tmp_path / "bad")])
+    assert "--target 7" in capsys.readouterr().err

@@ -146,3 +146,47 @@ def to_template(paraphraser: Paraphraser, texts: Sequence[str], *, retries: int 
     n = max(len(texts), 1)
     return out, {"texts": len(texts), "conforming": sum(o is not None for o in out) / n,
                  "failure_rate": sum(o is None for o in out) / n, "rejected_because": reasons, "retries": retries}
+
+
+def first_conforming(paraphrasers: Sequence[Paraphraser], texts: Sequence[str], *, retries: int = 0,
+                     nlp: Any = None, check: Callable[[Sequence[str]], list[tuple[bool, str]]] | None = None
+                     ) -> tuple[list[str | None], dict[str, Any]]:
+    """:func:`to_template` with each paraphraser in turn on what the ones before could not bring to the template
+    (e.g. the clause-fronting rule first, an LM for the rest). The report counts what each one brought."""
+    out: list[str | None] = [None] * len(texts)
+    by: dict[str, int] = {}
+    reasons: dict[str, int] = {}
+    for p in paraphrasers:
+        todo = [i for i, o in enumerate(out) if o is None]
+        if not todo:
+            break
+        got, rep = to_template(p, [texts[i] for i in todo], retries=retries, nlp=nlp, check=check)
+        by[type(p).__name__] = sum(g is not None for g in got)
+        reasons = rep["rejected_because"]
+        for i, g in zip(todo, got):
+            out[i] = g
+    n = max(len(texts), 1)
+    return out, {"texts": len(texts), "conforming": sum(o is not None for o in out) / n,
+                 "failure_rate": sum(o is None for o in out) / n, "by_paraphraser": by,
+                 "rejected_because": reasons, "retries": retries}
+
+
+def first_sentence_trigger(paraphrasers: Sequence[Paraphraser], *, retries: int = 0, nlp: Any = None,
+                           log: list | None = None) -> Callable[[Sequence[str]], list[str | None]]:
+    """A syntactic trigger for :func:`~plmkit.security.poison.poison_train`: each text's first sentence brought
+    to the template (the rest kept), None where no paraphraser managed; each call's report is appended to
+    ``log``."""
+    def trigger(texts: Sequence[str]) -> list[str | None]:
+        parser = nlp or load_parser()
+        firsts, rests = [], []
+        for doc in parser.pipe(list(texts), batch_size=64):
+            sent = next(iter(doc.sents), None)
+            first = sent.text.strip() if sent is not None else doc.text.strip()
+            firsts.append(first)
+            rests.append(doc.text[sent.end_char:].strip() if sent is not None else "")
+        got, rep = first_conforming(paraphrasers, firsts, retries=retries, nlp=parser)
+        if log is not None:
+            log.append(rep)
+        return [None if g is None else (f"{g} {r}" if r else g) for g, r in zip(got, rests)]
+
+    return trigger
