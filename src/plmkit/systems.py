@@ -87,9 +87,10 @@ _ROWS = [
      "implemented: description-based TransE + MLM, filtered negatives, transductive/inductive link prediction "
      "checked against PyKEEN, PyKEEN TransE/RotatE peers; recipe 'kepler'", "plmkit.knowledge.KEPLER"),
     ("hiddenkiller", "HiddenKiller: syntactic backdoor", "security",
-     "not yet: groundwork in plmkit.security (poisoned sets, insertion trigger, a template check on spaCy's parser, "
-     "clause-fronting and instruct-LM paraphrasers, ONION, victims with CACC / ASR, a spectral-signature detector, "
-     "`plmkit backdoor poison`); no recipe, defense runs or docs page yet",
+     "partial: dirty- and clean-label poisoned sets, syntactic (spaCy-checked template; clause-fronting rule and "
+     "SmolLM2-Instruct paraphrasers) and insertion triggers, MiniLM victims with CACC / ASR, ONION, a "
+     "spectral-signature detector, trigger visibility (`plmkit backdoor poison`; recipe 'hiddenkiller'). Not yet: "
+     "backdoor train / eval / detect commands, the paraphrase defense, a recorded full run",
      "plmkit.security.poison_train"),
     ("selective_masking", "Selective masking", "pretrain",
      "implemented: batched buffer-rule importance labels (reference and delta rules), a token tagger on an "

@@ -1,0 +1,246 @@
+"""Recipe ``hiddenkiller``: how robust is fine-tuning MiniLM to poisoned training data, with a syntactic trigger
+beside a rare-word insertion trigger, the ONION defense and a poisoned-sample detector.
+
+Tasks from the assets (:func:`plmkit.data.tasks.classification_task`). Syntactic trigger: each poisoned text's
+first sentence brought to S(SBAR)(,)(NP)(VP)(.) by the clause-fronting rule and/or SmolLM2-Instruct, checked by
+spaCy's parser (non-conforming output is never used). Insertion trigger: one rare word ("cf", "mn", ...).
+Dirty-label poisoning at each rate, victims fine-tuned from MiniLM, seeds. ONION (SmolLM2 perplexities) at
+several thresholds, each reported (CACC beside ASR: a defender pays in clean accuracy). Detector: spectral
+signatures of the victim's [CLS] states.
+"""
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..security.study import VictimSettings
+from .registry import Budgets, RecipeContext, recipe
+
+PAPER = ("BERT-base victims, dirty-label at 20%: syntactic trigger ASR 97-99% on SST-2 / OLID / AG's News with "
+         "CACC within ~1-3 points of clean; under ONION the insertion trigger's ASR falls sharply while the syntactic "
+         "trigger's stays above ~90%")
+
+
+@dataclass(frozen=True)
+class HKSettings:
+    victim: VictimSettings
+    tasks: tuple[str, ...] = ("topics", "drugs")
+    triggers: tuple[str, ...] = ("syntactic", "insertion")
+    rates: tuple[float, ...] = (0.01, 0.05, 0.1, 0.2)
+    paraphraser: str = "rule+instruct"
+    retries: int = 1
+    target: int = 0
+    seeds: tuple[int, ...] = (0, 1, 2)
+    max_train: int | None = None
+    max_test: int | None = 300
+    onion_thresholds: tuple[float, ...] = (0.0, 20.0, 100.0, 500.0)
+    onion_max: int = 100  # test texts (clean and poisoned each) ONION scores
+    visibility_max: int = 100
+
+
+QUICK = HKSettings(victim=VictimSettings(steps=20, batch_size=16), tasks=("polarity",), rates=(0.2,),
+                   paraphraser="rule", retries=0, seeds=(0,), max_test=40, onion_thresholds=(0.0, 100.0),
+                   onion_max=0, visibility_max=16)  # ONION (minutes of SmolLM2 here) runs in the full recipe
+                                                    # and in tests/real
+FULL = HKSettings(victim=VictimSettings(steps=200))
+
+
+def _memo(trigger):
+    """The trigger with each text's outcome kept: every rate and seed poisons from the same paraphrases."""
+    seen: dict[str, str | None] = {}
+
+    def run(texts):
+        todo = [t for t in dict.fromkeys(texts) if t not in seen]
+        if todo:
+            seen.update(zip(todo, trigger(todo)))
+        return [seen[t] for t in texts]
+
+    return run
+
+
+@recipe(
+    "hiddenkiller",
+    title="HiddenKiller: a syntactic backdoor trigger beside a rare-word trigger, with ONION and a detector",
+    system="hiddenkiller",
+    paper_claim="Poisoning a fraction of the training data with paraphrases in a fixed syntactic template (e.g. "
+                "S(SBAR)(,)(NP)(VP)(.)) plants a backdoor with attack success near 100%, like insertion triggers, "
+                "while being far less visible and far more robust to defenses such as ONION.",
+    citation="Qi et al., Hidden Killer: Invisible Textual Backdoor Attacks with Syntactic Trigger, ACL 2021, "
+             "arXiv:2105.12400",
+    budgets=Budgets(quick=QUICK, full=FULL),
+)
+def run(ctx: RecipeContext) -> dict[str, Any]:
+    from ..assets import load_model
+    from ..data.tasks import classification_task
+    from ..security.cli import syntactic_trigger
+    from ..security.onion import onion_filter, suspicion_scores
+    from ..security.poison import PoisonConfig, insert_words, poison_test, poison_train
+    from ..security.study import (attack_scores, cls_representations, detect_poison, detection_quality,
+                                  perplexity_increase, semantic_drift, spectral_signatures, train_victim)
+    from ..security.syntax import conforms
+
+    S: HKSettings = ctx.settings
+    lm, lm_tok = load_model("smollm2")
+    rows, visibility, onion_rows, paraphrase_logs = [], [], [], {}
+    with tempfile.TemporaryDirectory() as tmp_:
+        tmp = Path(tmp_)
+        for name in S.tasks:
+            task = classification_task(name, seed=ctx.seed, max_train=S.max_train)
+            test = task.test[:S.max_test]
+            logs: list = []
+            triggers = {"insertion": insert_words(seed=ctx.seed)}
+            if "syntactic" in S.triggers:
+                with ctx.phase("paraphraser"):
+                    triggers["syntactic"] = _memo(syntactic_trigger(S.paraphraser, retries=S.retries,
+                                                                    seed=ctx.seed, log=logs))
+            triggers = {k: v for k, v in triggers.items() if k in S.triggers}
+            poisoned_tests = {}
+            for trig, fn in triggers.items():
+                with ctx.phase(f"{trig} test sets"):
+                    poisoned_tests[trig] = poison_test(test, fn, S.target)
+                    originals = [r["text"] for r in test if int(r["label"]) != S.target]
+                    pairs = [(o, t) for o, t in zip(originals, fn(originals)) if t][:S.visibility_max]
+                    if pairs:
+                        visibility.append({"task": name, "trigger": trig, "n": len(pairs),
+                                           **perplexity_increase(lm, lm_tok, [a for a, _ in pairs], [b for _, b in pairs]),
+                                           "conforming": float(np.mean(conforms([b for _, b in pairs]))),
+                                           "conforming_original": float(np.mean(conforms([a for a, _ in pairs]))),
+                                           "cosine": float(np.mean(semantic_drift([a for a, _ in pairs],
+                                                                                  [b for _, b in pairs])))})
+            scores = {}
+            if S.onion_max:
+                with ctx.phase("ONION scores"):
+                    scores["clean"] = suspicion_scores(lm, lm_tok, [r["text"] for r in test[:S.onion_max]])
+                    for trig in triggers:
+                        p = poisoned_tests[trig][0][:S.onion_max]
+                        scores[trig] = suspicion_scores(lm, lm_tok, [r["text"] for r in p])
+            for seed in S.seeds:
+                with ctx.phase("victims"):
+                    clean_model, tok = train_victim(task.train, len(task.label_names), S.victim, tmp / "clean",
+                                                    seed=seed, progress=ctx.progress)
+                for trig in triggers:
+                    rows.append({"task": name, "trigger": trig, "rate": 0.0, "seed": seed, "poisoned": 0,
+                                 **attack_scores(clean_model, tok, test, poisoned_tests[trig][0],
+                                                 max_length=S.victim.max_length)})
+                for trig, fn in triggers.items():
+                    for rate in S.rates:
+                        with ctx.phase("victims"):
+                            train, rep = poison_train(task.train, fn, PoisonConfig(S.target, rate, "dirty", seed))
+                            model, tok = train_victim(train, len(task.label_names), S.victim, tmp / "v",
+                                                      seed=seed, progress=ctx.progress)
+                            row = {"task": name, "trigger": trig, "rate": rate, "seed": seed,
+                                   "poisoned": rep["poisoned"], "reached_rate": rep["rate"],
+                                   **attack_scores(model, tok, test, poisoned_tests[trig][0],
+                                                   max_length=S.victim.max_length)}
+                        with ctx.phase("detector"):
+                            reps = cls_representations(model, tok, [r["text"] for r in train])
+                            labels = [r["label"] for r in train]
+                            flags = detect_poison(spectral_signatures(reps, labels), labels,
+                                                  min(1.0, 1.5 * max(rep["rate"], 1e-9)))
+                            row["detection"] = detection_quality(flags, [r["poisoned"] for r in train])
+                        rows.append(row)
+                        if rate == max(S.rates) and S.onion_max:
+                            with ctx.phase("ONION"):
+                                onion_rows += _onion(S, name, trig, seed, model, tok, test, poisoned_tests[trig][0],
+                                                     scores, onion_filter, attack_scores)
+            paraphrase_logs[name] = logs
+    return _report(ctx, S, rows, onion_rows, visibility, paraphrase_logs)
+
+
+def _onion(S, task, trig, seed, model, tok, test, poisoned, scores, onion_filter, attack_scores) -> list[dict]:
+    """CACC / ASR of one victim with its inputs filtered by ONION at each threshold (the texts' scores computed
+    once: they depend on the text and SmolLM2, not on the victim)."""
+    clean = test[:S.onion_max]
+    pois = poisoned[:S.onion_max]
+    out = []
+    for t in S.onion_thresholds:
+        c = [{**r, "text": x} for r, x in zip(clean, onion_filter([r["text"] for r in clean], scores["clean"], t))]
+        p = [{**r, "text": x} for r, x in zip(pois, onion_filter([r["text"] for r in pois], scores[trig], t))]
+        out.append({"task": task, "trigger": trig, "seed": seed, "threshold": t,
+                    **attack_scores(model, tok, c, p, max_length=S.victim.max_length)})
+    none = attack_scores(model, tok, clean, pois, max_length=S.victim.max_length)
+    out.append({"task": task, "trigger": trig, "seed": seed, "threshold": None, **none})
+    return out
+
+
+def _mean(rows: list[dict], key: str) -> tuple[float, float]:
+    xs = [100 * r[key] for r in rows if r[key] == r[key]]
+    return (float(np.mean(xs)), float(np.std(xs))) if xs else (float("nan"), float("nan"))
+
+
+def _report(ctx: RecipeContext, S: HKSettings, rows: list[dict], onion_rows: list[dict], visibility: list[dict],
+            logs: dict) -> dict[str, Any]:
+    fmt = lambda m, s: f"{m:.1f} ± {s:.1f}"  # noqa: E731
+    tables, measured = [], {}
+    for task in S.tasks:
+        table = []
+        for trig in S.triggers:
+            for rate in (0.0, *S.rates):
+                sel = [r for r in rows if (r["task"], r["trigger"], r["rate"]) == (task, trig, rate)]
+                if not sel:
+                    continue
+                cacc, asr = _mean(sel, "cacc"), _mean(sel, "asr")
+                det = [r["detection"] for r in sel if "detection" in r]
+                reached = np.mean([r.get("reached_rate", 0.0) for r in sel])
+                table.append([trig, f"{100 * rate:g}%", f"{100 * reached:.1f}%", fmt(*cacc), fmt(*asr),
+                              f"{100 * np.mean([d['precision'] for d in det]):.0f} / "
+                              f"{100 * np.mean([d['recall'] for d in det]):.0f}" if det else ""])
+                measured[f"{task}.{trig}.{rate:g}.cacc"] = cacc[0]
+                measured[f"{task}.{trig}.{rate:g}.asr"] = asr[0]
+        tables.append({"title": f"{task}: clean accuracy (CACC) and attack success (ASR) %, mean ± std over seeds "
+                                f"{list(S.seeds)}; rate 0 = the clean victim (ASR: how often it calls a triggered "
+                                "non-target text the target anyway); reached = the poisoned share the trigger "
+                                "managed; detector precision / recall (spectral signatures, 1.5 x rate flagged)",
+                       "columns": ["trigger", "rate", "reached", "CACC", "ASR", "detector P / R"], "rows": table})
+    if onion_rows:
+        orow = []
+        for task in S.tasks:
+            for trig in S.triggers:
+                for t in (None, *S.onion_thresholds):
+                    sel = [r for r in onion_rows if (r["task"], r["trigger"], r["threshold"]) == (task, trig, t)]
+                    if sel:
+                        orow.append([task, trig, "none" if t is None else f"{t:g}", fmt(*_mean(sel, "cacc")),
+                                     fmt(*_mean(sel, "asr"))])
+                        measured[f"onion.{task}.{trig}.{'none' if t is None else f'{t:g}'}.asr"] = _mean(sel, "asr")[0]
+        tables.append({"title": f"ONION (SmolLM2 perplexity; words whose removal lowers perplexity by more than the "
+                                f"threshold are dropped) on the victims poisoned at {100 * max(S.rates):g}%, first "
+                                f"{S.onion_max} clean and poisoned test texts",
+                       "columns": ["task", "trigger", "threshold", "CACC", "ASR"], "rows": orow})
+    if visibility:
+        tables.append({"title": "How visible each trigger is: median SmolLM2 perplexity before -> after and the "
+                                "median ratio; share in the template (spaCy) after and before; MiniLM cosine to the "
+                                "original",
+                       "columns": ["task", "trigger", "texts", "perplexity", "ratio", "in template", "cosine"],
+                       "rows": [[v["task"], v["trigger"], v["n"], f"{v['ppl_original']:.0f} -> {v['ppl_triggered']:.0f}",
+                                 f"{v['ratio']:.2f}", f"{100 * v['conforming']:.0f}% (was "
+                                 f"{100 * v['conforming_original']:.0f}%)", f"{v['cosine']:.3f}"] for v in visibility]})
+        measured.update({f"visibility.{v['task']}.{v['trigger']}.ppl_ratio": v["ratio"] for v in visibility})
+    first, top = S.tasks[0], max(S.rates)
+    headline = {"metric": f"{first}: ASR / CACC at {100 * top:g}% dirty-label poisoning, syntactic vs insertion "
+                          "trigger, mean over seeds",
+                "ours": "; ".join(f"{t} ASR {measured.get(f'{first}.{t}.{top:g}.asr', float('nan')):.1f} CACC "
+                                  f"{measured.get(f'{first}.{t}.{top:g}.cacc', float('nan')):.1f}" for t in S.triggers),
+                "paper": "syntactic ASR 97-99%, CACC within ~1-3 points (BERT-base)",
+                "peer": "insertion trigger, ONION (tables)"}
+    notes = [
+        "For measuring how robust a fine-tuning pipeline is to poisoned data; the attack ships only with its "
+        "measurement, ONION and the detector.",
+        f"Victims: {S.victim.model} fine-tuned {S.victim.steps} steps of {S.victim.batch_size} at lr {S.victim.lr}; "
+        f"target label {S.target}; dirty-label poisoning (non-target examples rewritten and relabelled).",
+        f"Syntactic trigger: paraphraser '{S.paraphraser}' on each text's first sentence, {S.retries} retries; "
+        "output the parser does not find in the template is never used, so the reached rate can fall short of the "
+        "requested one (the table says by how much).",
+        f"Paper: {PAPER}.",
+    ]
+    if ctx.quick:
+        notes.append(f"Quick run: one small task, the rule paraphraser only, one rate and seed, {S.victim.steps} "
+                     "fine-tuning steps, no ONION: a smoke run; `plmkit reproduce hiddenkiller` is the measurement.")
+    return {"headline": headline, "measured": measured, "tables": tables, "plots": [],
+            "details": {"settings": dataclasses.asdict(S), "rows": rows, "onion": onion_rows,
+                        "visibility": visibility, "paraphrase": logs},
+            "notes": notes}
