@@ -240,7 +240,33 @@ def _report(ctx: RecipeContext, S: HKSettings, rows: list[dict], onion_rows: lis
     if ctx.quick:
         notes.append(f"Quick run: one small task, the rule paraphraser only, one rate and seed, {S.victim.steps} "
                      "fine-tuning steps, no ONION: a smoke run; `plmkit reproduce hiddenkiller` is the measurement.")
-    return {"headline": headline, "measured": measured, "tables": tables, "plots": [],
+    return {"headline": headline, "measured": measured, "tables": tables, "plots": _plot(ctx, S, rows),
             "details": {"settings": dataclasses.asdict(S), "rows": rows, "onion": onion_rows,
                         "visibility": visibility, "paraphrase": logs},
             "notes": notes}
+
+
+def _plot(ctx: RecipeContext, S: HKSettings, rows: list[dict]) -> list[str]:
+    """ASR and CACC against the poisoned share the trigger reached, one panel per task, one line per trigger."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(S.tasks), figsize=(5.2 * len(S.tasks), 3.6), squeeze=False)
+    rates = (0.0, *S.rates)
+    for ax, task in zip(axes[0], S.tasks):
+        for trig, colour in zip(S.triggers, ("#c33", "#36c", "#393")):
+            groups = [[r for r in rows if (r["task"], r["trigger"], r["rate"]) == (task, trig, x)] for x in rates]
+            groups = [g for g in groups if g]
+            reached = [100 * float(np.mean([r.get("reached_rate", 0.0) for r in g])) for g in groups]
+            for key, style in (("asr", "-o"), ("cacc", "--s")):
+                stats = [_mean(g, key) for g in groups]
+                ax.errorbar(reached, [m for m, _ in stats], yerr=[sd for _, sd in stats],
+                            fmt=style, color=colour, capsize=2, label=f"{trig} {key.upper()}")
+        ax.set_xlabel("poisoned share of the training set reached (%)")
+        ax.set_ylabel("%")
+        ax.set_ylim(0, 105)
+        ax.set_title(task)
+    axes[0][-1].legend(fontsize=7, loc="lower right")
+    return [ctx.save_figure(fig, "hiddenkiller.png")]
