@@ -103,25 +103,20 @@ def entity_tasks(names: tuple[str, ...], seed: int, typing_max_train: int | None
     budgets=Budgets(quick=QUICK, full=FULL),
 )
 def run(ctx: RecipeContext) -> dict[str, Any]:
-    from ..knowledge.entities import kb_linker
     from ..knowledge.ernie import ERNIE, encode_with_entities, load_ernie, pretrain, save_ernie
-    from ..knowledge.ernie.study import (VARIANTS, heldout_texts, knowledge_table, linking_quality,
-                                         pretraining_texts, run_variant, select_tuning)
+    from ..knowledge.ernie.study import (VARIANTS, knowledge_table, link_study, linking_quality, run_variant,
+                                         select_tuning)
     from ..train.loop import TrainConfig
     from .shared import minilm_mlm
 
     S: ERNIESettings = ctx.settings
     tasks = entity_tasks(S.tasks, ctx.seed, S.typing_max_train)
     with ctx.phase("linkers"):
-        linkers = {"typing": kb_linker("wordnet"), "relation": kb_linker("geonames"), "corpus": kb_linker("both")}
-        texts = pretraining_texts(S.pretrain_texts, seed=ctx.seed, exclude=heldout_texts(ctx.seed))
-        corpus_mentions = linkers["corpus"].link(texts)
-        task_mentions = [m for k, t in tasks.items() for ms in linkers[k].link([r["text"] for r in t.train + t.test])
-                         for m in ms]
+        linked = link_study(tasks, S.pretrain_texts, seed=ctx.seed)
+        linkers, texts, corpus_mentions, task_mentions = (linked.linkers, linked.texts, linked.mentions,
+                                                          linked.task_mentions)
         linking = {k: linking_quality(t.test[:S.max_test], k, linkers[k]) for k, t in tasks.items()}
-    wordnet_ids = {m.entity for ms in corpus_mentions for m in ms} | {m.entity for m in task_mentions}
-    wordnet_ids |= {r["synset"] for t in tasks.values() for r in t.train + t.test if "synset" in r}
-    wordnet_ids = {e for e in wordnet_ids if not e.startswith("geo:")}
+    wordnet_ids = linked.wordnet_ids({r["synset"] for t in tasks.values() for r in t.train + t.test if "synset" in r})
     with ctx.phase("KG embeddings"):
         entities = knowledge_table(S.knowledge, seed=ctx.seed, wordnet_entities=wordnet_ids, progress=ctx.progress)
     with ctx.phase("MiniLM + MLM head"):

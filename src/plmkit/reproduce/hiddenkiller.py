@@ -77,7 +77,7 @@ def _memo(trigger):
 def run(ctx: RecipeContext) -> dict[str, Any]:
     from ..assets import load_model
     from ..data.tasks import classification_task
-    from ..security.cli import syntactic_trigger
+    from ..security.paraphrase import syntactic_trigger
     from ..security.onion import onion_filter, suspicion_scores
     from ..security.poison import PoisonConfig, insert_words, poison_test, poison_train
     from ..security.study import (attack_scores, cls_representations, detect_poison, detection_quality,

@@ -75,8 +75,7 @@ FULL = KPSettings(head=MLMHeadSettings(steps=300), knowledge=KnowledgeSettings()
     budgets=Budgets(quick=QUICK, full=FULL),
 )
 def run(ctx: RecipeContext) -> dict[str, Any]:
-    from ..knowledge.entities import kb_linker
-    from ..knowledge.ernie.study import heldout_texts, knowledge_table, pretraining_texts
+    from ..knowledge.ernie.study import knowledge_table, link_study
     from ..knowledge.plugin.records import plug_table
     from ..knowledge.plugin.study import general_mapper, plug_and_play, plug_task
     from .ernie import entity_tasks
@@ -84,18 +83,13 @@ def run(ctx: RecipeContext) -> dict[str, Any]:
 
     S: KPSettings = ctx.settings
     tasks = entity_tasks(S.tasks, ctx.seed, S.typing_max_train)
-    kbs = {"typing": "wordnet", "relation": "geonames"}
     corpus_kb = "both" if set(S.knowledge.kgs) == {"wordnet", "geonames"} else S.knowledge.kgs[0]
     with ctx.phase("linking"):
-        linkers = {k: kb_linker(kb) for k, kb in {**{t: kbs[t] for t in tasks}, "corpus": corpus_kb}.items()}
-        texts = pretraining_texts(S.corpus_texts, seed=ctx.seed, exclude=heldout_texts(ctx.seed))
-        mentions = linkers["corpus"].link(texts)
-        task_mentions = [m for k, t in tasks.items() for ms in linkers[k].link([r["text"] for r in t.train + t.test])
-                         for m in ms]
-    wordnet_ids = {m.entity for ms in mentions for m in ms} | {m.entity for m in task_mentions}
-    wordnet_ids = {e for e in wordnet_ids if not e.startswith("geo:")}
+        linked = link_study(tasks, S.corpus_texts, seed=ctx.seed, corpus_kb=corpus_kb)
+        linkers, texts, mentions = linked.linkers, linked.texts, linked.mentions
     with ctx.phase("KG embeddings"):
-        entities = knowledge_table(S.knowledge, seed=ctx.seed, wordnet_entities=wordnet_ids, progress=ctx.progress)
+        entities = knowledge_table(S.knowledge, seed=ctx.seed, wordnet_entities=linked.wordnet_ids(),
+                                   progress=ctx.progress)
     table = plug_table(entities.vectors)
     with ctx.phase("MiniLM + MLM head"):
         lm, tok, head_info = minilm_mlm(S.head, progress=ctx.progress)

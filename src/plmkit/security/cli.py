@@ -8,23 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-
-PARAPHRASERS = ("rule", "instruct", "rule+instruct")
-
-
-def syntactic_trigger(paraphraser: str, *, retries: int, seed: int, log: list) -> Any:
-    """The first-sentence syntactic trigger with the named paraphraser(s)."""
-    from .paraphrase import ClauseFronting, InstructParaphraser, first_sentence_trigger
-
-    chain = []
-    if "rule" in paraphraser.split("+"):
-        chain.append(ClauseFronting())
-    if "instruct" in paraphraser.split("+"):
-        from ..assets import load_model
-
-        model, tok = load_model("smollm2")
-        chain.append(InstructParaphraser(model, tok, seed=seed))
-    return first_sentence_trigger(chain, retries=retries, log=log)
+from .paraphrase import PARAPHRASERS, syntactic_trigger
 
 
 def _cmd_poison(args: argparse.Namespace) -> None:

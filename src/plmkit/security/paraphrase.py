@@ -190,3 +190,19 @@ def first_sentence_trigger(paraphrasers: Sequence[Paraphraser], *, retries: int 
         return [None if g is None else (f"{g} {r}" if r else g) for g, r in zip(got, rests)]
 
     return trigger
+
+
+PARAPHRASERS = ("rule", "instruct", "rule+instruct")
+
+
+def syntactic_trigger(paraphraser: str, *, retries: int, seed: int, log: list) -> Any:
+    """The first-sentence syntactic trigger with the named paraphraser(s) (:data:`PARAPHRASERS`)."""
+    chain = []
+    if "rule" in paraphraser.split("+"):
+        chain.append(ClauseFronting())
+    if "instruct" in paraphraser.split("+"):
+        from ..assets import load_model
+
+        model, tok = load_model("smollm2")
+        chain.append(InstructParaphraser(model, tok, seed=seed))
+    return first_sentence_trigger(chain, retries=retries, log=log)

@@ -39,17 +39,15 @@ class VictimSettings:
 def train_victim(rows: Sequence[dict], num_labels: int, settings: VictimSettings, out_dir: str | Path, *,
                  seed: int = 0, progress: bool = False) -> tuple[Any, Any]:
     """A classifier fine-tuned on ``rows`` (``{"text", "label"}``), the head drawn from ``seed``."""
-    from ..assets import load_model
-    from ..assets.models import quiet_load_report
-    from ..device import mixed_precision
-    from ..train.classify import fine_tune_classifier
+    from types import SimpleNamespace
 
-    with quiet_load_report():  # the new head's MISSING keys are expected
-        model, tok = load_model(settings.model, task="sequence-classification", num_labels=num_labels, seed=seed)
-    fine_tune_classifier(model, tok, list(rows), out_dir, steps=settings.steps, batch_size=settings.batch_size,
-                         lr=settings.lr, max_length=settings.max_length, seed=seed,
-                         mixed_precision=mixed_precision(), progress=progress)
-    return model, tok
+    from ..device import mixed_precision
+    from ..train.classify import fine_tuned_head
+
+    return fine_tuned_head(settings.model, SimpleNamespace(train=list(rows), num_labels=num_labels), out_dir,
+                           steps=settings.steps, batch_size=settings.batch_size, lr=settings.lr,
+                           max_length=settings.max_length, seed=seed, mixed_precision=mixed_precision(),
+                           progress=progress)
 
 
 def attack_scores(model: Any, tokenizer: Any, clean: Sequence[dict], poisoned: Sequence[dict], *,

@@ -128,6 +128,37 @@ def pretraining_texts(n: int, *, seed: int = 0, exclude: Collection[str] = (), m
     return pieces[:n]
 
 
+TASK_KB = {"typing": "wordnet", "relation": "geonames"}  # the knowledge base each task's linker reads
+
+
+@dataclass
+class LinkedStudy:
+    """What a study links: a linker per task and for the corpus, the pretraining texts and their mentions, and
+    the mentions in the tasks' train and test texts."""
+
+    linkers: dict[str, Any]
+    texts: list[str]
+    mentions: list[list[Any]]
+    task_mentions: list[Any]
+
+    def wordnet_ids(self, extra: Collection[str] = ()) -> set[str]:
+        """The WordNet synsets linked anywhere (and ``extra``): what the KG embeddings must cover."""
+        linked = {m.entity for ms in self.mentions for m in ms} | {m.entity for m in self.task_mentions}
+        return {e for e in linked | set(extra) if not e.startswith("geo:")}
+
+
+def link_study(tasks: dict[str, Any], n_texts: int, *, seed: int = 0, corpus_kb: str = "both") -> LinkedStudy:
+    """Link :func:`pretraining_texts` (without the tasks' held-out sentences) with a ``corpus_kb`` linker, and the
+    tasks' train and test texts with their own linkers (:data:`TASK_KB`)."""
+    from ..entities import kb_linker
+
+    linkers = {k: kb_linker(kb) for k, kb in {**{t: TASK_KB[t] for t in tasks}, "corpus": corpus_kb}.items()}
+    texts = pretraining_texts(n_texts, seed=seed, exclude=heldout_texts(seed))
+    task_mentions = [m for k, t in tasks.items() for ms in linkers[k].link([r["text"] for r in t.train + t.test])
+                     for m in ms]
+    return LinkedStudy(linkers, texts, linkers["corpus"].link(texts), task_mentions)
+
+
 def task_spans(row: dict, kind: str) -> list[tuple[int, int, str | None]]:
     """The task's mentions of a row with their gold entities: the typed word, or the relation's head and tail."""
     if kind == "typing":

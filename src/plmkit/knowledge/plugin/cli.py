@@ -32,13 +32,10 @@ def _kb(entities: Any) -> str:
 def _masked_or_causal(name: str) -> tuple[Any, Any]:
     """``minilm``: MiniLM with plmkit's fitted MLM head (it ships none); a causal LM as itself; else a masked LM."""
     from ...assets import load_model
+    from ..ernie.cli import _base_model
 
-    if name == "minilm":
-        from ...reproduce.shared import MLMHeadSettings, minilm_mlm
-
-        return minilm_mlm(MLMHeadSettings())[:2]
     try:
-        return load_model(name, task="masked-lm")
+        return _base_model(name)
     except Exception:  # noqa: BLE001  (a decoder-only model has no masked-LM class)
         return load_model(name)
 

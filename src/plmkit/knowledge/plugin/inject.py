@@ -121,11 +121,11 @@ def _pre_hook(model: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]
         kwargs["labels"], labels = labels, None
     if labels is not None and getattr(model.config, "is_encoder_decoder", False):
         raise ConfigError("knowledge plugs go into encoder-only and decoder-only models")
-    left = None if side is None else side == "left"
+    left = _left_padded(mask) if side is None else side == "left"
     inputs, _ = insert_vectors(embeds, mask, positions, vectors, labels=labels,
                                token_type_ids=kwargs.pop("token_type_ids", None), left=left)
     kwargs.pop("position_ids", None)
-    if not (left if left is not None else _left_padded(inputs["attention_mask"])):
+    if not left:
         del inputs["position_ids"]  # the default positions are these; a peft prompt model refuses explicit ones
     return args, {**kwargs, **inputs}
 

@@ -174,9 +174,8 @@ def mention_loss_controls(model: nn.Module, tokenizer: Any, records: Sequence[di
                           table: torch.Tensor, *, mlm: bool, seed: int = 0) -> dict[str, float]:
     """:func:`mention_loss` with no plug, a zero vector, random vectors and the plug: does the mapped vector carry
     the mention?"""
-    dim = model.get_input_embeddings().weight.shape[1]
-    out = {"no plug": mention_loss(model, tokenizer, records, mlm=mlm, entities=False)}
-    for control in ("zero vector", "random vector", "plug"):
-        with plugged(model, *control_setup(control, mapper, table, dim, seed=seed)):
-            out[control] = mention_loss(model, tokenizer, records, mlm=mlm)
-    return out
+    def run(recs: Sequence[dict], entities: bool) -> float:
+        return mention_loss(model, tokenizer, recs, mlm=mlm, entities=entities)
+
+    return under_controls(model, mapper, table, ("no plug", "zero vector", "random vector", "plug"), run, records,
+                          seed=seed)
