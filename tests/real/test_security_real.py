@@ -74,3 +74,18 @@ def test_first_sentence_trigger_rewrites_only_the_first_sentence():
     out = trigger(["We left early because the film was dull. The popcorn was good.", "The film was great. Sure."])
     assert out == ["Because the film was dull, we left early. The popcorn was good.", None]
     assert log[0]["by_paraphraser"] == {"ClauseFronting": 1} and log[0]["failure_rate"] == 0.5
+
+
+def test_clause_backing_undoes_the_trigger_and_the_paraphrase_defense_rewrites_every_sentence():
+    from plmkit.security.paraphrase import ClauseBacking, ClauseFronting, paraphrase_defense
+    from plmkit.security.syntax import conforms
+
+    plain = ["We went home when the movie ended.", "The film drags because the script is thin."]
+    fronted = ClauseFronting().paraphrase(plain)
+    assert all(conforms(fronted))
+    assert ClauseBacking().paraphrase(fronted) == plain
+    texts = [fronted[0] + " It was late. " + fronted[1], "The film was great."]
+    out, rep = paraphrase_defense(ClauseBacking(), texts)
+    assert out == ["We went home when the movie ended. It was late. The film drags because the script is thin.",
+                   "The film was great."]
+    assert rep["sentences"] == 4 and rep["changed"] == 0.5 and not any(conforms(out))

@@ -126,3 +126,54 @@ def test_backdoor_poison_cli_writes_the_sets_and_refuses_bad_input(tmp_path, cap
         cli.main(["backdoor", "poison", "--task", "polarity", "--trigger", "insertion", "--target", "7",
                   "--out", str(tmp_path / "bad")])
     assert "--target 7" in capsys.readouterr().err
+
+
+def test_seq2seq_paraphraser_runs_on_a_tiny_t5_and_defense_refuses_unknown_names():
+    from plmkit.security.paraphrase import Seq2SeqParaphraser, defense_paraphraser
+    from plmkit.security.study import defend
+
+    p = Seq2SeqParaphraser(tiny_model("t5"), tiny_tokenizer(chat=False), max_new_tokens=4, batch_size=2)
+    out = p.paraphrase(["ab cd", "ef", "gh ij kl"])
+    assert len(out) == 3 and all(isinstance(t, str) for t in out)
+    assert out == p.paraphrase(["ab cd", "ef", "gh ij kl"])  # greedy: the same text twice
+    assert defend("none", ["a b"]) == (["a b"], {})
+    with pytest.raises(ConfigError, match="choose from none, onion, paraphrase"):
+        defend("shuffle", ["a b"])
+    with pytest.raises(ConfigError, match="choose from rule, instruct"):
+        defense_paraphraser("t5")
+
+
+def test_backdoor_train_eval_detect_cli(tmp_path, capsys):
+    import json
+
+    from plmkit import cli
+
+    data, victim = tmp_path / "ins", tmp_path / "victim"
+    cli.main(["backdoor", "poison", "--task", "polarity", "--trigger", "insertion", "--rate", "0.2", "--target", "1",
+              "--max-train", "40", "--max-test", "12", "--out", str(data)])
+    cli.main(["backdoor", "train", "--data", str(data), "--steps", "2", "--batch-size", "8", "--no-progress",
+              "--out", str(victim)])
+    assert (victim / "model.safetensors").is_file() and (victim / "plmkit_victim.json").is_file()
+    scores = tmp_path / "eval.json"
+    cli.main(["backdoor", "eval", "--model", str(victim), "--data", str(data), "--defense", "paraphrase",
+              "--out", str(scores)])
+    got = json.loads(scores.read_text())
+    poisoned = [json.loads(line) for line in (data / "test_poisoned.jsonl").read_text().splitlines()]
+    assert got["none"]["clean_n"] == 12 and got["none"]["poisoned_n"] == len(poisoned) > 0
+    assert 0 <= got["paraphrase"]["asr"] <= 1 and got["paraphrase"]["texts"] == 12 + len(poisoned)
+    flagged = tmp_path / "detect.json"
+    cli.main(["backdoor", "detect", "--model", str(victim), "--data", str(data), "--out", str(flagged)])
+    det = json.loads(flagged.read_text())
+    assert det["share"] == pytest.approx(0.3) and det["poisoned"] == 8 and len(det["examples"]) == 40
+    per_class = [sum(e["label"] == y for e in det["examples"]) for y in (0, 1)]
+    assert det["flagged"] == sum(e["flagged"] for e in det["examples"]) == sum(math.ceil(0.3 * n) for n in per_class)
+    scores_sorted = [e["score"] for e in det["examples"]]
+    assert scores_sorted == sorted(scores_sorted, reverse=True)
+    capsys.readouterr()
+    for argv, needle in ((["train", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "v2")],
+                          "plmkit backdoor poison"),
+                         (["eval", "--model", str(data), "--data", str(data)], "plmkit backdoor train"),
+                         (["detect", "--model", str(victim), "--data", str(data), "--share", "2"], "--share 2")):
+        with pytest.raises(SystemExit):
+            cli.main(["backdoor", *argv])
+        assert needle in capsys.readouterr().err

@@ -4,9 +4,10 @@ beside a rare-word insertion trigger, the ONION defense and a poisoned-sample de
 Tasks from the assets (:func:`plmkit.data.tasks.classification_task`). Syntactic trigger: each poisoned text's
 first sentence brought to S(SBAR)(,)(NP)(VP)(.) by the clause-fronting rule and/or SmolLM2-Instruct, checked by
 spaCy's parser (non-conforming output is never used). Insertion trigger: one rare word ("cf", "mn", ...).
-Dirty-label poisoning at each rate, victims fine-tuned from MiniLM, seeds. ONION (SmolLM2 perplexities) at
-several thresholds, each reported (CACC beside ASR: a defender pays in clean accuracy). Detector: spectral
-signatures of the victim's [CLS] states.
+Dirty-label poisoning at each rate, victims fine-tuned from MiniLM, seeds. Defenses on the most poisoned victims:
+ONION (SmolLM2 perplexities) at several thresholds, and the paraphrase defense (every sentence rewritten: an
+opening clause moved behind the main clause, or SmolLM2-Instruct's plain paraphrase), each reported with CACC
+beside ASR (a defender pays in clean accuracy). Detector: spectral signatures of the victim's [CLS] states.
 """
 from __future__ import annotations
 
@@ -39,14 +40,15 @@ class HKSettings:
     max_train: int | None = None
     max_test: int | None = 300
     onion_thresholds: tuple[float, ...] = (0.0, 20.0, 100.0, 500.0)
-    onion_max: int = 100  # test texts (clean and poisoned each) ONION scores
+    defense_paraphrasers: tuple[str, ...] = ("rule", "instruct")  # the paraphrase defense's paraphrasers
+    defense_max: int = 100  # test texts (clean and poisoned each) the defenses rewrite (0: no defenses)
     visibility_max: int = 100
 
 
 QUICK = HKSettings(victim=VictimSettings(steps=20, batch_size=16), tasks=("polarity",), rates=(0.2,),
-                   paraphraser="rule", retries=0, seeds=(0,), max_test=40, onion_thresholds=(0.0, 100.0),
-                   onion_max=0, visibility_max=16)  # ONION (minutes of SmolLM2 here) runs in the full recipe
-                                                    # and in tests/real
+                   paraphraser="rule", retries=0, seeds=(0,), max_test=40, onion_thresholds=(),
+                   defense_paraphrasers=("rule",), defense_max=40, visibility_max=16)
+# quick: ONION and the LM paraphrase (minutes of SmolLM2 here) run in the full recipe and in tests/real
 FULL = HKSettings(victim=VictimSettings(steps=200))
 
 
@@ -78,7 +80,6 @@ def run(ctx: RecipeContext) -> dict[str, Any]:
     from ..assets import load_model
     from ..data.tasks import classification_task
     from ..security.paraphrase import syntactic_trigger
-    from ..security.onion import onion_filter, suspicion_scores
     from ..security.poison import PoisonConfig, insert_words, poison_test, poison_train
     from ..security.study import (attack_scores, cls_representations, detect_poison, detection_quality,
                                   perplexity_increase, semantic_drift, spectral_signatures, train_victim)
@@ -86,7 +87,7 @@ def run(ctx: RecipeContext) -> dict[str, Any]:
 
     S: HKSettings = ctx.settings
     lm, lm_tok = load_model("smollm2")
-    rows, visibility, onion_rows, paraphrase_logs = [], [], [], {}
+    rows, visibility, defense_rows, paraphrase_logs = [], [], [], {}
     with tempfile.TemporaryDirectory() as tmp_:
         tmp = Path(tmp_)
         for name in S.tasks:
@@ -112,13 +113,9 @@ def run(ctx: RecipeContext) -> dict[str, Any]:
                                            "conforming_original": float(np.mean(conforms([a for a, _ in pairs]))),
                                            "cosine": float(np.mean(semantic_drift([a for a, _ in pairs],
                                                                                   [b for _, b in pairs])))})
-            scores = {}
-            if S.onion_max:
-                with ctx.phase("ONION scores"):
-                    scores["clean"] = suspicion_scores(lm, lm_tok, [r["text"] for r in test[:S.onion_max]])
-                    for trig in triggers:
-                        p = poisoned_tests[trig][0][:S.onion_max]
-                        scores[trig] = suspicion_scores(lm, lm_tok, [r["text"] for r in p])
+            with ctx.phase("defenses"):
+                defended = _defended_inputs(S, test, {t: poisoned_tests[t][0] for t in triggers}, (lm, lm_tok),
+                                            ctx.seed)
             for seed in S.seeds:
                 with ctx.phase("victims"):
                     clean_model, tok = train_victim(task.train, len(task.label_names), S.victim, tmp / "clean",
@@ -144,27 +141,40 @@ def run(ctx: RecipeContext) -> dict[str, Any]:
                                                   min(1.0, 1.5 * max(rep["rate"], 1e-9)))
                             row["detection"] = detection_quality(flags, [r["poisoned"] for r in train])
                         rows.append(row)
-                        if rate == max(S.rates) and S.onion_max:
-                            with ctx.phase("ONION"):
-                                onion_rows += _onion(S, name, trig, seed, model, tok, test, poisoned_tests[trig][0],
-                                                     scores, onion_filter, attack_scores)
+                        if rate == max(S.rates):
+                            with ctx.phase("defenses"):
+                                defense_rows += [{"task": name, "trigger": trig, "seed": seed, "defense": label,
+                                                  **attack_scores(model, tok, sets["clean"], sets[trig],
+                                                                  max_length=S.victim.max_length)}
+                                                 for label, sets in defended.items()]
             paraphrase_logs[name] = logs
-    return _report(ctx, S, rows, onion_rows, visibility, paraphrase_logs)
+    return _report(ctx, S, rows, defense_rows, visibility, paraphrase_logs)
 
 
-def _onion(S, task, trig, seed, model, tok, test, poisoned, scores, onion_filter, attack_scores) -> list[dict]:
-    """CACC / ASR of one victim with its inputs filtered by ONION at each threshold (the texts' scores computed
-    once: they depend on the text and SmolLM2, not on the victim)."""
-    clean = test[:S.onion_max]
-    pois = poisoned[:S.onion_max]
-    out = []
-    for t in S.onion_thresholds:
-        c = [{**r, "text": x} for r, x in zip(clean, onion_filter([r["text"] for r in clean], scores["clean"], t))]
-        p = [{**r, "text": x} for r, x in zip(pois, onion_filter([r["text"] for r in pois], scores[trig], t))]
-        out.append({"task": task, "trigger": trig, "seed": seed, "threshold": t,
-                    **attack_scores(model, tok, c, p, max_length=S.victim.max_length)})
-    none = attack_scores(model, tok, clean, pois, max_length=S.victim.max_length)
-    out.append({"task": task, "trigger": trig, "seed": seed, "threshold": None, **none})
+def _defended_inputs(S: HKSettings, test: list[dict], poisoned: dict[str, list[dict]], lm: tuple[Any, Any],
+                     seed: int) -> dict[str, dict[str, list[dict]]]:
+    """The first ``defense_max`` clean and poisoned test rows as the victim reads them behind each defense (label
+    -> {"clean" | trigger -> rows}): computed once per task, since they depend on the text, not on the victim.
+    ONION's word scores are computed once for all thresholds."""
+    from ..security.onion import onion_filter, suspicion_scores
+    from ..security.study import defend
+
+    if not S.defense_max:
+        return {}
+    sets = {"clean": test[:S.defense_max], **{t: rows[:S.defense_max] for t, rows in poisoned.items()}}
+    out = {"none": sets}
+
+    def rewrite(fn) -> dict[str, list[dict]]:
+        return {k: [{**r, "text": t} for r, t in zip(rows, fn(k, [r["text"] for r in rows]))]
+                for k, rows in sets.items()}
+
+    if S.onion_thresholds:
+        scores = {k: suspicion_scores(*lm, [r["text"] for r in rows]) for k, rows in sets.items()}
+        for t in S.onion_thresholds:
+            out[f"ONION {t:g}"] = rewrite(lambda k, texts, t=t: onion_filter(texts, scores[k], t))
+    for name in S.defense_paraphrasers:
+        out[f"paraphrase ({name})"] = rewrite(
+            lambda k, texts, name=name: defend("paraphrase", texts, paraphraser=name, seed=seed, lm=lm)[0])
     return out
 
 
@@ -173,7 +183,7 @@ def _mean(rows: list[dict], key: str) -> tuple[float, float]:
     return (float(np.mean(xs)), float(np.std(xs))) if xs else (float("nan"), float("nan"))
 
 
-def _report(ctx: RecipeContext, S: HKSettings, rows: list[dict], onion_rows: list[dict], visibility: list[dict],
+def _report(ctx: RecipeContext, S: HKSettings, rows: list[dict], defense_rows: list[dict], visibility: list[dict],
             logs: dict) -> dict[str, Any]:
     fmt = lambda m, s: f"{m:.1f} ± {s:.1f}"  # noqa: E731
     tables, measured = [], {}
@@ -197,20 +207,23 @@ def _report(ctx: RecipeContext, S: HKSettings, rows: list[dict], onion_rows: lis
                                 "non-target text the target anyway); reached = the poisoned share the trigger "
                                 "managed; detector precision / recall (spectral signatures, 1.5 x rate flagged)",
                        "columns": ["trigger", "rate", "reached", "CACC", "ASR", "detector P / R"], "rows": table})
-    if onion_rows:
-        orow = []
+    if defense_rows:
+        drow = []
+        labels = list(dict.fromkeys(r["defense"] for r in defense_rows))
         for task in S.tasks:
             for trig in S.triggers:
-                for t in (None, *S.onion_thresholds):
-                    sel = [r for r in onion_rows if (r["task"], r["trigger"], r["threshold"]) == (task, trig, t)]
+                for d in labels:
+                    sel = [r for r in defense_rows if (r["task"], r["trigger"], r["defense"]) == (task, trig, d)]
                     if sel:
-                        orow.append([task, trig, "none" if t is None else f"{t:g}", fmt(*_mean(sel, "cacc")),
-                                     fmt(*_mean(sel, "asr"))])
-                        measured[f"onion.{task}.{trig}.{'none' if t is None else f'{t:g}'}.asr"] = _mean(sel, "asr")[0]
-        tables.append({"title": f"ONION (SmolLM2 perplexity; words whose removal lowers perplexity by more than the "
-                                f"threshold are dropped) on the victims poisoned at {100 * max(S.rates):g}%, first "
-                                f"{S.onion_max} clean and poisoned test texts",
-                       "columns": ["task", "trigger", "threshold", "CACC", "ASR"], "rows": orow})
+                        drow.append([task, trig, d, fmt(*_mean(sel, "cacc")), fmt(*_mean(sel, "asr"))])
+                        measured[f"defense.{task}.{trig}.{d}.cacc"] = _mean(sel, "cacc")[0]
+                        measured[f"defense.{task}.{trig}.{d}.asr"] = _mean(sel, "asr")[0]
+        tables.append({"title": f"Defenses on the victims poisoned at {100 * max(S.rates):g}%, first {S.defense_max} "
+                                "clean and poisoned test texts, mean ± std over seeds. ONION t: words whose removal "
+                                "lowers SmolLM2's perplexity by more than t are dropped; paraphrase: every sentence "
+                                "rewritten (rule: an opening clause moved behind the main clause; instruct: "
+                                "SmolLM2-Instruct's plain paraphrase)",
+                       "columns": ["task", "trigger", "defense", "CACC", "ASR"], "rows": drow})
     if visibility:
         tables.append({"title": "How visible each trigger is: median SmolLM2 perplexity before -> after and the "
                                 "median ratio; share in the template (spaCy) after and before; MiniLM cosine to the "
@@ -226,10 +239,10 @@ def _report(ctx: RecipeContext, S: HKSettings, rows: list[dict], onion_rows: lis
                 "ours": "; ".join(f"{t} ASR {measured.get(f'{first}.{t}.{top:g}.asr', float('nan')):.1f} CACC "
                                   f"{measured.get(f'{first}.{t}.{top:g}.cacc', float('nan')):.1f}" for t in S.triggers),
                 "paper": "syntactic ASR 97-99%, CACC within ~1-3 points (BERT-base)",
-                "peer": "insertion trigger, ONION (tables)"}
+                "peer": "insertion trigger; ONION and paraphrase defenses (tables)"}
     notes = [
         "For measuring how robust a fine-tuning pipeline is to poisoned data; the attack ships only with its "
-        "measurement, ONION and the detector.",
+        "measurement, the defenses (ONION, paraphrase) and the detector.",
         f"Victims: {S.victim.model} fine-tuned {S.victim.steps} steps of {S.victim.batch_size} at lr {S.victim.lr}; "
         f"target label {S.target}; dirty-label poisoning (non-target examples rewritten and relabelled).",
         f"Syntactic trigger: paraphraser '{S.paraphraser}' on each text's first sentence, {S.retries} retries; "
@@ -239,9 +252,10 @@ def _report(ctx: RecipeContext, S: HKSettings, rows: list[dict], onion_rows: lis
     ]
     if ctx.quick:
         notes.append(f"Quick run: one small task, the rule paraphraser only, one rate and seed, {S.victim.steps} "
-                     "fine-tuning steps, no ONION: a smoke run; `plmkit reproduce hiddenkiller` is the measurement.")
+                     "fine-tuning steps, the rule paraphrase defense only (no ONION): a smoke run; `plmkit reproduce "
+                     "hiddenkiller` is the measurement.")
     return {"headline": headline, "measured": measured, "tables": tables, "plots": _plot(ctx, S, rows),
-            "details": {"settings": dataclasses.asdict(S), "rows": rows, "onion": onion_rows,
+            "details": {"settings": dataclasses.asdict(S), "rows": rows, "defenses": defense_rows,
                         "visibility": visibility, "paraphrase": logs},
             "notes": notes}
 

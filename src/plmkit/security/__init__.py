@@ -1,9 +1,8 @@
 """Backdoor robustness of fine-tuning pipelines (HiddenKiller), in progress: poisoned training and test sets with
 insertion or syntactic triggers, a template-conformance check by a dependency parser, paraphrasers to the
-trigger template, the ONION defense, victims scored by clean accuracy and attack success, and a
+trigger template, the ONION and paraphrase defenses, victims scored by clean accuracy and attack success, and a
 spectral-signature detector of poisoned training examples. For measuring how robust a training pipeline is to
-poisoned data: every attack here ships with its measurement and defenses. Not yet: the recipe, the paraphrase
-defense runs and the docs page.
+poisoned data: every attack here ships with its measurement and defenses (docs/hiddenkiller.md).
 """
 from .onion import onion_filter, suspicion_scores
 from .poison import PoisonConfig, insert_words, poison_test, poison_train

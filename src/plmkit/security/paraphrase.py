@@ -1,16 +1,20 @@
 """Paraphrasers to the trigger template, and the check that keeps only what conforms.
 
-A paraphraser is any object with ``paraphrase(texts) -> list[str]``. Two ship here:
+A paraphraser is any object with ``paraphrase(texts) -> list[str]``. These ship here:
 
 - :class:`ClauseFronting`: a parse-based rule. A sentence whose main clause is followed by an adverbial clause
   ("We left when it ended.") is rewritten with that clause in front ("When it ended, we left."). Other sentences
   fail, and the rule never invents words.
-- :class:`InstructParaphraser`: a chat LM (SmolLM2-Instruct by default) prompted with few-shot rewrites into the
-  template.
+- :class:`ClauseBacking`: the same rule the other way (the defender's structure alteration): an opening
+  adverbial clause moves behind the main clause.
+- :class:`InstructParaphraser`: a chat LM (SmolLM2-Instruct by default) prompted with few-shot rewrites, into the
+  template by default, or plainly, subject first (:func:`plain_paraphraser`, the defender's paraphrase).
+- :class:`Seq2SeqParaphraser`: any seq2seq model given (e.g. a T5 paraphrase model), a prefix before the text.
 
 :func:`to_template` runs a paraphraser and checks every output with the parser. It retries up to ``retries``
 times on what did not conform (LM paraphrasers sample after the first try), and gives None for what still does
-not. A non-conforming paraphrase is never silently kept.
+not. A non-conforming paraphrase is never silently kept. :func:`paraphrase_defense` rewrites every sentence of
+a victim's inputs before it reads them, so that a syntactic trigger does not survive.
 """
 from __future__ import annotations
 
@@ -61,6 +65,48 @@ class ClauseFronting:
         return doc.text
 
 
+class ClauseBacking:
+    """Move an opening adverbial clause ("When it ended, we left.") behind the main clause ("We left when it
+    ended."), in each sentence of a text; other sentences come back unchanged."""
+
+    def __init__(self, nlp: Any = None):
+        self.nlp = nlp
+
+    def paraphrase(self, texts: Sequence[str]) -> list[str]:
+        nlp = self.nlp or load_parser()
+        out = []
+        for doc in nlp.pipe(list(texts), batch_size=64):
+            sents = list(doc.sents)
+            out.append(self._back(doc) if len(sents) == 1 else " ".join(self._back(s.as_doc()).strip() for s in sents))
+        return out
+
+    @staticmethod
+    def _back(doc: Any) -> str:
+        tokens = [t for t in doc if not t.is_space]
+        if len(tokens) < 4:
+            return doc.text
+        first = tokens[0]
+        clause = first.head
+        if (first.dep_ not in ("mark", "advmod") or first.tag_ not in ("IN", "WRB") or clause.dep_ != "advcl"
+                or clause.head.dep_ != "ROOT"):
+            return doc.text
+        span = [t.i for t in clause.subtree]
+        after = max(span) + 1
+        if min(span) != first.i or after >= len(doc) or doc[after].text != ",":
+            return doc.text
+        end = len(doc)
+        while end > after + 1 and doc[end - 1].is_punct:
+            end -= 1
+        main = doc[after + 1:end].text.strip()
+        if not main:
+            return doc.text
+        sub = doc[first.i:after].text.strip()
+        if first.pos_ != "PROPN" and first.text != "I":
+            sub = sub[0].lower() + sub[1:]
+        stop = doc[end:].text.strip() or "."
+        return f"{main[0].upper()}{main[1:]} {sub}{stop}"
+
+
 @dataclass
 class InstructParaphraser:
     """A chat LM asked to rewrite each sentence so that it opens with a subordinate clause (few-shot, greedy on the
@@ -73,16 +119,16 @@ class InstructParaphraser:
         ("I loved every minute of this film.", "When the film was playing, I loved every minute of it."),
         ("The plot makes no sense at all.", "Although the plot tries hard, it makes no sense at all."),
     )
+    instruction: str = ("Rewrite the sentence so that it starts with a subordinate clause (when, if, although, "
+                        "because, while, after, as ...) followed by a comma and the main clause. Keep the meaning. "
+                        "Answer with the rewritten sentence only.")
     max_new_tokens: int = 48
     temperature: float = 0.0
     seed: int = 0
     calls: int = field(default=0, init=False)
 
     def _prompt(self, text: str) -> str:
-        messages = [{"role": "system", "content": "Rewrite the sentence so that it starts with a subordinate clause "
-                                                  "(when, if, although, because, while, after, as ...) followed by "
-                                                  "a comma and the main clause. Keep the meaning. Answer with the "
-                                                  "rewritten sentence only."}]
+        messages = [{"role": "system", "content": self.instruction}]
         for src, dst in self.examples:
             messages += [{"role": "user", "content": src}, {"role": "assistant", "content": dst}]
         messages.append({"role": "user", "content": text})
@@ -109,6 +155,36 @@ class InstructParaphraser:
             out += [tok.decode(g[enc["input_ids"].shape[1]:], skip_special_tokens=True).strip().split("\n")[0]
                     for g in gen]
         return out
+
+
+PLAIN_EXAMPLES = (
+    ("Because the service was slow, the food was cold.", "The food was cold because the service was slow."),
+    ("When the film started, I was already bored.", "I was already bored at the start of the film."),
+    ("If you like loud music, this album is for you.", "This album suits people who like loud music."),
+)
+
+
+def plain_paraphraser(model: Any, tokenizer: Any, *, seed: int = 0) -> InstructParaphraser:
+    """The defender's paraphraser: the chat LM asked to say each sentence plainly, opening with its subject."""
+    return InstructParaphraser(model, tokenizer, examples=PLAIN_EXAMPLES, seed=seed,
+                               instruction="Paraphrase the sentence in plain words as one simple sentence that "
+                                           "starts with its subject. Keep the meaning. Answer with the paraphrase "
+                                           "only.")
+
+
+class Seq2SeqParaphraser:
+    """Any seq2seq model as a paraphraser: ``prefix + text`` in, greedy decoding out (through
+    :class:`plmkit.editing.reader.Reader`)."""
+
+    def __init__(self, model: Any, tokenizer: Any, *, prefix: str = "paraphrase: ", max_new_tokens: int = 48,
+                 batch_size: int = 16):
+        from ..editing.reader import Reader
+
+        self.prefix = prefix
+        self.reader = Reader(model, tokenizer, max_new_tokens=max_new_tokens, batch_size=batch_size)
+
+    def paraphrase(self, texts: Sequence[str]) -> list[str]:
+        return self.reader.generate([self.prefix + t for t in texts])
 
 
 def to_template(paraphraser: Paraphraser, texts: Sequence[str], *, retries: int = 0, nlp: Any = None,
@@ -181,8 +257,7 @@ def first_sentence_trigger(paraphrasers: Sequence[Paraphraser], *, retries: int 
         firsts, rests = [], []
         for doc in parser.pipe(list(texts), batch_size=64):
             sent = next(iter(doc.sents), None)
-            first = sent.text.strip() if sent is not None else doc.text.strip()
-            firsts.append(first)
+            firsts.append(sent.text.strip() if sent is not None else doc.text.strip())
             rests.append(doc.text[sent.end_char:].strip() if sent is not None else "")
         got, rep = first_conforming(paraphrasers, firsts, retries=retries, nlp=parser)
         if log is not None:
@@ -192,7 +267,31 @@ def first_sentence_trigger(paraphrasers: Sequence[Paraphraser], *, retries: int 
     return trigger
 
 
+def sentences(texts: Sequence[str], nlp: Any = None) -> list[list[str]]:
+    """Each text's sentences by the parser (stripped, empty ones dropped)."""
+    nlp = nlp or load_parser()
+    return [[s.text.strip() for s in doc.sents if s.text.strip()] for doc in nlp.pipe(list(texts), batch_size=64)]
+
+
+def paraphrase_defense(paraphraser: Paraphraser, texts: Sequence[str], *, nlp: Any = None
+                       ) -> tuple[list[str], dict[str, Any]]:
+    """The paraphrase defense: every sentence of every text rewritten by ``paraphraser`` (one call for all), an
+    empty output keeping its sentence. Returns the texts and a report: sentences, the share of texts changed."""
+    split = sentences(texts, nlp)
+    flat = [s for ss in split for s in ss]
+    got = paraphraser.paraphrase(flat) if flat else []
+    out, at = [], 0
+    for ss, original in zip(split, texts):
+        new = [g.strip() or s for s, g in zip(ss, got[at:at + len(ss)])]
+        at += len(ss)
+        out.append(" ".join(new) if new else original)
+    changed = sum(o != " ".join(ss) for o, ss in zip(out, split))
+    return out, {"texts": len(texts), "sentences": len(flat), "changed": changed / max(len(texts), 1),
+                 "paraphraser": type(paraphraser).__name__}
+
+
 PARAPHRASERS = ("rule", "instruct", "rule+instruct")
+DEFENSE_PARAPHRASERS = ("rule", "instruct")  # clause backing (structure alteration), the LM's plain paraphrase
 
 
 def syntactic_trigger(paraphraser: str, *, retries: int, seed: int, log: list) -> Any:
@@ -206,3 +305,18 @@ def syntactic_trigger(paraphraser: str, *, retries: int, seed: int, log: list) -
         model, tok = load_model("smollm2")
         chain.append(InstructParaphraser(model, tok, seed=seed))
     return first_sentence_trigger(chain, retries=retries, log=log)
+
+
+def defense_paraphraser(name: str, *, seed: int = 0, lm: tuple[Any, Any] | None = None) -> Paraphraser:
+    """The named paraphraser of :data:`DEFENSE_PARAPHRASERS` (``lm``: an already loaded (chat model, tokenizer))."""
+    from ..errors import ConfigError
+
+    if name == "rule":
+        return ClauseBacking()
+    if name == "instruct":
+        if lm is None:
+            from ..assets import load_model
+
+            lm = load_model("smollm2")
+        return plain_paraphraser(*lm, seed=seed)
+    raise ConfigError(f"unknown defense paraphraser '{name}'; choose from {', '.join(DEFENSE_PARAPHRASERS)}")

@@ -64,6 +64,35 @@ def attack_scores(model: Any, tokenizer: Any, clean: Sequence[dict], poisoned: S
     return {"cacc": acc(clean), "asr": acc(poisoned), "clean_n": len(clean), "poisoned_n": len(poisoned)}
 
 
+DEFENSES = ("none", "onion", "paraphrase")
+
+
+def defend(defense: str, texts: Sequence[str], *, threshold: float = 100.0, paraphraser: str = "rule",
+           seed: int = 0, lm: tuple[Any, Any] | None = None) -> tuple[list[str], dict[str, Any]]:
+    """``texts`` as the victim reads them behind ``defense`` (:data:`DEFENSES`): none; ONION at ``threshold``
+    (SmolLM2 perplexities, or ``lm``'s); or every sentence paraphrased by the named defense paraphraser. Returns
+    the texts and a short report (words ONION removed per text; the share of texts the paraphraser changed)."""
+    from ..errors import ConfigError
+
+    if defense not in DEFENSES:
+        raise ConfigError(f"unknown defense '{defense}'; choose from {', '.join(DEFENSES)}")
+    if defense == "none":
+        return list(texts), {}
+    if lm is None and (defense == "onion" or paraphraser == "instruct"):
+        from ..assets import load_model
+
+        lm = load_model("smollm2")
+    if defense == "onion":
+        from .onion import onion_filter, suspicion_scores
+
+        out = onion_filter(texts, suspicion_scores(*lm, texts), threshold)
+        removed = sum(len(a.split()) - len(b.split()) for a, b in zip(texts, out))
+        return out, {"threshold": threshold, "words_removed_per_text": removed / max(len(texts), 1)}
+    from .paraphrase import defense_paraphraser, paraphrase_defense
+
+    return paraphrase_defense(defense_paraphraser(paraphraser, seed=seed, lm=lm), list(texts))
+
+
 def semantic_drift(originals: Sequence[str], changed: Sequence[str], encoder: Any = None) -> list[float]:
     """Cosine similarity of each original and its changed text under MiniLM mean-pooled embeddings."""
     from ..editing.retrieval import SentenceEncoder
