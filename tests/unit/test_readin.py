@@ -313,6 +313,29 @@ def test_speech_noise_uses_homophones_near_homophones_and_tones(reviews, reading
     assert sum(_related(o, n, readings, exact) for o, n in pairs) > len(pairs) / 4  # exact homophones dominate
 
 
+def test_speech_noise_read_by_unihan_hears_alike_by_unihan_readings(reviews):
+    from plmkit.chinese.noise import unihan_readings, unihan_word_pinyin
+
+    table = unihan_readings()
+    gen = NoiseGenerator("speech", rate=0.3, seed=0, lexicon="unihan")
+    noisy = [gen.corrupt(t, 1) for t in reviews]
+    pairs = [p for t, n in zip(reviews, noisy) for p in _replacements(t, n)]
+    assert len(pairs) > 50 and all(o != n for o, n in pairs)
+
+    def heard(o, n):  # the whole word, or one character of it, sounds alike by Unihan's readings
+        a = unihan_word_pinyin(o)
+        if any(sound_similarity(a, b) > 0 for b in ([unihan_word_pinyin(n)] if unihan_word_pinyin(n) else [])):
+            return True
+        diff = [j for j, (x, y) in enumerate(zip(o, n)) if x != y]
+        return len(diff) == 1 and any(sound_similarity(a[diff[0]:diff[0] + 1], (r,)) > 0
+                                      for r in table.get(n[diff[0]], ()))
+
+    assert not [(o, n) for o, n in pairs if not heard(o, n)]
+    assert noisy != [NoiseGenerator("speech", rate=0.3, seed=0).corrupt(t, 1) for t in reviews]  # another lexicon
+    with pytest.raises(ConfigError, match="lexicon must be one of"):
+        NoiseGenerator("speech", lexicon="cedict")
+
+
 def test_non_chinese_characters_are_untouched():
     text = "iPhone 12 Pro 的屏幕很好，价格3999元！OK 😀 我们明天见。"
     for kind in ("keyboard", "speech"):

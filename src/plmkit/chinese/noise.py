@@ -84,6 +84,33 @@ def toneless(toned: Sequence[str]) -> tuple[str, ...]:
     return tuple(s.rstrip("12345") for s in toned)
 
 
+LEXICONS = ("pypinyin", "unihan")  # what "sounds alike" is read from (see NoiseGenerator.lexicon)
+
+
+@lru_cache(maxsize=1)
+def unihan_readings() -> dict[str, tuple[str, ...]]:
+    """Character -> its Unihan ``kMandarin`` readings as toned syllables (main reading first): a pronunciation
+    lexicon independent of pypinyin and of every tokenizer here."""
+    from pypinyin.contrib.tone_convert import to_tone3
+
+    from ..data.chinese import unihan
+
+    return {ch: tuple(to_tone3(r, neutral_tone_with_five=True) for r in v.split())
+            for ch, v in unihan("kMandarin").items() if v.split()}
+
+
+def unihan_word_pinyin(word: str) -> tuple[str, ...] | None:
+    """Each character's main Unihan reading, without context; None if some character has none."""
+    table = unihan_readings()
+    out = tuple(table[ch][0] for ch in word if ch in table)
+    return out if len(out) == len(word) and all(_SYLLABLE.match(t) for t in out) else None
+
+
+def _check_lexicon(lexicon: str) -> None:
+    if lexicon not in LEXICONS:
+        raise ConfigError(f"lexicon must be one of {LEXICONS}, not {lexicon!r}")
+
+
 def word_pinyin(word: str) -> tuple[str, ...] | None:
     """Toned syllables (``zhang3``, neutral tone 5, ü as v) of a Chinese word, read as a phrase so heteronyms
     follow the word (银行 hang2, 行长 zhang3); None if some character has no reading."""
@@ -139,9 +166,12 @@ _MODE_KEYS = {
 }
 
 
-def build_index_entries(words: dict[str, tuple[int, str]], readings: dict[str, list[str]],
-                        min_freq: int = INDEX_MIN_FREQ) -> list[tuple[str, int, tuple[str, ...]]]:
-    """Index entries from ``jieba_dict()``-style ``words`` and ``pinyin_table()``-style character readings."""
+def build_index_entries(words: dict[str, tuple[int, str]], readings: dict[str, Sequence[str]],
+                        min_freq: int = INDEX_MIN_FREQ,
+                        word_reading: Callable[[str], tuple[str, ...] | None] = word_pinyin
+                        ) -> list[tuple[str, int, tuple[str, ...]]]:
+    """Index entries from ``jieba_dict()``-style ``words`` and ``pinyin_table()``-style character readings;
+    ``word_reading`` reads a multi-character word."""
     from pypinyin.contrib.tone_convert import to_tone3
 
     entries = []
@@ -154,40 +184,47 @@ def build_index_entries(words: dict[str, tuple[int, str]], readings: dict[str, l
                 if _SYLLABLE.match(t):
                     share = _READING_SHARE[min(rank, len(_READING_SHARE) - 1)]
                     entries.append((word, max(1, round(freq * share)), (t,)))
-        elif freq >= min_freq and (toned := word_pinyin(word)) is not None:
+        elif freq >= min_freq and (toned := word_reading(word)) is not None:
             entries.append((word, freq, toned))
     entries.sort(key=lambda e: (-e[1], e[0]))
     return entries
 
 
-def _cache_path(min_freq: int) -> Path:
+def _cache_path(min_freq: int, lexicon: str = "pypinyin") -> Path:
     from ..assets import plmkit_home
 
-    return plmkit_home() / "chinese" / f"pinyin_index_v{INDEX_FORMAT}_min{min_freq}.json"
+    tag = "" if lexicon == "pypinyin" else f"_{lexicon}"
+    return plmkit_home() / "chinese" / f"pinyin_index_v{INDEX_FORMAT}_min{min_freq}{tag}.json"
 
 
-def _stamp(min_freq: int) -> dict:
+def _stamp(min_freq: int, lexicon: str = "pypinyin") -> dict:
     import pypinyin
 
     from ..assets import asset_path
 
     st = asset_path("jieba").stat()
-    return {"format": INDEX_FORMAT, "min_freq": min_freq, "pypinyin": pypinyin.__version__,
-            "jieba_dict_bytes": st.st_size}
+    stamp = {"format": INDEX_FORMAT, "min_freq": min_freq, "pypinyin": pypinyin.__version__,
+             "jieba_dict_bytes": st.st_size}
+    return stamp if lexicon == "pypinyin" else {**stamp, "lexicon": lexicon}
 
 
 @lru_cache(maxsize=None)
-def pinyin_index(min_freq: int = INDEX_MIN_FREQ) -> PinyinIndex:
+def pinyin_index(min_freq: int = INDEX_MIN_FREQ, lexicon: str = "pypinyin") -> PinyinIndex:
     """The candidate index, built once (~5-10 s over jieba's dictionary) and cached as JSON under
-    ``$PLMKIT_HOME/chinese``; later processes load it in well under a second."""
-    path, stamp = _cache_path(min_freq), _stamp(min_freq)
+    ``$PLMKIT_HOME/chinese``; later processes load it in well under a second. ``lexicon="unihan"`` reads every
+    word by its characters' Unihan readings instead of pypinyin's."""
+    _check_lexicon(lexicon)
+    path, stamp = _cache_path(min_freq, lexicon), _stamp(min_freq, lexicon)
     cached = _read_cache(path, stamp)
     if cached is not None:
         return PinyinIndex(cached)
     from ..data.chinese import jieba_dict, pinyin_table
 
     t = time.perf_counter()
-    entries = build_index_entries(jieba_dict(), pinyin_table(), min_freq)
+    if lexicon == "unihan":
+        entries = build_index_entries(jieba_dict(), unihan_readings(), min_freq, unihan_word_pinyin)
+    else:
+        entries = build_index_entries(jieba_dict(), pinyin_table(), min_freq)
     log.info("built pinyin index (%d entries) in %.1f s", len(entries), time.perf_counter() - t)
     _write_cache(path, stamp, entries)
     return PinyinIndex(entries)
@@ -246,7 +283,10 @@ class NoiseGenerator:
 
     ``rate``: probability that a word is mistyped/misheard (see ``DEFAULT_RATE``); ``abbreviate`` and ``fuzzy``:
     shares of keyboard slips made while typing abbreviated pinyin (multi-character words) or with fuzzy
-    initials/finals on; ``page``: candidates an IME shows."""
+    initials/finals on; ``page``: candidates an IME shows; ``lexicon``: where pronunciations come from,
+    ``pypinyin`` (words read in context, the table the pinyin tokenizers spell with) or ``unihan`` (each
+    character's main Unihan ``kMandarin`` reading: independent of the tokenizers, so robustness measured on it
+    is not true by construction)."""
 
     kind: str = "keyboard"
     rate: float = DEFAULT_RATE
@@ -255,8 +295,10 @@ class NoiseGenerator:
     fuzzy: float = 0.25
     page: int = PAGE_SIZE
     index: PinyinIndex | None = field(default=None, repr=False)
+    lexicon: str = "pypinyin"
 
     def __post_init__(self) -> None:
+        _check_lexicon(self.lexicon)
         if self.kind == "asr":
             self.kind = "speech"
         if self.kind not in KINDS:
@@ -281,10 +323,10 @@ class NoiseGenerator:
 
     def replace_word(self, word: str, rng: random.Random) -> str:
         """A same-length wrong word for ``word`` (or ``word`` itself when no candidate exists)."""
-        toned = word_pinyin(word)
+        toned = (word_pinyin if self.lexicon == "pypinyin" else unihan_word_pinyin)(word)
         if toned is None:
             return word
-        index = self.index or pinyin_index()
+        index = self.index or pinyin_index(lexicon=self.lexicon)
         choose = self._typist(index, rng) if self.kind == "keyboard" else self._listener(index, rng)
         new = choose(word, toned)
         if new is not None:
@@ -404,8 +446,7 @@ def homophone_typos(texts: Sequence[str], seed: int = 0, top: int = 5,
     so robustness is not true by construction."""
     from .subchar import char_frequencies
 
-    if lexicon not in ("pypinyin", "unihan"):
-        raise ConfigError(f"lexicon must be 'pypinyin' or 'unihan', not {lexicon!r}")
+    _check_lexicon(lexicon)
     freq = char_frequencies()
     readings, groups = _homophone_lexicon(lexicon)
     pairs = []
@@ -432,12 +473,8 @@ def _homophone_lexicon(lexicon: str):
         enc = SubCharEncoder.build("pinyin", index=False)
         groups = {r: [c for c in chars if enc.codes[c][0] == r] for r, chars in enc.groups.items()}
         return enc._readings, groups
-    from pypinyin.contrib.tone_convert import to_tone3
-
-    from ..data.chinese import unihan
-
     freq = char_frequencies()
-    main = {ch: to_tone3(v.split()[0], neutral_tone_with_five=True) for ch, v in unihan("kMandarin").items()}
+    main = {ch: r[0] for ch, r in unihan_readings().items()}
     groups: dict[str, list[str]] = {}
     for ch, r in main.items():
         groups.setdefault(r, []).append(ch)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..chinese import codes
-from ..chinese.noise import homophone_typos
+from ..chinese.noise import NoiseGenerator, homophone_typos
 from ..chinese.subchar import train_tokenizer
 from ..data.chinese import tokenizer_corpus
 from ..eval.tokenization import perturbation_effect, throughput, tokens_per_char
@@ -43,6 +43,12 @@ FULL = SubCharSettings(
     + tuple((e, False, "unigram", v) for v in (8000, 22000) for e in ("pinyin", "pinyin-notone"))
     + tuple((e, True, "bpe", 8000) for e in ("char", "pinyin")),
     train_sentences=None, test_sentences=2000, typo_pairs=1000)
+
+
+def _speech_pairs(texts: list[str], lexicon: str, seed: int) -> list[tuple[str, str]]:
+    """(clean, speech-noised) pairs of the texts the generator changed, homophones read from ``lexicon``."""
+    gen = NoiseGenerator(kind="speech", seed=seed, lexicon=lexicon)
+    return [(t, n) for t in texts if (n := gen.corrupt(t)) != t]
 
 
 def name_of(encoding: str, index: bool, model_type: str) -> str:
@@ -94,6 +100,8 @@ def run(ctx: RecipeContext) -> dict[str, Any]:
         pairs = homophone_typos(typo_texts, seed=ctx.seed)
         # the same texts, homophones by a lexicon no tokenizer spells with (Unihan's kMandarin, no context)
         unihan_pairs = homophone_typos(typo_texts, seed=ctx.seed, lexicon="unihan")
+        # speech noise (homophones, near-homophones, tone slips over whole words) read by each lexicon
+        speech = {lex: _speech_pairs(typo_texts, lex, ctx.seed) for lex in ("pypinyin", "unihan")}
     for encoding, index, model_type, vocab in S.runs:
         name = name_of(encoding, index, model_type)
         t = time.perf_counter()
@@ -105,12 +113,14 @@ def run(ctx: RecipeContext) -> dict[str, Any]:
         with ctx.phase("measure"):
             typo = perturbation_effect(tok, pairs)
             typo_u = perturbation_effect(tok, unihan_pairs)
+            heard = {lex: perturbation_effect(tok, got)["identical"] for lex, got in speech.items()}
             rows.append({"tokenizer": name, "vocab": vocab, "train_seconds": round(seconds, 1),
                          "news_tpc": tokens_per_char(tok, data["news"]),
                          "reviews_tpc": tokens_per_char(tok, data["reviews"]),
                          "typo_identical": typo["identical"], "typo_tokens_changed": typo["tokens_changed"],
                          "unihan_typo_identical": typo_u["identical"],
                          "unihan_typo_tokens_changed": typo_u["tokens_changed"],
+                         "speech_identical": heard["pypinyin"], "unihan_speech_identical": heard["unihan"],
                          "chars_per_s": throughput(tok, data["news"][:S.throughput_sentences], repeats=2)})
     base = {(r["vocab"], r["tokenizer"]): r for r in rows}
     for r in rows:
@@ -128,15 +138,19 @@ def run(ctx: RecipeContext) -> dict[str, Any]:
         "title": f"Tokens per character on held-out text ({len(data['news'])} news sentences, "
                  f"{len(data['reviews'])} reviews; a character tokenizer = 1.000), homophone-typo robustness "
                  f"({len(pairs)} pairs, one character swapped for a same-pinyin one by pypinyin in context; "
-                 f"{len(unihan_pairs)} pairs by Unihan kMandarin, a lexicon no tokenizer spells with) and speed; "
+                 f"{len(unihan_pairs)} pairs by Unihan kMandarin, a lexicon no tokenizer spells with; speech noise "
+                 f"on the same texts, {len(speech['pypinyin'])} / {len(speech['unihan'])} changed texts with words "
+                 "misheard by pypinyin's / Unihan's readings) and speed; "
                  f"trained on {len(data['train'])} sentences",
         "columns": ["tokenizer", "vocab", "news tok/char", "reviews tok/char", "news vs char subword",
                     "reviews vs char subword", "typo: identical", "typo: tokens changed",
-                    "Unihan typo: identical", "Unihan typo: tokens changed", "chars/s",
+                    "Unihan typo: identical", "Unihan typo: tokens changed", "speech: identical",
+                    "Unihan speech: identical", "chars/s",
                     "speed vs char subword", "paper (vs char-level)"],
         "rows": [[r["tokenizer"], r["vocab"], f3(r["news_tpc"]), f3(r["reviews_tpc"]), f3(r["news_vs_char_subword"]),
                   f3(r["reviews_vs_char_subword"]), f3(r["typo_identical"]), f"{r['typo_tokens_changed']:.2f}",
                   f3(r["unihan_typo_identical"]), f"{r['unihan_typo_tokens_changed']:.2f}",
+                  f3(r["speech_identical"]), f3(r["unihan_speech_identical"]),
                   f"{r['chars_per_s']:.0f}", f"{r['speed_vs_char_subword']:.2f}",
                   PAPER_RATIO.get(r["tokenizer"], "")] for r in rows]}, {
         "title": "Code-table coverage: Chinese characters of the training text (distinct, and by occurrence) and "
@@ -151,7 +165,8 @@ def run(ctx: RecipeContext) -> dict[str, Any]:
                   c["most_frequent_missing"]] for c in cov]}]
     measured = {f"{r['tokenizer']}@{r['vocab']}.{k}": r[k] for r in rows
                 for k in ("news_tpc", "reviews_tpc", "news_vs_char_subword", "typo_identical",
-                          "unihan_typo_identical", "speed_vs_char_subword")}
+                          "unihan_typo_identical", "speech_identical", "unihan_speech_identical",
+                          "speed_vs_char_subword")}
     v0 = S.runs[0][3]
     by = {r["tokenizer"]: r for r in rows if r["vocab"] == v0}
     robust = next((r for r in rows if "no index" in r["tokenizer"]), None)
@@ -179,6 +194,10 @@ def run(ctx: RecipeContext) -> dict[str, Any]:
             "intended character. Typo pairs swap one character for a character whose main reading is the first "
             "one's toned pinyin in context (one of the 5 commonest in use), so toned no-index pinyin spells both "
             "alike unless context reads the swapped-in character, or a neighbour, differently.",
+            "Speech noise: plmkit's READIN-style generator at its default rate (each jieba word misheard with "
+            "probability 0.2 as a homophone, near-homophone or other tone, weighted by frequency); only texts it "
+            "changed are scored. 'pypinyin' reads words in context, the table the pinyin tokenizers spell with; "
+            "'Unihan' reads each character by its main kMandarin reading, a lexicon independent of the tokenizers.",
             f"Stroke sequences: the ibus Stroke-5 table where it is complete, else cjk-decomp expanded to strokes; "
             f"{strokes['agreement']:.1%} of the training text's characters get Unihan's stroke count, the rest are "
             "approximate (decomposition merges or repeats strokes).",
