@@ -204,6 +204,18 @@ def _cmd_moefy(args: argparse.Namespace) -> None:
     texts = text.english_corpus(max_chars=args.calibration_chars, seed=args.seed)
     report = moefy(model, cfg, calibration=token_batches(tok, texts, 8, 128), seed=args.seed,
                    progress=not args.no_progress, override=override)
+    trained = None
+    if args.train_steps:
+        import tempfile
+
+        from .compress.moefication import train_moe
+        from .train import TrainConfig
+
+        with tempfile.TemporaryDirectory() as run:
+            trained = train_moe(model, tok, texts, TrainConfig(
+                out_dir=run, max_steps=args.train_steps, batch_size=args.train_batch_size, lr=args.train_lr,
+                warmup_steps=max(1, args.train_steps // 10), resume=False, seed=args.seed, mixed_precision="no",
+                progress=not args.no_progress))
     out = save_moefication(model, args.out)
     write_json(out / "report.json", report.to_dict())
     print(f"{'layer':<20} {'experts':>8} {'recall':>7} {'random':>7} {'oracle':>7}")
@@ -212,6 +224,10 @@ def _cmd_moefy(args: argparse.Namespace) -> None:
               f"{l.oracle_recall:7.3f}")
     print(f"mean router recall {report.mean('router_recall'):.3f} (random {report.mean('random_recall'):.3f}, "
           f"oracle {report.mean('oracle_recall'):.3f}) on {report.calibration_tokens} calibration tokens")
+    if trained is not None:
+        print(f"trained experts and routers {trained.step} steps on {int(trained.totals.get('tokens', 0)):,} tokens "
+              f"in {trained.totals.get('seconds', 0):.0f} s: LM loss {trained.losses[0]:.3f} -> "
+              f"{trained.losses[-1]:.3f}")
     print(f"saved to {out} (load with plmkit.compress.moefication.load_moefication(model, '{out}'))")
 
 
@@ -590,6 +606,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tokens whose FFN activations drive the split and routers (default 4096)")
     m.add_argument("--calibration-chars", type=int, default=200_000,
                    help="characters of real English text to draw them from (default 200000)")
+    m.add_argument("--train-steps", type=int, default=0,
+                   help="then train the experts and routers end to end on the LM objective over the same English "
+                        "text for this many steps (default 0: no training; a causal or masked LM is needed)")
+    m.add_argument("--train-batch-size", type=int, default=8, help="texts per training step (default 8)")
+    m.add_argument("--train-lr", type=float, default=1e-4, help="learning rate of that training (default 1e-4)")
     m.add_argument("--task", default="auto", choices=TASKS, help=task_help)
     m.add_argument("--arch-override", metavar="FILE.json", help=override_help)
     m.add_argument("--trust-remote-code", action="store_true", help=remote_help)

@@ -63,7 +63,8 @@ _ROWS = [
      "models, distillation, MoEfication as a stage, stages composed by one config; plmkit cook; recipe 'bmcook'; "
      "benchmarks/cook_speed.py", "plmkit.compress.cook.cook"),
     ("moefication", "MoEfication: FFNs into mixtures of experts", "compress",
-     "implemented: moefy, sparse expert path, routers, ReLU-fication; recipes 'moefication', 'sparsity'",
+     "implemented: moefy, sparse expert path, routers, ReLU-fication, end-to-end expert training; recipes "
+     "'moefication', 'sparsity'",
      "plmkit.compress.moefication.moefy"),
     ("dpt", "DPT: prompt tuning for discriminative PLMs", "prompting",
      "implemented: DPT classification (class bias inside the sigmoid) and span-tagging QA on any ELECTRA "

@@ -38,3 +38,20 @@ def test_cli_moefy_smollm2_saves_a_layout_whose_routers_beat_random(tmp_path, ca
     torch.testing.assert_close(sparse, masked, rtol=1e-3, atol=1e-2)
     torch.testing.assert_close(full, reference, rtol=1e-3, atol=1e-2)
     assert len(list(moe_layers(model))) == 30
+
+    # trained end to end (two short steps), saved with its experts, loaded onto a fresh SmolLM2
+    from plmkit.compress.moefication import save_moefication, train_moe
+    from plmkit.train import TrainConfig
+
+    set_selection(model, active=0.5)
+    result = train_moe(model, tok, text.english_corpus(max_chars=4000, seed=5)[:8],
+                       TrainConfig(out_dir=str(tmp_path / "run"), max_steps=2, batch_size=2, lr=1e-4, resume=False,
+                                   progress=False), max_length=32)
+    assert result.step == 2 and result.totals["tokens"] > 0
+    save_moefication(model, tmp_path / "trained")
+    fresh = load_model("smollm2")[0]
+    load_moefication(fresh, tmp_path / "trained")
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(**batch).logits, model(**batch).logits)
+        assert not torch.allclose(fresh(**batch).logits, sparse, atol=1e-3)  # the training moved the outputs
+

@@ -234,3 +234,106 @@ def test_reordering_experts_keeps_the_model_exact():
     set_selection(ordered, top_k=E)
     torch.testing.assert_close(_out(ordered, inputs), _out(ref, inputs), rtol=1e-4, atol=1e-5)
     assert not torch.equal(next(moe_layers(ordered)).perm, next(moe_layers(plain)).perm)
+
+
+@pytest.mark.parametrize("name", ["llama", "gpt2", "bert"])
+def test_write_back_puts_changed_experts_into_the_original_ffn(name):
+    from plmkit.compress.moefication import unmoefy
+
+    model, _, _ = _moefied(name, active=0.5)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for m in moe_layers(model):  # experts change as training would change them
+            for p in (m.w_in, m.b_in, m.w_out, m.b_out):
+                if p is not None:
+                    p.add_(0.05 * torch.randn(p.shape, generator=g))
+            m.write_back()
+    inputs = tiny_inputs(model)
+    set_mode(model, "dense")
+    expected = _out(model, inputs)
+    unmoefy(model)
+    torch.testing.assert_close(_out(model, inputs), expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["llama", "gpt2"])
+def test_train_moe_trains_only_experts_and_routers_through_the_sparse_path(name, tmp_path):
+    from plmkit.compress.moefication import train_moe
+    from plmkit.testing import tiny_tokenizer
+    from plmkit.train import TrainConfig
+
+    model, ref, _ = _moefied(name, active=0.5)
+    tok = tiny_tokenizer(chat=False)
+    inputs = tiny_inputs(model)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    grads = {n: p.requires_grad for n, p in model.named_parameters()}
+    moe_keys = {k for k in before if any(s in k for s in (".w_in", ".w_out", ".b_in", ".b_out", ".router."))}
+    texts = ["abcabcabc abcabc", "the cat sat", "abc cat abc sat"] * 8
+    result = train_moe(model, tok, texts, TrainConfig(out_dir=str(tmp_path / "run"), max_steps=12, batch_size=4,
+                                                      lr=3e-3, resume=False, progress=False, log_every=4))
+    after = model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert any(".router." in k for k in changed) and any(".w_in" in k for k in changed)
+    base_changed = changed - moe_keys  # the original FFN got the trained experts written back, nothing else
+    assert base_changed and all(".mlp." in k for k in base_changed)
+    assert not any("attn" in k or "attention" in k or "embed" in k or "wte" in k for k in changed)
+    assert result.losses[-1] < result.losses[0]
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == grads  # restored
+    out = _out(model, inputs)
+    set_mode(model, "masked")  # the trained sparse path still equals its oracle
+    torch.testing.assert_close(_out(model, inputs), out, rtol=1e-4, atol=1e-5)
+    set_mode(model, "sparse")
+    save_moefication(model, tmp_path / "moe")
+    load_moefication(ref, tmp_path / "moe")
+    torch.testing.assert_close(_out(ref, inputs), out, rtol=1e-5, atol=1e-6)
+
+
+def test_straight_through_router_weight_keeps_outputs_and_carries_gradient():
+    model, _, _ = _moefied("llama", active=0.5)
+    layer = next(moe_layers(model))
+    x = torch.randn(10, layer.w_in.shape[1], generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        plain = layer(x)
+    for p in layer.router.parameters():
+        p.requires_grad = True
+    out = layer(x)
+    torch.testing.assert_close(out, plain)
+    out.pow(2).sum().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in layer.router.parameters())
+
+
+def test_recipe_trains_a_saved_moefication_and_scores_it_before_and_after(tmp_path):
+    from plmkit.data import token_batches
+    from plmkit.eval import perplexity
+    from plmkit.reproduce.moefication import MoETrainSettings, train_selected
+    from plmkit.testing import tiny_tokenizer
+
+    model, ref, _ = _moefied("llama", active=0.5)
+    save_moefication(model, tmp_path / "moe")
+    tok = tiny_tokenizer(chat=False)
+    texts = ["abcabc abc", "the cat sat on the mat", "abc the cat"] * 6
+    evaluate = {k: (lambda m: {"ppl": perplexity(m, token_batches(tok, texts[:3], 3, 16)), "capital_acc": 0.0})
+                for k in ("validation", "test")}
+    got = train_selected(ref, tok, tmp_path / "moe", 0.5, texts, MoETrainSettings(steps=6, batch_size=4, lr=3e-3),
+                         evaluate, tmp_path / "run")
+    assert got["steps"] == 6 and got["tokens"] > 0 and got["seconds"] > 0
+    assert got["after"]["test"]["ppl"] < got["before"]["test"]["ppl"]  # trained on the texts it is scored on
+    assert not list(moe_layers(ref))  # the base model is left alone
+
+
+def test_cli_moefy_trains_the_experts_when_asked(tmp_path, capsys):
+    import json
+
+    from plmkit.cli import main
+    from plmkit.testing import tiny_tokenizer
+
+    folder = tmp_path / "tiny"
+    tiny_model("llama", seed=1).save_pretrained(folder)
+    tiny_tokenizer(chat=False).save_pretrained(folder)
+    main(["moefy", "--model", str(folder), "--experts", str(E), "--active", "0.5", "--router-steps", "5",
+          "--calibration-tokens", "64", "--calibration-chars", "3000", "--train-steps", "2",
+          "--train-batch-size", "2", "--no-progress", "--out", str(tmp_path / "moe")])
+    assert "trained experts and routers 2 steps" in capsys.readouterr().out
+    meta = json.loads((tmp_path / "moe" / "moefication.json").read_text())
+    assert meta["trained_experts"] is True
+    with pytest.raises(ConfigError, match="the base model it was made from"):  # another size is refused
+        load_moefication(tiny_model("llama", seed=1, intermediate_size=96), tmp_path / "moe")

@@ -1,7 +1,9 @@
 """Recipe ``moefication``: how much quality MoEfied FFNs keep, on real models and real data.
 
 - MiniLM fine-tuned on fortune topics (real English text, 4 classes): accuracy retained.
-- Full run only: SmolLM2-135M, perplexity on held-out real text and zero-shot capital-city cloze accuracy.
+- Full run only: SmolLM2-135M, perplexity on held-out real text and zero-shot capital-city cloze accuracy;
+  then the selected MoEfication trained end to end (experts and routers, :func:`train_moe`) at 50% and 25%
+  active, with the training cost.
 For each split (balanced k-means, co-activation) x router (MLP, similarity) x activation treatment
 (original GELU/SiLU, ReLU-fied + short fine-tuning), at several active fractions of experts; and
 CATS-style neuron magnitude masks at the same fractions (quality only, no speed path).
@@ -31,6 +33,17 @@ from .shared import (TOPICS, ClassifierSettings, ReluLMSettings, TopicSplit, for
                      topic_classifier)
 
 EXPERTS = 16
+
+
+@dataclass(frozen=True)
+class MoETrainSettings:
+    """End-to-end training of the selected SmolLM2 MoEfication (experts and routers, the rest frozen)."""
+
+    fractions: tuple[float, ...] = (0.5, 0.25)
+    steps: int = 500
+    batch_size: int = 8
+    lr: float = 1e-4
+    max_length: int = 128
 GRID = (("kmeans", "mlp"), ("kmeans", "similarity"), ("coactivation", "mlp"), ("coactivation", "similarity"))
 CATS = "magnitude (CATS)"
 
@@ -55,6 +68,7 @@ class MoEficationSettings:
     relu_lm: ReluLMSettings = field(default_factory=lambda: ReluLMSettings(steps=400, batch_size=8,
                                                                           corpus_chars=1_000_000))
     lm_grid: tuple[tuple[str, str], ...] = GRID
+    moe_train: MoETrainSettings | None = None  # SmolLM2 part: train the selected MoEfication (None: skipped)
 
 
 QUICK = MoEficationSettings(seeds=(0,), fractions=(0.125, 0.25), treatments=("relu",), classifier_steps=60,
@@ -64,7 +78,7 @@ QUICK = MoEficationSettings(seeds=(0,), fractions=(0.125, 0.25), treatments=("re
 FULL = MoEficationSettings(seeds=(0, 1, 2), fractions=(0.125, 0.25, 0.5), treatments=("gelu", "relu"),
                            classifier_steps=400, classifier_lr=1e-4, max_length=128, n_validation=None, n_test=None,
                            router_steps=400,
-                           calib_tokens=8192, smollm2=True)
+                           calib_tokens=8192, smollm2=True, moe_train=MoETrainSettings())
 
 
 def _mean(xs: list[float]) -> float:
@@ -133,6 +147,28 @@ def _magnitude_rows(model, tok, calib_texts, S: MoEficationSettings, evaluate, t
     return rows
 
 
+def train_selected(base, tok, moefication_dir, active: float, texts: list[str], settings: MoETrainSettings,
+                   evaluate: dict[str, Callable], out_dir, *, seed: int = 0, progress: bool = False) -> dict[str, Any]:
+    """A saved MoEfication loaded on a copy of ``base`` at ``active``, scored, trained end to end on ``texts``
+    (experts and routers) and scored again; with the training cost (seconds, real tokens)."""
+    from ..compress.moefication import train_moe
+    from ..train import TrainConfig
+
+    m = load_moefication(copy.deepcopy(base), moefication_dir)
+    set_selection(m, active=active)
+    before = {k: f(m) for k, f in evaluate.items()}
+    result = train_moe(m, tok, texts, TrainConfig(out_dir=str(out_dir), max_steps=settings.steps,
+                                                  batch_size=settings.batch_size, lr=settings.lr,
+                                                  warmup_steps=max(1, settings.steps // 10), resume=False,
+                                                  seed=seed, mixed_precision="no", progress=progress),
+                       max_length=settings.max_length)
+    after = {k: f(m) for k, f in evaluate.items()}
+    del m
+    return {"active": active, "steps": result.step, "seconds": result.totals.get("seconds"),
+            "tokens": int(result.totals.get("tokens", 0)), "precision": result.mixed_precision,
+            "loss_first": result.losses[0], "loss_last": result.losses[-1], "before": before, "after": after}
+
+
 def _cls_accuracy(model, tok, rows: list[dict], max_length: int) -> dict[str, float]:
     """Accuracy, and the share of the most predicted class (near 1 = the model collapsed to one class)."""
     preds = predict_labels(model, tok, [r["text"] for r in rows], max_length=max_length)
@@ -185,6 +221,16 @@ def _smollm2(ctx: RecipeContext, S: MoEficationSettings) -> dict[str, Any]:
     rows, recalls = _grid(model, tok, calib, S, S.lm_grid, evaluate, "silu", pick, ctx, "moefications-lm")
     out["rows"] += rows + _magnitude_rows(model, tok, calib, S, evaluate, "silu", ctx)
     out["recalls"] += recalls
+    if S.moe_train is not None:
+        out["trained"] = []
+        for f in S.moe_train.fractions:
+            best = _best_test(out, "silu", f)
+            with ctx.phase("MoE training (experts and routers)"):
+                out["trained"].append(train_selected(
+                    model, tok, ctx.out_dir / "moefications-lm" / f"silu-{best['split']}-{best['router']}-seed0", f,
+                    calib, S.moe_train, evaluate, ctx.out_dir / f"moe-train-{f:g}", seed=ctx.seed,
+                    progress=ctx.progress))
+            out["trained"][-1].update(split=best["split"], router=best["router"])
     swapped = relufy(copy.deepcopy(model))
     out["dense"]["relu (no fine-tuning)"] = {k: f(swapped) for k, f in evaluate.items()}
     del swapped
@@ -304,6 +350,19 @@ def run(ctx: RecipeContext) -> dict[str, Any]:
             "columns": ["activation", "split", "router", "active", "selected on validation", "validation ppl",
                         "test ppl", "test capital acc", "seeds"],
             "rows": table_rows(lm, lm_cells)})
+    if lm and lm.get("trained"):
+        d = lm["dense"]["silu"]["test"]
+        tables.append({
+            "title": f"SmolLM2 MoEfication (the split x router selected on validation, seed 0) trained end to end: "
+                     f"experts and routers, {S.moe_train.steps} steps of {S.moe_train.batch_size} x "
+                     f"{S.moe_train.max_length} tokens at lr {S.moe_train.lr:g} on the calibration half of the corpus, "
+                     f"the rest frozen; dense SiLU test ppl {d['ppl']:.1f}, capital acc {d['capital_acc']:.3f}",
+            "columns": ["active", "split", "router", "test ppl before", "test ppl after", "after / dense",
+                        "capital acc before", "capital acc after", "tokens", "seconds", "precision"],
+            "rows": [[f"{t['active']:.0%}", t["split"], t["router"], f"{t['before']['test']['ppl']:.1f}",
+                      f"{t['after']['test']['ppl']:.1f}", f"{t['after']['test']['ppl'] / d['ppl']:.3f}",
+                      f"{t['before']['test']['capital_acc']:.3f}", f"{t['after']['test']['capital_acc']:.3f}",
+                      f"{t['tokens']:,}", f"{t['seconds']:.0f}", t["precision"]] for t in lm["trained"]]})
     tables.append({
         "title": "Router recall (mean over layers, held-out calibration tokens, 25% of experts)",
         "columns": ["model", "activation", "split", "router", "seed", "router", "random", "oracle"],
@@ -327,6 +386,11 @@ def run(ctx: RecipeContext) -> dict[str, Any]:
             for f in S.fractions:
                 best = _best_test(lm, t, f)
                 measured[f"smollm2.{t}.selected_test_ppl@{f:g}"] = _mean([s["ppl"] for s in best["test"]])
+        for t in lm.get("trained", []):
+            measured[f"smollm2.trained.test_ppl@{t['active']:g}"] = t["after"]["test"]["ppl"]
+            measured[f"smollm2.trained.ppl_vs_dense@{t['active']:g}"] = (t["after"]["test"]["ppl"]
+                                                                         / lm["dense"]["silu"]["test"]["ppl"])
+            measured[f"smollm2.trained.capital_acc@{t['active']:g}"] = t["after"]["test"]["capital_acc"]
     head_t = "relu" if "relu" in S.treatments else S.treatments[0]
     f_head = 0.25 if 0.25 in S.fractions else S.fractions[0]
     best = _best_test(cls, head_t, f_head)

@@ -22,16 +22,24 @@ def lm_collate(tokenizer, causal: bool, mlm_probability: float = 0.15):
     return DataCollatorForLanguageModeling(tokenizer, mlm_probability=mlm_probability)
 
 
+def real_tokens(batch: dict, step: int) -> dict[str, float]:
+    """A ``counters`` function for :func:`plmkit.train.train`: the real (unpadded) tokens of a batch."""
+    mask = batch.get("attention_mask")
+    return {"tokens": float(mask.sum() if mask is not None else batch["input_ids"].numel())}
+
+
 def train_lm(model: torch.nn.Module, tokenizer, texts: Sequence[str], config: TrainConfig, *,
              mlm_probability: float = 0.15, max_length: int = 128, min_tokens: int = 1) -> TrainResult:
     """Train ``model`` (its parameters with ``requires_grad``) on the LM objective over ``texts``:
-    masked-token prediction for masked LMs, next-token prediction for causal LMs.
+    masked-token prediction for masked LMs, next-token prediction for causal LMs. ``result.totals["tokens"]``
+    counts the real tokens trained on.
 
     Texts with fewer than ``min_tokens`` tokens besides special tokens are skipped."""
     ids = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
     specials = tokenizer.num_special_tokens_to_add()
     data = [{"input_ids": i} for i in ids if len(i) - specials >= min_tokens]
-    return train(model, data, config, lm_loss, collate_fn=lm_collate(tokenizer, is_causal_lm(model), mlm_probability))
+    return train(model, data, config, lm_loss, collate_fn=lm_collate(tokenizer, is_causal_lm(model), mlm_probability),
+                 counters=real_tokens)
 
 
 def fit_lm_head(model: torch.nn.Module, tokenizer, texts: Sequence[str], out_dir: str | Path, *, steps: int = 300,

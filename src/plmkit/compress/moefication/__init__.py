@@ -25,10 +25,11 @@ from .model import (
 from .relu import relufy, unrelufy
 from .router import MLPRouter, SimilarityRouter, recall, train_router
 from .split import balanced_kmeans, coactivation_split, kmeans_split
+from .train import train_moe
 
 __all__ = [
     "LayerReport", "MLPRouter", "MoEFFN", "MoEficationConfig", "MoEficationReport", "SimilarityRouter",
     "balanced_kmeans", "coactivation_split", "collect_ffn_inputs", "kmeans_split",
     "load_moefication", "moe_layers", "moefy", "recall", "relufy", "save_moefication", "set_mode",
-    "set_selection", "train_router", "unmoefy", "unrelufy",
+    "set_selection", "train_moe", "train_router", "unmoefy", "unrelufy",
 ]

@@ -13,6 +13,13 @@ Modes:
   a speed path.
 - ``dense``: all experts, no router: equals the original FFN up to float rounding.
 
+Training (:func:`plmkit.compress.moefication.train_moe`): the expert weights and the router can be made
+trainable. Gradients reach the experts through the sparse path itself. The router's discrete choice gets a
+straight-through weight: each selected expert's output is multiplied by ``p / p.detach()`` (p the router's
+softmax probability), which is exactly 1 in value, so outputs do not change, while the gradient pushes the
+router towards the experts whose output lowers the loss. After training, :meth:`MoEFFN.write_back` copies the
+experts into the original FFN, so the two stay one model.
+
 A MoEFFN is a :class:`plmkit.arch.Wrapper`: the original FFN stays as ``base_layer`` (``arch.unwrap``
 restores it). While a hook watches one of the original FFN's projections (``ffn.in``, ``ffn.gate``,
 ``ffn.out``, ``ffn.neurons``), the layer computes through those originals in the original neuron order,
@@ -88,6 +95,7 @@ class MoEFFN(Wrapper):
         self.router = router
         self.register_buffer("perm", perm.clone().to(w_in.device))
         self.mode = "sparse"
+        self.conv1d = False  # the original FFN is GPT-2's Conv1D (weights stored transposed): set by from_layer
         self._view_cache: dict[tuple[int, int], tuple] = {}
         self._view_source: tuple = ()
         self.set_selection(k=k, mass=mass)
@@ -116,9 +124,11 @@ class MoEFFN(Wrapper):
             w_out_t = layer.ffn_out_weight()[:, perm].t()
             b_out = getattr(layer.ffn_out, "bias", None)
             b_out = None if b_out is None else b_out.detach().clone()
-        return cls(w_in.clone(), b_in, w_out_t.clone(), b_out, arch.ffn_act(layer), experts, gated, router, perm,
-                   k=k, mass=mass, name=layer.name, base_layer=arch.ffn_module(layer),
-                   originals=(layer.ffn_in, layer.ffn_gate, layer.ffn_out))
+        moe = cls(w_in.clone(), b_in, w_out_t.clone(), b_out, arch.ffn_act(layer), experts, gated, router, perm,
+                  k=k, mass=mass, name=layer.name, base_layer=arch.ffn_module(layer),
+                  originals=(layer.ffn_in, layer.ffn_gate, layer.ffn_out))
+        moe.conv1d = layer.conv1d
+        return moe
 
     def set_selection(self, k: int | None = None, mass: float | None = None) -> None:
         if (k is None) == (mass is None):
@@ -136,6 +146,10 @@ class MoEFFN(Wrapper):
     def _views(self, e0: int, e1: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """Weight views of experts ``[e0, e1)``: w_in transposed (d, rows), b_in, w_out (rows, d). Cached:
         at batch 1 the cost of an expert is a few tiny ops, so every saved slice counts."""
+        if torch.is_grad_enabled() and self.w_in.requires_grad:  # training: fresh views, each in this graph
+            r = slice(e0 * self.rows, e1 * self.rows)
+            return (self.w_in[r].t(), None if self.b_in is None else self.b_in[r],
+                    self.w_out[e0 * self.size:e1 * self.size])
         source = (self.w_in, self.b_in, self.w_out)
         if len(self._view_source) != 3 or any(a is not b for a, b in zip(source, self._view_source)):
             self._view_cache, self._view_source = {}, source  # load_state_dict(assign=True) replaced them
@@ -207,14 +221,55 @@ class MoEFFN(Wrapper):
             for e0, e1 in runs[1:]:
                 self._experts(x2, e0, e1, out)
         else:
-            sel = self.select(x2)
+            gate = self._straight_through(x2)
+            sel = self.select(x2) if gate is None else select_experts(gate[1], self.k, self.mass)
             out = x2.new_zeros(len(x2), shape[-1])
             for e in sel.any(0).nonzero().flatten().tolist():
                 tok = sel[:, e].nonzero().flatten()
-                out.index_add_(0, tok, self._experts(x2.index_select(0, tok), e, e + 1))
+                y = self._experts(x2.index_select(0, tok), e, e + 1)
+                y = y if gate is None else y * gate[0][tok, e:e + 1].to(y.dtype)
+                out.index_add_(0, tok, y.to(out.dtype))  # under autocast the matmuls give bf16
         if self.b_out is not None:
             out = out + self.b_out
         return out.view(shape)
+
+    def _straight_through(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """While the router trains: (per-token weights equal to 1 that carry the router's gradient, detached
+        scores to select by); otherwise None."""
+        if not torch.is_grad_enabled() or not any(p.requires_grad for p in self.router.parameters()):
+            return None
+        scores = self.router.forward(x)
+        p = scores.float().softmax(-1)
+        return p / p.detach(), scores.detach()
+
+    @torch.no_grad()
+    def write_back(self) -> None:
+        """Copy the expert weights into the original FFN (inverse of :meth:`from_layer`'s permutation), so the
+        original modules (the observed path, ``arch.unwrap``) compute what the experts compute."""
+        if self._originals is None:
+            raise ConfigError(f"{self.name}: this MoE layer keeps no original FFN to write into")
+        from ...arch.layers import dense_weight
+
+        ffn_in, ffn_gate, ffn_out = self._originals
+        d_ff = self.size * self.experts
+
+        def rows_of(module: nn.Module) -> torch.Tensor:  # (d_ff, d_model) view; GPT-2's Conv1D stores it transposed
+            w = dense_weight(module, where=self.name)
+            return w.t() if self.conv1d else w
+
+        w = self.w_in.view(self.experts, 2 if self.gated else 1, self.size, -1)
+        b = None if self.b_in is None else self.b_in.view(self.experts, 2 if self.gated else 1, self.size)
+        for j, module in enumerate((ffn_gate, ffn_in) if self.gated else (ffn_in,)):
+            rows_of(module)[self.perm] = w[:, j].reshape(d_ff, -1).to(rows_of(module).dtype)
+            if getattr(module, "bias", None) is not None and b is not None:
+                module.bias[self.perm] = b[:, j].reshape(-1).to(module.bias.dtype)
+        out_w = dense_weight(ffn_out, where=self.name)
+        if self.conv1d:  # (d_ff, d_model)
+            out_w[self.perm] = self.w_out.to(out_w.dtype)
+        else:
+            out_w[:, self.perm] = self.w_out.t().to(out_w.dtype)
+        if self.b_out is not None and getattr(ffn_out, "bias", None) is not None:
+            ffn_out.bias.copy_(self.b_out)
 
     def extra_repr(self) -> str:
         sel = f"k={self.k}" if self.k is not None else f"mass={self.mass}"

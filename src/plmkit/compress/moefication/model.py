@@ -20,6 +20,7 @@ from .router import (MLPRouter, SimilarityRouter, coselection_order, expert_mass
 from .split import coactivation_split, kmeans_split
 
 WEIGHTS = "moefication.safetensors"
+EXPERT_WEIGHTS = ("w_in", "b_in", "w_out", "b_out")  # saved when the experts were trained
 CONFIG = "moefication.json"
 
 
@@ -174,7 +175,8 @@ def moefy(model: nn.Module, config: MoEficationConfig | None = None,
 
 def unmoefy(model: nn.Module, override: arch.layers.Override = None) -> nn.Module:
     """Undo :func:`moefy` / :func:`load_moefication` in place: every FFN is the original module again
-    (the same objects, so the model is bit for bit what it was)."""
+    (the same objects, so the model is bit for bit what it was, unless :func:`train_moe` trained the experts:
+    their weights were written into the original FFN)."""
     _require_moe(model)
     for layer in arch.layers(model, override):
         arch.restore_ffn(layer, MoEFFN)
@@ -214,18 +216,24 @@ def set_mode(model: nn.Module, mode: str) -> None:
 def save_moefication(model: nn.Module, path: str | Path) -> Path:
     """Write the expert layout (neuron permutations) and routers: ``moefication.safetensors`` + ``.json``.
 
-    Only what MoEfication adds is saved; the FFN weights come from the base model at load time.
+    Only what MoEfication adds is saved; the FFN weights come from the base model at load time, unless the
+    experts were trained (:func:`train_moe`): then their weights are saved too.
     """
     from safetensors.torch import save_file
 
     layers = _require_moe(model)
     cfg: MoEficationConfig = getattr(model, "_plmkit_moefication")
+    trained = any(getattr(m, "trained", False) for m in layers)
     tensors = {}
     for m in layers:
         tensors[f"moe.{m.name}.perm"] = m.perm.contiguous()
         for k, v in m.router.state_dict().items():
             tensors[f"moe.{m.name}.router.{k}"] = v.contiguous()
-    meta = {"config": cfg.to_dict(), "layers": [m.name for m in layers],
+        if trained:
+            for k in EXPERT_WEIGHTS:
+                if getattr(m, k) is not None:
+                    tensors[f"moe.{m.name}.{k}"] = getattr(m, k).detach().contiguous()
+    meta = {"config": cfg.to_dict(), "layers": [m.name for m in layers], "trained_experts": trained,
             "model_type": getattr(getattr(model, "config", None), "model_type", None),
             "selection": {"k": layers[0].k, "mass": layers[0].mass}}
     path = Path(path)
@@ -257,12 +265,34 @@ def load_moefication(model: nn.Module, path: str | Path, override: arch.layers.O
     for name in meta["layers"]:
         layer = by_name[name]
         perm = tensors[f"moe.{name}.perm"]
+        if perm.numel() != layer.d_ff:
+            raise ConfigError(f"{path}: layer {name} has d_ff {layer.d_ff} here but {perm.numel()} in the saved "
+                              "layout; load it onto the base model it was made from")
         router = _router_for(layer, perm, cfg)
         perm = perm.to(layer.ffn_in_weight().device)
         prefix = f"moe.{name}.router."
         router.load_state_dict({k[len(prefix):]: v.to(layer.ffn_in_weight().device)
                                 for k, v in tensors.items() if k.startswith(prefix)})
         moe = MoEFFN.from_layer(layer, perm, cfg.experts, router, k=sel.get("k", cfg.k), mass=sel.get("mass"))
+        if meta.get("trained_experts"):
+            _load_trained(moe, tensors, f"moe.{name}.", path)
         arch.replace_ffn(layer, moe)
     model._plmkit_moefication = cfg
     return model
+
+
+def _load_trained(moe: MoEFFN, tensors: dict[str, torch.Tensor], prefix: str, path: Path) -> None:
+    """Trained expert weights into ``moe`` and back into the original FFN."""
+    with torch.no_grad():
+        for k in EXPERT_WEIGHTS:
+            param = getattr(moe, k)
+            if param is None:
+                continue
+            saved = tensors.get(prefix + k)
+            if saved is None or saved.shape != param.shape:
+                raise ConfigError(f"{path}: trained expert weight {prefix + k} is missing or has another shape "
+                                  f"than this model's ({tuple(param.shape)}); load it onto the base model it was "
+                                  "trained from")
+            param.copy_(saved)
+    moe.write_back()
+    moe.trained = True
