@@ -518,3 +518,37 @@ def test_eren_bench_cli_scores_a_counterfact_file(tmp_path, folders, capsys):
     unedited = res["scores"]["unedited"]["contained"]
     assert set(res["scores"]) == {"unedited", "one-step reading", "SERAC-like scope", "EREN (reader relevance)"}
     assert 0 <= unedited["ES"] <= 1 and res["notebook_size"] == 10  # every test edit (12 less 2 validation)
+
+
+def test_combined_relevance_weighs_pmi_and_similarity_and_fits_on_validation(tmp_path, encoder, reader):
+    import numpy as np
+
+    from plmkit.data.edits import Probe
+    from plmkit.editing.benchmark import fit_combined, scope_scores, tune
+
+    nb = Notebook(tmp_path / "n.db", encoder)
+    nb.add(NOTES)
+    q = ["What is the capital of France?", "What is the currency of Peru?", "Is Osaka big?", "Who won in 1990?"]
+    eren = EREN(reader, nb, ERENConfig(k=2, relevance="combined", reader_weight=0.5, similarity_weight=2.0,
+                                       combined_threshold=-math.inf))
+    hits = nb.search(q, 2)
+    pmi = eren.relevance_scores(q, hits)
+    by_hand = [[0.5 * s + 2.0 * h.score for s, h in zip(sr, r)] for sr, r in zip(pmi, hits)]
+    got = eren.combined_scores(q, hits)
+    assert all(g == pytest.approx(b) for g, b in zip(got, by_hand))
+    answers = eren.answer_batch(q)
+    assert all(a.source == "notes" and a.relevance == pytest.approx(b) for a, b in zip(answers, by_hand))
+    eren.config.combined_threshold = max(max(r) for r in by_hand) + 1  # above every note: closed-book
+    assert {a.source for a in eren.answer_batch(q)} == {"closed-book"}
+
+    kinds = ["direct", "paraphrase", "unrelated", "same-relation"]
+    probes = [Probe(x, k, ["a"], [0], "s", "r") for x, k in zip(q, kinds)]
+    w = fit_combined(eren, probes)
+    assert w == (eren.config.reader_weight, eren.config.similarity_weight) and all(np.isfinite(w))
+    t = tune(eren, probes, kind="combined")
+    assert eren.config.combined_threshold == t
+    scores = scope_scores(eren, probes, kind="combined")
+    expected = [max(w[0] * s + w[1] * h.score for s, h in zip(sr, r)) for sr, r in zip(pmi, hits)]
+    assert scores == pytest.approx(expected)
+    with pytest.raises(ConfigError, match="in- and out-of-scope"):
+        fit_combined(eren, probes[:2])

@@ -15,6 +15,7 @@ from .notebook import Hit, Notebook
 from .reader import Reader
 
 METHODS = ("unedited", "one-step reading", "SERAC-like scope", "EREN (paper prompt)", "EREN (reader relevance)",
+           "EREN (reader + similarity)",
            "EREN (reader relevance, top note)")
 ONE_HOP = IN_SCOPE + OUT_OF_SCOPE  # every probe kind but two-hop
 
@@ -69,13 +70,14 @@ def best_threshold(in_scope: Sequence[float], out_of_scope: Sequence[float]) -> 
 
 def scope_scores(eren: EREN, probes: Sequence[Probe] | Sequence[str], hits: Sequence[Sequence[Hit]] | None = None,
                  kind: str = "reader") -> list[float]:
-    """Per probe (or question), the largest relevance score of its retrieved notes (reader PMI or
-    retrieval score)."""
+    """Per probe (or question), the largest relevance score of its retrieved notes: reader PMI, retrieval score
+    (``similarity``) or ``eren``'s weighted sum of both (``combined``)."""
     questions = [p if isinstance(p, str) else p.question for p in probes]
     hits = eren._retrieve(questions) if hits is None else hits
     if kind == "similarity":
         return [max((h.score for h in r), default=-np.inf) for r in hits]
-    return [max(s, default=-np.inf) for s in eren.relevance_scores(questions, hits)]
+    rows = eren.combined_scores(questions, hits) if kind == "combined" else eren.relevance_scores(questions, hits)
+    return [max(s, default=-np.inf) for s in rows]
 
 
 def tune_scope(eren: EREN, questions: Sequence[str], in_scope: Sequence[bool]) -> dict[str, float]:
@@ -95,12 +97,35 @@ def tune_scope(eren: EREN, questions: Sequence[str], in_scope: Sequence[bool]) -
     return out
 
 
+def fit_combined(eren: EREN, probes: Sequence[Probe], hits=None) -> tuple[float, float]:
+    """``reader_weight`` and ``similarity_weight`` from validation probes, in place: a balanced logistic
+    regression of in scope vs out of scope on each probe's largest reader PMI and largest retrieval score
+    (features standardised, weights given back in their units)."""
+    from sklearn.linear_model import LogisticRegression
+
+    keep = [i for i, p in enumerate(probes) if p.kind in IN_SCOPE or p.kind in OUT_OF_SCOPE]
+    probes = [probes[i] for i in keep]
+    hits = None if hits is None else [hits[i] for i in keep]
+    x = np.column_stack([scope_scores(eren, probes, hits, "reader"), scope_scores(eren, probes, hits, "similarity")])
+    y = np.array([p.kind in IN_SCOPE for p in probes])
+    if not np.isfinite(x).all() or y.all() or not y.any():
+        raise ConfigError("fitting the combined scope needs in- and out-of-scope probes with retrieved notes")
+    scale = x.std(0) + 1e-9
+    w = LogisticRegression(class_weight="balanced").fit(x / scale, y).coef_[0] / scale
+    eren.config.reader_weight, eren.config.similarity_weight = float(w[0]), float(w[1])
+    return float(w[0]), float(w[1])
+
+
 def tune(eren: EREN, probes: Sequence[Probe], hits=None, kind: str = "reader") -> float:
-    """Tune ``threshold`` (reader) or ``similarity_threshold`` on validation probes, in place."""
+    """Tune ``threshold`` (reader), ``similarity_threshold`` or ``combined_threshold`` (after
+    :func:`fit_combined` set the weights) on validation probes, in place."""
+    if kind == "combined":
+        fit_combined(eren, probes, hits)
     scores = scope_scores(eren, probes, hits, kind)
     t = best_threshold([s for s, p in zip(scores, probes) if p.kind in IN_SCOPE],
                        [s for s, p in zip(scores, probes) if p.kind in OUT_OF_SCOPE])
-    setattr(eren.config, "similarity_threshold" if kind == "similarity" else "threshold", t)
+    key = {"similarity": "similarity_threshold", "combined": "combined_threshold"}.get(kind, "threshold")
+    setattr(eren.config, key, t)
     return t
 
 
@@ -119,6 +144,8 @@ def editors(reader: Reader, notebook: Notebook, thresholds: dict[str, float],
                                                                       similarity_threshold=thresholds["similarity"])),
         "EREN (paper prompt)": lambda: EREN(reader, notebook, ERENConfig(relevance="generate")),
         "EREN (reader relevance)": lambda: EREN(reader, notebook, ERENConfig(threshold=thresholds["reader"])),
+        "EREN (reader + similarity)": lambda: EREN(reader, notebook, ERENConfig(
+            relevance="combined", threshold=thresholds["reader"], **thresholds.get("combined", {}))),
         "EREN (reader relevance, top note)": lambda: EREN(reader, notebook,
                                                           ERENConfig(threshold=thresholds["reader"], max_notes=1)),
     }
@@ -127,7 +154,8 @@ def editors(reader: Reader, notebook: Notebook, thresholds: dict[str, float],
 
 def tune_on_validation(reader: Reader, notebook: Notebook, edit_set: EditSet, n_edits: int | None = None,
                        n_probes: int | None = None, rng: random.Random | None = None) -> dict[str, Any]:
-    """Both thresholds (``reader``, ``similarity``) tuned on validation edits only: the notebook holds
+    """The thresholds (``reader``, ``similarity``, and the ``combined`` weights and threshold) tuned on
+    validation edits only: the notebook holds
     ``n_edits`` of them (all by default) and ``n_probes`` of their one-hop probes are scored (returned
     under ``probes``)."""
     rng = rng or random.Random(0)
@@ -138,8 +166,12 @@ def tune_on_validation(reader: Reader, notebook: Notebook, edit_set: EditSet, n_
     fill_notebook(notebook, edit_set, val)
     probes = edit_set.probes_for(val, ONE_HOP)
     probes = rng.sample(probes, min(n_probes or len(probes), len(probes)))
+    combined = EREN(reader, notebook, ERENConfig(relevance="combined"))
+    t = tune(combined, probes, kind="combined")
     return {"reader": tune(EREN(reader, notebook), probes),
             "similarity": tune(EREN(reader, notebook, ERENConfig(relevance="similarity")), probes, kind="similarity"),
+            "combined": {"reader_weight": combined.config.reader_weight,
+                         "similarity_weight": combined.config.similarity_weight, "combined_threshold": t},
             "n_probes": len(probes), "probes": probes}
 
 

@@ -11,6 +11,9 @@ same class runs the baselines by changing only how relevance is decided:
   "unanswerable", which triggers the closed-book fallback.
 - ``similarity``: a retrieval-only scope classifier (SERAC-like): notes whose retrieval score
   is at least ``similarity_threshold``.
+- ``combined``: both signals, ``reader_weight * PMI + similarity_weight * retrieval score`` at least
+  ``combined_threshold`` (weights fitted on validation by logistic regression:
+  :func:`plmkit.editing.benchmark.tune`).
 - ``always``: one-step reading, always answering from the k retrieved notes.
 """
 from __future__ import annotations
@@ -25,7 +28,7 @@ from ..errors import ConfigError
 from .notebook import Hit, Notebook
 from .reader import Reader
 
-RELEVANCE = ("reader", "generate", "similarity", "always")
+RELEVANCE = ("reader", "generate", "similarity", "combined", "always")
 VERDICTS = ("supports", "refutes", "not enough info")
 CHECK_SCORING = ("sum", "mean", "calibrated")
 
@@ -36,6 +39,9 @@ class ERENConfig(JsonConfig):
     relevance: str = "reader"
     threshold: float = 0.5  # nats per note token of pointwise mutual information, for relevance="reader"
     similarity_threshold: float = 0.6  # for relevance="similarity"
+    reader_weight: float = 1.0  # relevance="combined": reader_weight * PMI + similarity_weight * retrieval score
+    similarity_weight: float = 1.0
+    combined_threshold: float = 1.0  # ... at least this
     fallback: bool = True  # closed-book answer when no note is relevant
     max_notes: int | None = None  # read at most this many relevant notes per hop, most relevant first
     hops: int = 1  # 2: retrieve again with the question plus the notes chosen so far (multi-hop questions)
@@ -132,6 +138,12 @@ class EREN:
             i += len(row)
         return out
 
+    def combined_scores(self, queries: Sequence[str], hits: Sequence[Sequence[Hit]]) -> list[list[float]]:
+        """``reader_weight * PMI + similarity_weight * retrieval score`` of each query's notes."""
+        c = self.config
+        return [[c.reader_weight * s + c.similarity_weight * h.score for s, h in zip(row_s, row)]
+                for row_s, row in zip(self.relevance_scores(queries, hits), hits)]
+
     def _retrieve(self, queries: Sequence[str]) -> list[list[Hit]]:
         if self.notebook is None:
             return [[] for _ in queries]
@@ -142,6 +154,8 @@ class EREN:
         c = self.config
         if c.relevance == "reader":
             scores, cut = self.relevance_scores(queries, hits), c.threshold
+        elif c.relevance == "combined":
+            scores, cut = self.combined_scores(queries, hits), c.combined_threshold
         else:
             scores = [[h.score for h in r] for r in hits]
             cut = c.similarity_threshold if c.relevance == "similarity" else -float("inf")

@@ -57,7 +57,7 @@ class ErenSettings:
 
 QUICK = ErenSettings(n_eval=8, sizes=(1000,), tune_edits=12, tune_probes=40, two_hop=0, ft_sizes=(), ft_epochs=3,
                      methods=("unedited", "one-step reading", "SERAC-like scope", "EREN (reader relevance)",
-                              "EREN (reader relevance, top note)"),
+                              "EREN (reader relevance, top note)", "EREN (reader + similarity)"),
                      fact_check_methods=("unedited", "EREN (reader relevance)"))
 FULL = ErenSettings(n_eval=100, sizes=(1, 10, 100, 1000), tune_edits=150, tune_probes=500, two_hop=50,
                     ft_sizes=(10, 100, 1000), ft_epochs=3)
@@ -80,7 +80,9 @@ def _tune(reader: Reader, nb: Notebook, es: EditSet, S: ErenSettings, rng: rando
     probes = out.pop("probes")
     out["auc"] = {"reader": _auc(scope_scores(EREN(reader, nb), probes), probes),
                   "similarity": _auc(scope_scores(EREN(reader, nb, ERENConfig(relevance="similarity")), probes,
-                                                  kind="similarity"), probes)}
+                                                  kind="similarity"), probes),
+                  "combined": _auc(scope_scores(EREN(reader, nb, ERENConfig(relevance="combined", **out["combined"])),
+                                                probes, kind="combined"), probes)}
     return out
 
 
@@ -332,7 +334,9 @@ def run(ctx: RecipeContext) -> dict[str, Any]:
                 for n in sizes for m in ev["regimes"][n]["scores"]
                 for k in ("ES", "BP_unchanged", "EQ_unchanged", "BP", "BP_known", "EQ_known")}
     measured.update({"threshold.reader": tuned["reader"], "threshold.similarity": tuned["similarity"],
-                     "scope_auc.reader": tuned["auc"]["reader"], "scope_auc.similarity": tuned["auc"]["similarity"]})
+                     "scope_auc.reader": tuned["auc"]["reader"], "scope_auc.similarity": tuned["auc"]["similarity"],
+                     "scope_auc.combined": tuned["auc"]["combined"],
+                     **{f"combined.{k}": v for k, v in tuned["combined"].items()}})
     if fc:
         measured.update({f"fact_check.{m}.{k}": r[k] for m, r in fc["methods"].items()
                          for k in ("accuracy", "macro_f1", "edited", "old fact", "unrelated_unchanged")})
@@ -353,7 +357,10 @@ def run(ctx: RecipeContext) -> dict[str, Any]:
         "the thresholds were tuned, on validation edits (disjoint from test).",
         f"Thresholds tuned on {tuned['n_probes']} validation probes: reader relevance {tuned['reader']:.2f} nats "
         f"per note token (scope ROC AUC {tuned['auc']['reader']:.3f}), SERAC-like retrieval similarity "
-        f"{tuned['similarity']:.3f} (AUC {tuned['auc']['similarity']:.3f}).",
+        f"{tuned['similarity']:.3f} (AUC {tuned['auc']['similarity']:.3f}). EREN (reader + similarity): "
+        f"{tuned['combined']['reader_weight']:.2f} x PMI + {tuned['combined']['similarity_weight']:.2f} x similarity "
+        f">= {tuned['combined']['combined_threshold']:.2f}, weights by a balanced logistic regression on the same "
+        f"validation probes (AUC {tuned['auc']['combined']:.3f} there, so not a held-out figure).",
         "ES: in-scope probes (direct question and two paraphrases) whose answer contains the edited object. "
         "BP (unchanged), as in the paper: out-of-scope answers identical to the unedited reader's; EQ is the "
         "harmonic mean of ES and it. BP (real fact): out-of-scope answers containing the real fact; BP (known): "
