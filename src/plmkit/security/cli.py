@@ -160,6 +160,11 @@ def _cmd_detect(args: argparse.Namespace) -> None:
         print(f"wrote {args.out}")
 
 
+def _victim_and_data(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="a folder written by `plmkit backdoor train`")
+    parser.add_argument("--data", required=True, help="a folder written by `plmkit backdoor poison`")
+
+
 def add_parser(sub: Any) -> None:
     from ..data.tasks import ALL_TASKS
 
@@ -202,8 +207,7 @@ def add_parser(sub: Any) -> None:
     t.set_defaults(fn=_cmd_train)
     e = bsub.add_parser("eval", help="clean accuracy (CACC) and attack success (ASR) of a victim, without and with a "
                                      "defense")
-    e.add_argument("--model", required=True, help="a folder written by `plmkit backdoor train`")
-    e.add_argument("--data", required=True, help="a folder written by `plmkit backdoor poison`")
+    _victim_and_data(e)
     e.add_argument("--defense", choices=("none", "onion", "paraphrase"), default="none",
                    help="onion: drop words whose removal lowers SmolLM2's perplexity by more than --threshold; "
                         "paraphrase: rewrite every sentence with --paraphraser")
@@ -217,8 +221,7 @@ def add_parser(sub: Any) -> None:
     e.set_defaults(fn=_cmd_eval)
     d = bsub.add_parser("detect", help="flag suspect training examples by the victim's spectral signatures, with "
                                        "precision / recall against the poisoned ones")
-    d.add_argument("--model", required=True, help="a folder written by `plmkit backdoor train`")
-    d.add_argument("--data", required=True, help="a folder written by `plmkit backdoor poison`")
+    _victim_and_data(d)
     d.add_argument("--share", type=float, default=None,
                    help="share of each class to flag (default 1.5 x the poisoned rate in report.json)")
     d.add_argument("--out", default=None, help="write every example's score and flag as JSON here")
