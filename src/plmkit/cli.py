@@ -371,8 +371,9 @@ def _tune_notebook(args: argparse.Namespace, nb) -> None:
     tuned = tune_scope(eren, [r["question"] for r in rows], [r["in_scope"] for r in rows])
     nb.save_settings({**tuned, "reader": args.model, "tuned_on": len(rows)})
     print(f"tuned on {len(rows)} questions ({sum(r['in_scope'] for r in rows)} in scope) with reader {args.model}: "
-          f"threshold {tuned['threshold']:.4f}, similarity_threshold {tuned['similarity_threshold']:.4f} "
-          f"(stored in {args.db})")
+          f"threshold {tuned['threshold']:.4f}, similarity_threshold {tuned['similarity_threshold']:.4f}, combined "
+          f"{tuned['reader_weight']:.3f} x PMI + {tuned['similarity_weight']:.3f} x similarity >= "
+          f"{tuned['combined_threshold']:.4f} (stored in {args.db})")
 
 
 def _ask_config(args: argparse.Namespace, notebook):
@@ -383,7 +384,8 @@ def _ask_config(args: argparse.Namespace, notebook):
     if stored.get("reader") not in (None, args.model):
         print(f"note: {args.db}'s thresholds were tuned with reader {stored['reader']}, not {args.model}; rerun "
               "`plmkit notes tune` for this reader", file=sys.stderr)
-    config = {k: stored[k] for k in ("threshold", "similarity_threshold") if k in stored}
+    config = {k: stored[k] for k in ("threshold", "similarity_threshold", "reader_weight", "similarity_weight",
+                                      "combined_threshold") if k in stored}
     given = {"k": args.k, "relevance": args.relevance, "threshold": args.threshold, "max_notes": args.max_notes,
              "hops": args.hops}
     config.update({k: v for k, v in given.items() if v is not None})
@@ -655,9 +657,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--k", type=int, default=None, help="notes retrieved per question (default 5)")
     q.add_argument("--max-notes", type=int, default=None, help="read at most this many relevant notes per hop")
     q.add_argument("--hops", type=int, default=None, help="2: retrieve again with the notes read (multi-hop)")
-    q.add_argument("--relevance", choices=("reader", "generate", "similarity", "always"), default=None,
+    q.add_argument("--relevance", choices=("reader", "generate", "similarity", "combined", "always"), default=None,
                    help="how notes are judged relevant: the reader's likelihood (default), the paper's generate "
-                        "prompt, retrieval score, or always read")
+                        "prompt, retrieval score, both weighted as `notes tune` fitted them, or always read")
     q.add_argument("--threshold", type=float, default=None,
                    help="reader relevance threshold (nats per token; default: the one `notes tune` stored)")
     q.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"),

@@ -409,6 +409,8 @@ def test_cli_notebook_from_files_tune_and_batched_json_answers(tmp_path, folders
     expected = tune_scope(eren, [r["question"] for r in val], [r["in_scope"] for r in val])
     assert stored["threshold"] == pytest.approx(expected["threshold"]) and stored["reader"] == rd
     assert stored["similarity_threshold"] == pytest.approx(expected["similarity_threshold"])
+    for key in ("reader_weight", "similarity_weight", "combined_threshold"):  # the combined scope too
+        assert stored[key] == pytest.approx(expected[key])
     scores = scope_scores(eren, [r["question"] for r in val])
     assert scores[0] >= stored["threshold"] or scores[1] >= stored["threshold"]  # some in-scope question reads
 

@@ -81,20 +81,25 @@ def scope_scores(eren: EREN, probes: Sequence[Probe] | Sequence[str], hits: Sequ
 
 
 def tune_scope(eren: EREN, questions: Sequence[str], in_scope: Sequence[bool]) -> dict[str, float]:
-    """Both scope thresholds from labelled questions against ``eren``'s notebook: ``threshold`` (the
-    reader's relevance) and ``similarity_threshold`` (retrieval score), each the one that best separates
-    questions the notes bear on from the others (:func:`best_threshold`). Sets them on ``eren.config``."""
+    """The scope settings from labelled questions against ``eren``'s notebook: ``threshold`` (the reader's
+    relevance), ``similarity_threshold`` (retrieval score), each the one that best separates questions the notes
+    bear on from the others (:func:`best_threshold`), and the ``combined`` weights and threshold
+    (:func:`fit_combined`). Sets them on ``eren.config``."""
     if len(questions) != len(in_scope):
         raise ValueError("one in_scope flag per question")
     if not any(in_scope) or all(in_scope):
         raise ConfigError("tuning needs questions the notes answer (in scope) and questions they do not")
-    out = {}
-    for kind, key in (("reader", "threshold"), ("similarity", "similarity_threshold")):
-        scores = scope_scores(eren, list(questions), kind=kind)
-        out[key] = best_threshold([x for x, s in zip(scores, in_scope) if s],
-                                  [x for x, s in zip(scores, in_scope) if not s])
-        setattr(eren.config, key, out[key])
-    return out
+    probes = [Probe(q, "direct" if s else "unrelated", [], [], "", "") for q, s in zip(questions, in_scope)]
+    return {"threshold": tune(eren, probes), "similarity_threshold": tune(eren, probes, kind="similarity"),
+            **tune_combined(eren, probes)}
+
+
+def tune_combined(eren: EREN, probes: Sequence[Probe], hits=None) -> dict[str, float]:
+    """:func:`tune` of the combined scope: the weights and the threshold, set on ``eren.config`` and returned as
+    ``ERENConfig`` fields."""
+    t = tune(eren, probes, hits, kind="combined")
+    return {"reader_weight": eren.config.reader_weight, "similarity_weight": eren.config.similarity_weight,
+            "combined_threshold": t}
 
 
 def fit_combined(eren: EREN, probes: Sequence[Probe], hits=None) -> tuple[float, float]:
@@ -166,12 +171,9 @@ def tune_on_validation(reader: Reader, notebook: Notebook, edit_set: EditSet, n_
     fill_notebook(notebook, edit_set, val)
     probes = edit_set.probes_for(val, ONE_HOP)
     probes = rng.sample(probes, min(n_probes or len(probes), len(probes)))
-    combined = EREN(reader, notebook, ERENConfig(relevance="combined"))
-    t = tune(combined, probes, kind="combined")
     return {"reader": tune(EREN(reader, notebook), probes),
             "similarity": tune(EREN(reader, notebook, ERENConfig(relevance="similarity")), probes, kind="similarity"),
-            "combined": {"reader_weight": combined.config.reader_weight,
-                         "similarity_weight": combined.config.similarity_weight, "combined_threshold": t},
+            "combined": tune_combined(EREN(reader, notebook, ERENConfig(relevance="combined")), probes),
             "n_probes": len(probes), "probes": probes}
 
 
