@@ -42,10 +42,11 @@ _ROWS = [
      "implemented: loader for the release layout, Average/Worst, pinyin-IME and speech noise generator, small "
      "BERTs per tokenizer under noise; recipe 'readin'", "plmkit.chinese.readin.load_readin"),
     ("knowledge_plugin", "Knowledge Plugin: map-tuning", "knowledge",
-     "partial: general map-tuning (mention-masked LM, the model frozen), plug and play into MiniLM classifiers "
+     "implemented: general map-tuning (mention-masked LM, the model frozen), plug and play into MiniLM classifiers "
      "trained by full fine-tuning, LoRA or prompt tuning, with zero / random / description controls, task-specific "
      "map-tuning, entity questions for SmolLM2, one mapper per graph swapped on one frozen model (`plmkit "
-     "knowledge-plugin`; recipe 'knowledge-plugin'). Not yet: a recorded full run",
+     "knowledge-plugin`; recipe 'knowledge-plugin'); full run recorded: the plug does not add knowledge at this "
+     "scale",
      "plmkit.knowledge.plugin.map_tune"),
     ("plugd", "PlugD: document plugins", "plugins",
      "implemented: map network on the frozen backbone's document states, plugged into the upper layers' "
