@@ -47,7 +47,7 @@ class PlugDSettings:
     init_examples: int = 16  # pretraining examples scored at initialisation
 
 
-QUICK = PlugDSettings(pretrain_steps=6, pretrain_examples=48, adapter_steps=6, n_test=8, cost_queries=3, repeats=2,
+QUICK = PlugDSettings(pretrain_steps=6, pretrain_examples=48, adapter_steps=6, n_test=8, cost_queries=2, repeats=2,
                       batch_size=4, max_train_rows=24, init_examples=8)
 FULL = PlugDSettings(pretrain_steps=300, pretrain_examples=2400, adapter_steps=150, n_test=60, cost_queries=12,
                      repeats=5)

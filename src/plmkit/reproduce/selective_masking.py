@@ -49,7 +49,7 @@ class SMSettings:
 
 
 QUICK = SMSettings(head=MLMHeadSettings(steps=20, max_length=64),  # the kepler / dpt quick head: one cache entry
-                   mask=SelectiveMaskConfig(max_length=64, tagger_steps=100), classifier_steps=30,
+                   mask=SelectiveMaskConfig(max_length=64, tagger_steps=50), classifier_steps=30,
                    label_sentences=100, tgp_steps=(20,), finetune_steps=20, max_length=64, max_test=120,
                    corpus_max=300)
 FULL = SMSettings(head=MLMHeadSettings(steps=300), mask=SelectiveMaskConfig(max_length=64, tagger_steps=300),
