@@ -177,3 +177,18 @@ def test_backdoor_train_eval_detect_cli(tmp_path, capsys):
         with pytest.raises(SystemExit):
             cli.main(["backdoor", *argv])
         assert needle in capsys.readouterr().err
+
+
+def test_paraphrase_table_sums_calls_per_task():
+    from plmkit.reproduce.hiddenkiller import paraphrase_table
+
+    logs = {"topics": [{"texts": 10, "failure_rate": 0.5, "by_paraphraser": {"ClauseFronting": 1,
+                                                                             "InstructParaphraser": 4},
+                        "rejected_because": {"no comma": 3, "clause last": 2}},
+                       {"texts": 4, "failure_rate": 0.75, "by_paraphraser": {"ClauseFronting": 1},
+                        "rejected_because": {"no comma": 3}}],
+            "drugs": []}
+    table, stats = paraphrase_table(logs)
+    assert table["rows"] == [["topics", 14, "14.3%", "28.6%", "57.1%", "no comma (6); clause last (2)"]]
+    assert stats["paraphrase.topics.InstructParaphraser"] == 4 / 14
+    assert stats["paraphrase.topics.failure_rate"] == 8 / 14

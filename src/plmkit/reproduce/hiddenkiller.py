@@ -233,6 +233,10 @@ def _report(ctx: RecipeContext, S: HKSettings, rows: list[dict], defense_rows: l
                                  f"{v['ratio']:.2f}", f"{100 * v['conforming']:.0f}% (was "
                                  f"{100 * v['conforming_original']:.0f}%)", f"{v['cosine']:.3f}"] for v in visibility]})
         measured.update({f"visibility.{v['task']}.{v['trigger']}.ppl_ratio": v["ratio"] for v in visibility})
+    if any(logs.values()):
+        table, stats = paraphrase_table(logs)
+        tables.append(table)
+        measured.update(stats)
     first, top = S.tasks[0], max(S.rates)
     headline = {"metric": f"{first}: ASR / CACC at {100 * top:g}% dirty-label poisoning, syntactic vs insertion "
                           "trigger, mean over seeds",
@@ -258,6 +262,36 @@ def _report(ctx: RecipeContext, S: HKSettings, rows: list[dict], defense_rows: l
             "details": {"settings": dataclasses.asdict(S), "rows": rows, "defenses": defense_rows,
                         "visibility": visibility, "paraphrase": logs},
             "notes": notes}
+
+
+def paraphrase_table(logs: dict[str, list[dict]]) -> tuple[dict[str, Any], dict[str, float]]:
+    """The syntactic trigger's paraphrasers per task, summed over its calls (each first sentence is paraphrased
+    once per task, so the sums count distinct sentences): sentences tried, the share each paraphraser brought to
+    the template, the share none did, and the parser's commonest reasons for rejecting. Returns the table and the
+    measured shares."""
+    rows, stats = [], {}
+    names = sorted({p for reps in logs.values() for r in reps for p in r.get("by_paraphraser", {})})
+    for task, reps in logs.items():
+        tried = sum(r["texts"] for r in reps)
+        if not tried:
+            continue
+        by = {p: sum(r.get("by_paraphraser", {}).get(p, 0) for r in reps) for p in names}
+        failed = sum(round(r["failure_rate"] * r["texts"]) for r in reps)
+        reasons: dict[str, int] = {}
+        for r in reps:
+            for why, n in r.get("rejected_because", {}).items():
+                reasons[why] = reasons.get(why, 0) + n
+        top = sorted(reasons.items(), key=lambda kv: -kv[1])[:3]
+        rows.append([task, tried, *(f"{100 * by[p] / tried:.1f}%" for p in names), f"{100 * failed / tried:.1f}%",
+                     "; ".join(f"{why} ({n})" for why, n in top)])
+        stats.update({f"paraphrase.{task}.{p}": by[p] / tried for p in names})
+        stats[f"paraphrase.{task}.failure_rate"] = failed / tried
+    return {"title": "The syntactic trigger's paraphrasers: first sentences tried (each once per task, test and "
+                     "training candidates together), the share each paraphraser brought to the template (in chain "
+                     "order, each on what the ones before left), the share none did (never used), and the parser's "
+                     "commonest reasons for rejecting the last try",
+            "columns": ["task", "sentences", *(f"by {p}" for p in names), "failed", "rejected because"],
+            "rows": rows}, stats
 
 
 def _plot(ctx: RecipeContext, S: HKSettings, rows: list[dict]) -> list[str]:
