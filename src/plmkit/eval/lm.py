@@ -6,6 +6,7 @@ from typing import Any, Iterable, Sequence
 
 import torch
 from torch.nn import functional as F
+from tqdm.auto import tqdm
 
 from ..device import model_device, to_device, unwrap_model
 
@@ -103,14 +104,14 @@ def masked_lm_loss(model: torch.nn.Module, tokenizer, texts: Sequence[str], *, m
 
 @torch.no_grad()
 def text_nll(model: torch.nn.Module, tokenizer: Any, texts: Sequence[str], *, batch_size: int = 32,
-             max_length: int = 128) -> list[float]:
+             max_length: int = 128, progress: bool = False, desc: str = "perplexity") -> list[float]:
     """Per text, a causal LM's mean next-token negative log-likelihood over its tokens after the first (exp of it is
     the text's perplexity); NaN for a text of fewer than two tokens. Padding goes on the right, so every text
     keeps the positions it has alone."""
     model.eval()
     device = model_device(model)
     out: list[float] = []
-    for i in range(0, len(texts), batch_size):
+    for i in tqdm(range(0, len(texts), batch_size), desc=desc, disable=not progress):
         enc = tokenizer(list(texts[i:i + batch_size]), truncation=True, max_length=max_length, padding=True,
                         padding_side="right", return_tensors="pt")
         ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)

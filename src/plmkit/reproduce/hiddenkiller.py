@@ -98,7 +98,8 @@ def run(ctx: RecipeContext) -> dict[str, Any]:
             if "syntactic" in S.triggers:
                 with ctx.phase("paraphraser"):
                     triggers["syntactic"] = _memo(syntactic_trigger(S.paraphraser, retries=S.retries,
-                                                                    seed=ctx.seed, log=logs))
+                                                                    seed=ctx.seed, log=logs,
+                                                                    progress=ctx.progress))
             triggers = {k: v for k, v in triggers.items() if k in S.triggers}
             poisoned_tests = {}
             for trig, fn in triggers.items():
@@ -115,7 +116,7 @@ def run(ctx: RecipeContext) -> dict[str, Any]:
                                                                                   [b for _, b in pairs])))})
             with ctx.phase("defenses"):
                 defended = _defended_inputs(S, test, {t: poisoned_tests[t][0] for t in triggers}, (lm, lm_tok),
-                                            ctx.seed)
+                                            ctx.seed, ctx.progress)
             for seed in S.seeds:
                 with ctx.phase("victims"):
                     clean_model, tok = train_victim(task.train, len(task.label_names), S.victim, tmp / "clean",
@@ -152,7 +153,7 @@ def run(ctx: RecipeContext) -> dict[str, Any]:
 
 
 def _defended_inputs(S: HKSettings, test: list[dict], poisoned: dict[str, list[dict]], lm: tuple[Any, Any],
-                     seed: int) -> dict[str, dict[str, list[dict]]]:
+                     seed: int, progress: bool = False) -> dict[str, dict[str, list[dict]]]:
     """The first ``defense_max`` clean and poisoned test rows as the victim reads them behind each defense (label
     -> {"clean" | trigger -> rows}): computed once per task, since they depend on the text, not on the victim.
     ONION's word scores are computed once for all thresholds."""
@@ -169,12 +170,13 @@ def _defended_inputs(S: HKSettings, test: list[dict], poisoned: dict[str, list[d
                 for k, rows in sets.items()}
 
     if S.onion_thresholds:
-        scores = {k: suspicion_scores(*lm, [r["text"] for r in rows]) for k, rows in sets.items()}
+        scores = {k: suspicion_scores(*lm, [r["text"] for r in rows], progress=progress) for k, rows in sets.items()}
         for t in S.onion_thresholds:
             out[f"ONION {t:g}"] = rewrite(lambda k, texts, t=t: onion_filter(texts, scores[k], t))
     for name in S.defense_paraphrasers:
         out[f"paraphrase ({name})"] = rewrite(
-            lambda k, texts, name=name: defend("paraphrase", texts, paraphraser=name, seed=seed, lm=lm)[0])
+            lambda k, texts, name=name: defend("paraphrase", texts, paraphraser=name, seed=seed, lm=lm,
+                                               progress=progress)[0])
     return out
 
 

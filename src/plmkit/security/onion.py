@@ -12,9 +12,10 @@ from typing import Any, Sequence
 from ..eval.lm import text_nll
 
 
-def suspicion_scores(model: Any, tokenizer: Any, texts: Sequence[str], *, batch_size: int = 32) -> list[list[float]]:
+def suspicion_scores(model: Any, tokenizer: Any, texts: Sequence[str], *, batch_size: int = 32,
+                     progress: bool = False) -> list[list[float]]:
     """Per text, per whitespace word: perplexity of the text minus perplexity without that word (one batch of
-    every variant). A one-word text scores 0."""
+    every variant). A one-word text scores 0. ``progress``: a bar over the batches of variants."""
     variants, owner = [], []
     for i, t in enumerate(texts):
         words = t.split()
@@ -25,7 +26,8 @@ def suspicion_scores(model: Any, tokenizer: Any, texts: Sequence[str], *, batch_
                 variants.append(" ".join(words[:j] + words[j + 1:]))
                 owner.append((i, j))
     ppl = [math.exp(v) if not math.isnan(v) else math.nan for v in text_nll(model, tokenizer, variants,
-                                                                               batch_size=batch_size)]
+                                                                               batch_size=batch_size,
+                                                                               progress=progress, desc="ONION")]
     full = {i: p for (i, j), p in zip(owner, ppl) if j < 0}
     out = [[0.0] * len(t.split()) if len(t.split()) <= 1 else [] for t in texts]
     for (i, j), p in zip(owner, ppl):

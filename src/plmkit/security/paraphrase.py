@@ -125,6 +125,7 @@ class InstructParaphraser:
     max_new_tokens: int = 48
     temperature: float = 0.0
     seed: int = 0
+    progress: bool = False  # a bar over the batches of each call
     calls: int = field(default=0, init=False)
 
     def _prompt(self, text: str) -> str:
@@ -136,6 +137,7 @@ class InstructParaphraser:
 
     def paraphrase(self, texts: Sequence[str]) -> list[str]:
         import torch
+        from tqdm.auto import tqdm
 
         from ..device import model_device
 
@@ -143,7 +145,7 @@ class InstructParaphraser:
         tok = self.tokenizer
         tok.padding_side = "left"
         out = []
-        for i in range(0, len(texts), 16):
+        for i in tqdm(range(0, len(texts), 16), desc="paraphrase", disable=not self.progress):
             enc = tok([self._prompt(t) for t in texts[i:i + 16]], return_tensors="pt", padding=True,
                       add_special_tokens=False).to(model_device(self.model))
             sample = self.temperature > 0
@@ -164,9 +166,9 @@ PLAIN_EXAMPLES = (
 )
 
 
-def plain_paraphraser(model: Any, tokenizer: Any, *, seed: int = 0) -> InstructParaphraser:
+def plain_paraphraser(model: Any, tokenizer: Any, *, seed: int = 0, progress: bool = False) -> InstructParaphraser:
     """The defender's paraphraser: the chat LM asked to say each sentence plainly, opening with its subject."""
-    return InstructParaphraser(model, tokenizer, examples=PLAIN_EXAMPLES, seed=seed,
+    return InstructParaphraser(model, tokenizer, examples=PLAIN_EXAMPLES, seed=seed, progress=progress,
                                instruction="Paraphrase the sentence in plain words as one simple sentence that "
                                            "starts with its subject. Keep the meaning. Answer with the paraphrase "
                                            "only.")
@@ -294,7 +296,7 @@ PARAPHRASERS = ("rule", "instruct", "rule+instruct")
 DEFENSE_PARAPHRASERS = ("rule", "instruct")  # clause backing (structure alteration), the LM's plain paraphrase
 
 
-def syntactic_trigger(paraphraser: str, *, retries: int, seed: int, log: list) -> Any:
+def syntactic_trigger(paraphraser: str, *, retries: int, seed: int, log: list, progress: bool = False) -> Any:
     """The first-sentence syntactic trigger with the named paraphraser(s) (:data:`PARAPHRASERS`)."""
     chain = []
     if "rule" in paraphraser.split("+"):
@@ -303,11 +305,12 @@ def syntactic_trigger(paraphraser: str, *, retries: int, seed: int, log: list) -
         from ..assets import load_model
 
         model, tok = load_model("smollm2")
-        chain.append(InstructParaphraser(model, tok, seed=seed))
+        chain.append(InstructParaphraser(model, tok, seed=seed, progress=progress))
     return first_sentence_trigger(chain, retries=retries, log=log)
 
 
-def defense_paraphraser(name: str, *, seed: int = 0, lm: tuple[Any, Any] | None = None) -> Paraphraser:
+def defense_paraphraser(name: str, *, seed: int = 0, lm: tuple[Any, Any] | None = None,
+                        progress: bool = False) -> Paraphraser:
     """The named paraphraser of :data:`DEFENSE_PARAPHRASERS` (``lm``: an already loaded (chat model, tokenizer))."""
     from ..errors import ConfigError
 
@@ -318,5 +321,5 @@ def defense_paraphraser(name: str, *, seed: int = 0, lm: tuple[Any, Any] | None 
             from ..assets import load_model
 
             lm = load_model("smollm2")
-        return plain_paraphraser(*lm, seed=seed)
+        return plain_paraphraser(*lm, seed=seed, progress=progress)
     raise ConfigError(f"unknown defense paraphraser '{name}'; choose from {', '.join(DEFENSE_PARAPHRASERS)}")

@@ -68,10 +68,12 @@ DEFENSES = ("none", "onion", "paraphrase")
 
 
 def defend(defense: str, texts: Sequence[str], *, threshold: float = 100.0, paraphraser: str = "rule",
-           seed: int = 0, lm: tuple[Any, Any] | None = None) -> tuple[list[str], dict[str, Any]]:
+           seed: int = 0, lm: tuple[Any, Any] | None = None, progress: bool = False
+           ) -> tuple[list[str], dict[str, Any]]:
     """``texts`` as the victim reads them behind ``defense`` (:data:`DEFENSES`): none; ONION at ``threshold``
     (SmolLM2 perplexities, or ``lm``'s); or every sentence paraphrased by the named defense paraphraser. Returns
-    the texts and a short report (words ONION removed per text; the share of texts the paraphraser changed)."""
+    the texts and a short report (words ONION removed per text; the share of texts the paraphraser changed).
+    ``progress``: bars over the LM's batches."""
     from ..errors import ConfigError
 
     if defense not in DEFENSES:
@@ -85,12 +87,12 @@ def defend(defense: str, texts: Sequence[str], *, threshold: float = 100.0, para
     if defense == "onion":
         from .onion import onion_filter, suspicion_scores
 
-        out = onion_filter(texts, suspicion_scores(*lm, texts), threshold)
+        out = onion_filter(texts, suspicion_scores(*lm, texts, progress=progress), threshold)
         removed = sum(len(a.split()) - len(b.split()) for a, b in zip(texts, out))
         return out, {"threshold": threshold, "words_removed_per_text": removed / max(len(texts), 1)}
     from .paraphrase import defense_paraphraser, paraphrase_defense
 
-    return paraphrase_defense(defense_paraphraser(paraphraser, seed=seed, lm=lm), list(texts))
+    return paraphrase_defense(defense_paraphraser(paraphraser, seed=seed, lm=lm, progress=progress), list(texts))
 
 
 def semantic_drift(originals: Sequence[str], changed: Sequence[str], encoder: Any = None) -> list[float]:
