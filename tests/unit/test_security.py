@@ -192,3 +192,11 @@ def test_paraphrase_table_sums_calls_per_task():
     assert table["rows"] == [["topics", 14, "14.3%", "28.6%", "57.1%", "no comma (6); clause last (2)"]]
     assert stats["paraphrase.topics.InstructParaphraser"] == 4 / 14
     assert stats["paraphrase.topics.failure_rate"] == 8 / 14
+
+
+def test_chat_lm_refuses_an_unknown_dtype():
+    from plmkit.errors import ConfigError
+    from plmkit.security.paraphrase import chat_lm
+
+    with pytest.raises(ConfigError, match="choose from auto, float32, bfloat16"):
+        chat_lm("int8")

@@ -43,13 +43,15 @@ class HKSettings:
     defense_paraphrasers: tuple[str, ...] = ("rule", "instruct")  # the paraphrase defense's paraphrasers
     defense_max: int = 100  # test texts (clean and poisoned each) the defenses rewrite (0: no defenses)
     visibility_max: int = 100
+    lm_dtype: str = "auto"  # SmolLM2-Instruct's dtype (paraphrases, ONION, perplexities): auto = bf16 where fast
 
 
 QUICK = HKSettings(victim=VictimSettings(steps=20, batch_size=16), tasks=("polarity",), rates=(0.2,),
                    paraphraser="rule", retries=0, seeds=(0,), max_test=40, onion_thresholds=(),
                    defense_paraphrasers=("rule",), defense_max=40, visibility_max=16)
 # quick: ONION and the LM paraphrase (minutes of SmolLM2 here) run in the full recipe and in tests/real
-FULL = HKSettings(victim=VictimSettings(steps=200))
+# 54 victims of 120 steps and the defenses on 60 texts keep the run near an hour on 2 CPU cores (an AMX Xeon)
+FULL = HKSettings(victim=VictimSettings(steps=120), defense_max=60)
 
 
 def _memo(trigger):
@@ -77,16 +79,15 @@ def _memo(trigger):
     budgets=Budgets(quick=QUICK, full=FULL),
 )
 def run(ctx: RecipeContext) -> dict[str, Any]:
-    from ..assets import load_model
     from ..data.tasks import classification_task
-    from ..security.paraphrase import syntactic_trigger
+    from ..security.paraphrase import chat_lm, syntactic_trigger
     from ..security.poison import PoisonConfig, insert_words, poison_test, poison_train
     from ..security.study import (attack_scores, cls_representations, detect_poison, detection_quality,
                                   perplexity_increase, semantic_drift, spectral_signatures, train_victim)
     from ..security.syntax import conforms
 
     S: HKSettings = ctx.settings
-    lm, lm_tok = load_model("smollm2")
+    lm, lm_tok = chat_lm(S.lm_dtype)
     rows, visibility, defense_rows, paraphrase_logs = [], [], [], {}
     with tempfile.TemporaryDirectory() as tmp_:
         tmp = Path(tmp_)
@@ -99,7 +100,7 @@ def run(ctx: RecipeContext) -> dict[str, Any]:
                 with ctx.phase("paraphraser"):
                     triggers["syntactic"] = _memo(syntactic_trigger(S.paraphraser, retries=S.retries,
                                                                     seed=ctx.seed, log=logs,
-                                                                    progress=ctx.progress))
+                                                                    progress=ctx.progress, lm=(lm, lm_tok)))
             triggers = {k: v for k, v in triggers.items() if k in S.triggers}
             poisoned_tests = {}
             for trig, fn in triggers.items():
@@ -149,7 +150,7 @@ def run(ctx: RecipeContext) -> dict[str, Any]:
                                                                   max_length=S.victim.max_length)}
                                                  for label, sets in defended.items()]
             paraphrase_logs[name] = logs
-    return _report(ctx, S, rows, defense_rows, visibility, paraphrase_logs)
+    return _report(ctx, S, rows, defense_rows, visibility, paraphrase_logs, str(lm.dtype).replace("torch.", ""))
 
 
 def _defended_inputs(S: HKSettings, test: list[dict], poisoned: dict[str, list[dict]], lm: tuple[Any, Any],
@@ -186,7 +187,7 @@ def _mean(rows: list[dict], key: str) -> tuple[float, float]:
 
 
 def _report(ctx: RecipeContext, S: HKSettings, rows: list[dict], defense_rows: list[dict], visibility: list[dict],
-            logs: dict) -> dict[str, Any]:
+            logs: dict, lm_dtype: str) -> dict[str, Any]:
     fmt = lambda m, s: f"{m:.1f} ± {s:.1f}"  # noqa: E731
     tables, measured = [], {}
     for task in S.tasks:
@@ -254,6 +255,7 @@ def _report(ctx: RecipeContext, S: HKSettings, rows: list[dict], defense_rows: l
         f"Syntactic trigger: paraphraser '{S.paraphraser}' on each text's first sentence, {S.retries} retries; "
         "output the parser does not find in the template is never used, so the reached rate can fall short of the "
         "requested one (the table says by how much).",
+        f"SmolLM2-Instruct (paraphrases, ONION, perplexities) ran in {lm_dtype}.",
         f"Paper: {PAPER}.",
     ]
     if ctx.quick:

@@ -293,18 +293,32 @@ def paraphrase_defense(paraphraser: Paraphraser, texts: Sequence[str], *, nlp: A
 
 
 PARAPHRASERS = ("rule", "instruct", "rule+instruct")
+LM_DTYPES = ("auto", "float32", "bfloat16")
 DEFENSE_PARAPHRASERS = ("rule", "instruct")  # clause backing (structure alteration), the LM's plain paraphrase
 
 
-def syntactic_trigger(paraphraser: str, *, retries: int, seed: int, log: list, progress: bool = False) -> Any:
-    """The first-sentence syntactic trigger with the named paraphraser(s) (:data:`PARAPHRASERS`)."""
+def chat_lm(dtype: str = "auto") -> tuple[Any, Any]:
+    """(model, tokenizer) of SmolLM2-Instruct (the ``smollm2`` asset): the LM of the instruct paraphrasers, ONION
+    and the perplexity scores. ``auto``: bfloat16 where this machine runs it fast
+    (:func:`plmkit.device.bf16_is_fast`: AMX or AVX512-BF16, or a bf16 GPU), else float32."""
+    from ..assets import load_model
+    from ..device import fast_dtype
+    from ..errors import ConfigError
+
+    if dtype not in LM_DTYPES:
+        raise ConfigError(f"unknown LM dtype '{dtype}'; choose from {', '.join(LM_DTYPES)}")
+    return load_model("smollm2", dtype=fast_dtype() if dtype == "auto" else dtype)
+
+
+def syntactic_trigger(paraphraser: str, *, retries: int, seed: int, log: list, progress: bool = False,
+                      lm: tuple[Any, Any] | None = None) -> Any:
+    """The first-sentence syntactic trigger with the named paraphraser(s) (:data:`PARAPHRASERS`); ``lm``: an
+    already loaded (chat model, tokenizer), else :func:`chat_lm`."""
     chain = []
     if "rule" in paraphraser.split("+"):
         chain.append(ClauseFronting())
     if "instruct" in paraphraser.split("+"):
-        from ..assets import load_model
-
-        model, tok = load_model("smollm2")
+        model, tok = lm or chat_lm()
         chain.append(InstructParaphraser(model, tok, seed=seed, progress=progress))
     return first_sentence_trigger(chain, retries=retries, log=log)
 
@@ -317,9 +331,5 @@ def defense_paraphraser(name: str, *, seed: int = 0, lm: tuple[Any, Any] | None 
     if name == "rule":
         return ClauseBacking()
     if name == "instruct":
-        if lm is None:
-            from ..assets import load_model
-
-            lm = load_model("smollm2")
-        return plain_paraphraser(*lm, seed=seed, progress=progress)
+        return plain_paraphraser(*(lm or chat_lm()), seed=seed, progress=progress)
     raise ConfigError(f"unknown defense paraphraser '{name}'; choose from {', '.join(DEFENSE_PARAPHRASERS)}")

@@ -81,9 +81,9 @@ def defend(defense: str, texts: Sequence[str], *, threshold: float = 100.0, para
     if defense == "none":
         return list(texts), {}
     if lm is None and (defense == "onion" or paraphraser == "instruct"):
-        from ..assets import load_model
+        from .paraphrase import chat_lm
 
-        lm = load_model("smollm2")
+        lm = chat_lm()
     if defense == "onion":
         from .onion import onion_filter, suspicion_scores
 
