@@ -50,8 +50,9 @@ QUICK = HKSettings(victim=VictimSettings(steps=20, batch_size=16), tasks=("polar
                    paraphraser="rule", retries=0, seeds=(0,), max_test=40, onion_thresholds=(),
                    defense_paraphrasers=("rule",), defense_max=40, visibility_max=16)
 # quick: ONION and the LM paraphrase (minutes of SmolLM2 here) run in the full recipe and in tests/real
-# 54 victims of 120 steps and the defenses on 60 texts keep the run near an hour on 2 CPU cores (an AMX Xeon)
-FULL = HKSettings(victim=VictimSettings(steps=120), defense_max=60)
+# 54 victims of 120 steps and the defenses on 30 texts (ONION scores every word left out) keep the run near an
+# hour on 2 CPU cores (an AMX Xeon)
+FULL = HKSettings(victim=VictimSettings(steps=120), defense_max=30)
 
 
 def _memo(trigger):
