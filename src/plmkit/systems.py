@@ -89,10 +89,10 @@ _ROWS = [
      "implemented: description-based TransE + MLM, filtered negatives, transductive/inductive link prediction "
      "checked against PyKEEN, PyKEEN TransE/RotatE peers; recipe 'kepler'", "plmkit.knowledge.KEPLER"),
     ("hiddenkiller", "HiddenKiller: syntactic backdoor", "security",
-     "partial: dirty- and clean-label poisoned sets, syntactic (spaCy-checked template; clause-fronting rule, "
+     "implemented: dirty- and clean-label poisoned sets, syntactic (spaCy-checked template; clause-fronting rule, "
      "SmolLM2-Instruct and seq2seq paraphrasers) and insertion triggers, MiniLM victims with CACC / ASR, ONION and "
      "paraphrase defenses, a spectral-signature detector, trigger visibility (plmkit backdoor poison / train / "
-     "eval / detect; recipe 'hiddenkiller'). Not yet: a recorded full run",
+     "eval / detect; recipe 'hiddenkiller', full run recorded)",
      "plmkit.security.poison_train"),
     ("selective_masking", "Selective masking", "pretrain",
      "implemented: batched buffer-rule importance labels (reference and delta rules), a token tagger on an "
