@@ -274,19 +274,18 @@ def paraphrase_table(logs: dict[str, list[dict]]) -> tuple[dict[str, Any], dict[
     once per task, so the sums count distinct sentences): sentences tried, the share each paraphraser brought to
     the template, the share none did, and the parser's commonest reasons for rejecting. Returns the table and the
     measured shares."""
+    from collections import Counter
+
     rows, stats = [], {}
-    names = sorted({p for reps in logs.values() for r in reps for p in r.get("by_paraphraser", {})})
+    # chain order: each report's by_paraphraser is filled in the order the paraphrasers ran
+    names = list(dict.fromkeys(p for reps in logs.values() for r in reps for p in r.get("by_paraphraser", {})))
     for task, reps in logs.items():
         tried = sum(r["texts"] for r in reps)
         if not tried:
             continue
         by = {p: sum(r.get("by_paraphraser", {}).get(p, 0) for r in reps) for p in names}
-        failed = sum(round(r["failure_rate"] * r["texts"]) for r in reps)
-        reasons: dict[str, int] = {}
-        for r in reps:
-            for why, n in r.get("rejected_because", {}).items():
-                reasons[why] = reasons.get(why, 0) + n
-        top = sorted(reasons.items(), key=lambda kv: -kv[1])[:3]
+        failed = tried - sum(by.values())  # every sentence no paraphraser brought to the template
+        top = sum((Counter(r.get("rejected_because", {})) for r in reps), Counter()).most_common(3)
         rows.append([task, tried, *(f"{100 * by[p] / tried:.1f}%" for p in names), f"{100 * failed / tried:.1f}%",
                      "; ".join(f"{why} ({n})" for why, n in top)])
         stats.update({f"paraphrase.{task}.{p}": by[p] / tried for p in names})
