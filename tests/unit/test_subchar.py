@@ -79,15 +79,29 @@ def _reference_spelling(enc: SubCharEncoder, text: str) -> str:
     return "".join(parts)
 
 
-@pytest.mark.parametrize("encoding", ["pinyin", "zhuyin"])
+def _phrase_soup(n: int, seed: int = 0) -> list[str]:
+    """Texts of phrases that read a heteronym otherwise than alone, run together so they overlap and compete."""
+    import random
+
+    from plmkit.chinese.subchar import _marked_phrases
+
+    phrases = sorted(_marked_phrases()[2])
+    rng = random.Random(seed)
+    return ["".join(rng.choice(phrases) for _ in range(rng.randint(2, 8))) for _ in range(n)]
+
+
+@pytest.mark.parametrize("encoding", codes.CONTEXTUAL)
 def test_fast_spelling_equals_reading_every_run_with_pypinyin(encoding):
     from plmkit.data.chinese import tokenizer_corpus
 
     data = tokenizer_corpus(0, 10, 800)  # held-out news and reviews
-    texts = data["news"] + data["reviews"][:200] + VARIED
+    texts = data["news"] + data["reviews"][:200] + VARIED + _phrase_soup(300)
     for index in (True, False):
         enc = SubCharEncoder.build(encoding, index=index)
+        assert enc._reader._windows  # the fast path is the one tested
         assert enc.encode_batch(texts) == [_reference_spelling(enc, t) for t in texts]
+    enc._reader._windows = False  # whole runs read: the path taken where the phrase data breaks the windows
+    assert enc.encode_batch(texts[:300]) == [_reference_spelling(enc, t) for t in texts[:300]]
 
 
 def test_stroke_sequences_mostly_have_unihan_stroke_counts():

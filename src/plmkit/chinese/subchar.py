@@ -79,53 +79,152 @@ def _escaped(ch: str) -> str:
     return ESCAPE + ch if _SHIFT_BASE <= ord(ch) <= ord(ESCAPE) else ch
 
 
-class _ContextReader:
-    """Contextual readings of runs of Chinese characters, as ``pypinyin.lazy_pinyin(run, style,
-    neutral_tone_with_five=True)`` gives them, faster: one converter for every call, and each word of
-    pypinyin's own segmentation converted once (a word's reading does not depend on its neighbours, so
-    the result is the same list). Runs without a heteronym are not read at all."""
+@lru_cache(maxsize=1)
+def _marked_phrases() -> tuple[dict, dict, frozenset, frozenset, bool]:
+    """Where pypinyin's phrase data reads a character otherwise than alone (alone it gets the first of its
+    readings), ``(left, right, phrases, prefixes, regular)``: each such ``(offset, phrase)`` indexed by the
+    character and a neighbour, ``right[(ch, next)]`` where ``ch`` is not the phrase's last character,
+    ``left[(previous, ch)]`` where it is; the set of those phrases; every prefix of every phrase (what pypinyin's
+    segmenter matches); whether every phrase has one reading per character. Readings are compared as pypinyin
+    stores them (tone marks), before any style: a superset for every style. Built once, from the phrase data
+    loaded at first use."""
+    from pypinyin.constants import PHRASES_DICT, PINYIN_DICT
 
-    def __init__(self, encoding: str):
+    left: dict[tuple[str, str], list[tuple[int, str]]] = {}
+    right: dict[tuple[str, str], list[tuple[int, str]]] = {}
+    marked, prefixes, regular = set(), set(), True
+    for phrase, readings in PHRASES_DICT.items():
+        prefixes.update(phrase[:i] for i in range(1, len(phrase) + 1))
+        regular = regular and len(readings) == len(phrase)
+        for o, ch in enumerate(phrase):
+            item = readings[o] if len(readings) == len(phrase) else None
+            if item and item[0] == PINYIN_DICT.get(ord(ch), "").split(",")[0]:
+                continue
+            marked.add(phrase)
+            if o + 1 < len(phrase):
+                right.setdefault((ch, phrase[o + 1]), []).append((o, phrase))
+            elif o:
+                left.setdefault((phrase[o - 1], ch), []).append((o, phrase))
+    return left, right, frozenset(marked), frozenset(prefixes), regular
+
+
+class _ContextReader:
+    """Contextual readings of Chinese text, as ``pypinyin.lazy_pinyin(run, style, neutral_tone_with_five=True)``
+    gives them for each maximal run of covered characters, faster. Alone, pypinyin reads a character with its
+    first reading; only a phrase of its phrase data (:func:`_marked_phrases`) reads it otherwise, and only where
+    its segmenter (forward maximum matching) cuts that phrase as a word. So a heteronym is looked at only where
+    such a phrase occurs around it; then pypinyin segments a window from the nearest position no phrase can
+    span, which cuts as the whole run does, and converts the word holding the heteronym (once per word: a
+    word's reading does not depend on its neighbours). Where the phrase data or the table break the window's
+    assumptions (a phrase without one reading per character, a character pypinyin does not read as Chinese,
+    or a heteronym whose reading alone is not its first code; none in pypinyin 0.55), whole runs are read.
+    """
+
+    def __init__(self, encoding: str, codes: dict[str, list[str]]):
+        from pypinyin.constants import PINYIN_DICT, RE_HANS
         from pypinyin.converter import UltimateConverter
         from pypinyin.core import Pinyin
+        from pypinyin.seg.mmseg import seg
 
         from .codes import _style
 
         self._converter = UltimateConverter(neutral_tone_with_five=True)
-        self._pinyin = Pinyin(self._converter)
+        self._pinyin, self._cut = Pinyin(self._converter), seg.cut
         self._style = _style(encoding)
         self._words: dict[str, list[str]] = {}
+        self._codes = codes
+        self._left, self._right, self._marked, self._prefixes, regular = _marked_phrases()
+        self._longest = max(map(len, self._prefixes), default=1)
+        self.heteronyms = frozenset(ch for ch, cs in codes.items() if len(cs) > 1)
+        self._unusual = frozenset(h for h in self.heteronyms if self._convert(h) != codes[h][:1])
+        self._windows = regular and not self._unusual and all(
+            RE_HANS.match(ch) and ord(ch) in PINYIN_DICT for ch in codes)
+        # where to look: heteronyms some phrase reads otherwise, and the bigrams around them in those phrases
+        self._bigrams = frozenset(a + b for a, b in (*self._right, *self._left))
+        marked = {h for h, _ in self._right} | {h for _, h in self._left}
+        chars = sorted(marked & self.heteronyms | self._unusual)
+        self._candidates = re.compile("[" + "".join(map(re.escape, chars)) + "]" if chars else "(?!)")
+
+    def _convert(self, word: str) -> list[str]:
+        return [py for item in self._converter.convert(word, self._style, False, "default", strict=True)
+                for py in item]
+
+    def _word(self, word: str) -> list[str]:
+        r = self._words.get(word)
+        if r is None:
+            r = self._convert(word)
+            if len(self._words) < 200_000:
+                self._words[word] = r
+        return r
 
     def clear(self) -> None:
         self._words.clear()
 
-    def read(self, run: str) -> list[str]:
-        out: list[str] = []
+    def read(self, run: str) -> list[str | None]:
+        """Per character of ``run``, its contextual reading, or ``None`` where it is read as alone."""
+        out: list[str | None] = []
         for word in self._pinyin.seg(run):
-            r = self._words.get(word)
-            if r is None:
-                r = [py for item in self._converter.convert(word, self._style, False, "default", strict=True)
-                     for py in item]
-                if len(self._words) < 200_000:
-                    self._words[word] = r
-            out.extend(r)
+            if word in self._marked or not self._windows:
+                out.extend(self._word(word))
+            else:
+                out.extend([None] * len(word))
         return out
 
-    def runs(self, text: str, codes: list, heteronyms: frozenset):
-        """``(start, end, readings)`` for each maximal run of covered characters holding a heteronym whose
-        reading has one entry per character."""
-        start = None
-        for i in range(len(text) + 1):
-            inside = i < len(text) and codes[i] is not None
-            if inside and start is None:
-                start = i
-            elif not inside and start is not None:
-                run = text[start:i]
-                if not heteronyms.isdisjoint(run):
-                    read = self.read(run)
-                    if len(read) == i - start:
-                        yield start, i, read
-                start = None
+    def _in_context(self, text: str, j: int) -> bool:
+        """Whether the heteronym at ``j`` may be read otherwise than alone: a marked phrase covers it."""
+        if j + 1 < len(text):
+            for o, phrase in self._right.get((text[j], text[j + 1]), ()):
+                if j >= o and text.startswith(phrase, j - o):
+                    return True
+        if j:
+            for o, phrase in self._left.get((text[j - 1], text[j]), ()):
+                if j >= o and text.startswith(phrase, j - o):
+                    return True
+        return False
+
+    def _word_at(self, text: str, j: int) -> tuple[int, str]:
+        """``(start, word)``: the word of pypinyin's segmentation of ``j``'s run that holds ``j``. The window
+        starts where no phrase prefix spans the position before (a word starts there however the run is cut)
+        and ends ``longest`` characters after ``j`` at most (no word starting by ``j`` is longer)."""
+        codes, prefixes, longest = self._codes, self._prefixes, self._longest
+        p = j
+        while p and text[p - 1] in codes and any(text[a:p + 1] in prefixes for a in range(max(0, p - longest + 1), p)):
+            p -= 1
+        e = j + 1
+        while e < len(text) and e < j + longest and text[e] in codes:
+            e += 1
+        for word in self._cut(text[p:e]):
+            if p + len(word) > j:
+                return p, word
+            p += len(word)
+        raise AssertionError("unreachable: the window holds j")
+
+    def overrides(self, text: str):
+        """``(position, code)`` for each character of ``text`` whose contextual code is not its first one."""
+        codes, bigrams, unusual, end = self._codes, self._bigrams, self._unusual, 0
+        for m in self._candidates.finditer(text):
+            j = m.start()
+            if j < end or text[j] not in unusual and not (
+                    (text[j:j + 2] in bigrams or text[j - 1:j + 1] in bigrams) and self._in_context(text, j)):
+                continue
+            if self._windows:
+                start, word = self._word_at(text, j)
+                end = start + len(word)
+                if word not in self._marked:
+                    continue
+                read: list[str | None] = self._word(word)
+            else:
+                start, end = j, j + 1
+                while start and text[start - 1] in codes:
+                    start -= 1
+                while end < len(text) and text[end] in codes:
+                    end += 1
+                read = self.read(text[start:end])
+                if len(read) != end - start:  # pypinyin kept some characters together: the run keeps first codes
+                    continue
+            for k, r in enumerate(read, start):
+                if r is not None and r != codes[text[k]][0] and r in codes[text[k]]:
+                    yield k, r
 
 
 class SubCharVersionWarning(UserWarning):
@@ -166,8 +265,7 @@ class SubCharEncoder:
                         for (ch, code), i in self._position.items()}
         self._default = {ch: self._pieces[(ch, cs[0])] for ch, cs in self.codes.items() if (ch, cs[0]) in self._pieces}
         self._fixed = {**_SHIFT, **self._default}
-        self._heteronyms = frozenset(ch for ch, cs in self.codes.items() if len(cs) > 1)
-        self._reader = _ContextReader(self.encoding) if self.encoding in CONTEXTUAL else None
+        self._reader = _ContextReader(self.encoding, self.codes) if self.encoding in CONTEXTUAL else None
 
     # ------------------------------------------------------------ building and saving
     @classmethod
@@ -225,21 +323,19 @@ class SubCharEncoder:
         codes = self.codes
         out: list[str | None] = [codes[ch][0] if ch in codes else None for ch in text]
         if self._reader is not None:
-            for start, end, read in self._reader.runs(text, out, self._heteronyms):
-                for j, r in enumerate(read, start):
-                    if r in codes[text[j]]:
-                        out[j] = r
+            for j, code in self._reader.overrides(text):
+                out[j] = code
         return out
 
     def encode(self, text: str) -> str:
         """Spell ``normalize(text)``: code (+ index) + separator per covered character; the rest shifted."""
         text = normalize(text)
         fixed = self._fixed
-        if self._reader is None or not self._heteronyms.intersection(text):
-            return "".join([fixed.get(ch) or _escaped(ch) for ch in text])
-        pieces = self._pieces
-        return "".join([fixed.get(ch) or _escaped(ch) if code is None else pieces[(ch, code)]
-                        for ch, code in zip(text, self._readings(text))])
+        out = [fixed.get(ch) or _escaped(ch) for ch in text]
+        if self._reader is not None:
+            for j, code in self._reader.overrides(text):
+                out[j] = self._pieces[(text[j], code)]
+        return "".join(out)
 
     def clear_cache(self) -> None:
         """Forget the contextual readings of words seen so far (they are cached per word as text is encoded)."""
