@@ -1,5 +1,6 @@
 """The few-shot harness, label scoring, AutoSeq's search and DPT, on tiny random models (no assets)."""
 import itertools
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -278,6 +279,41 @@ def test_every_method_runs_on_the_same_splits(tmp_path):
     assert len(table["rows"]) == len(METHODS)
     with pytest.raises(ConfigError, match="needs a discriminator"):
         run_fewshot(task, ["dpt"], k=2, seeds=[0], config=cfg, prompt=PROMPT, progress=False)
+
+
+def test_a_stored_run_resumes_and_a_changed_setting_reruns(tmp_path, monkeypatch):
+    from plmkit.prompting import harness
+
+    tok = tiny_tokenizer(chat=False)
+    folder = tmp_path / "tiny-llama"
+    tiny_model("llama").save_pretrained(folder)
+    tok.save_pretrained(folder)
+    cfg = harness.FewShotConfig(model=str(folder), tune=scoring.PromptTuneConfig(steps=1, batch_size=4,
+                                                                                 mixed_precision="no"),
+                                head_steps=1, batch_size=4, max_length=32, mixed_precision="no")
+    task, store = _task(n_per_class=8, classes=2), tmp_path / "runs"
+    loader = harness.fresh_copies(lambda: (tiny_model("llama"), tok))
+
+    def run(config=cfg):
+        return harness.run_fewshot(task, ["manual", "finetune"], k=2, seeds=[0, 1], config=config, prompt=PROMPT,
+                                   progress=False, lm_loader=loader, store=store, store_inputs={"model": "tiny"})
+
+    first = run()
+    assert len(list(store.glob("*.json"))) == 4 and all(r.resumed == 0 for r in first.values())
+    (store / "toy-k2-finetune-split1.json").write_text("{not json")  # a damaged file is run again, not trusted
+    calls = []
+    real = harness.run_method
+    monkeypatch.setattr(harness, "run_method", lambda m, split, *a, **kw: calls.append((m, split.seed)) or
+                        real(m, split, *a, **kw))
+    again = run()
+    assert calls == [("finetune", 1)]
+    for m in first:
+        assert again[m].accuracies == first[m].accuracies and again[m].seconds[:1] == first[m].seconds[:1]
+    assert again["manual"].resumed == 2 and again["finetune"].resumed == 1
+    assert harness.resumed_note([r.summary() for r in again.values()])[0].startswith("3 of 4 runs")
+    calls.clear()
+    run(replace(cfg, head_steps=2))  # other settings: nothing is taken from the store
+    assert len(calls) == 4
 
 
 # --- DPT extractive QA --------------------------------------------------------------------------------------------

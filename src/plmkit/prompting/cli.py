@@ -35,6 +35,7 @@ def _autoseq_config(args: argparse.Namespace):
 
 def _cmd_fewshot(args: argparse.Namespace) -> None:
     from .._io import write_json
+    from ..cache import model_identity
     from ..device import cpu_info
     from .dpt import DPTConfig, load_discriminator
     from .fewshot import format_summary
@@ -54,7 +55,10 @@ def _cmd_fewshot(args: argparse.Namespace) -> None:
     disc = fresh_copies(lambda: load_discriminator(args.discriminator)) if args.discriminator else None
     results = run_fewshot(args.task, args.method, None if args.full_data else args.k, range(args.seeds), cfg,
                           prompt=_prompt(args), max_test=args.max_test, lm_loader=_lm_loader(args.model),
-                          discriminator_loader=disc, progress=not args.no_progress)
+                          discriminator_loader=disc, progress=not args.no_progress,
+                          store=None if args.no_resume else out / "runs",
+                          store_inputs={"model": model_identity(args.model), "discriminator":
+                                        model_identity(args.discriminator) if args.discriminator else None})
     summaries = [r.summary() for r in results.values()]
     title = f"{args.task}, K={'full' if args.full_data else args.k}, {args.seeds} splits, {args.model}"
     write_json(out / "results.json", {"summaries": summaries, "table": summary_table(summaries, title),
@@ -164,7 +168,9 @@ def add_parser(sub: Any) -> None:
     f.add_argument("--steps", type=int, default=30, help="tuning steps of every method (0: zero-shot prompts)")
     f.add_argument("--lr", type=float, default=1e-5, help="learning rate of prompt-based fine-tuning and DPT")
     f.add_argument("--discriminator", default=None, help="ELECTRA discriminator folder for --method dpt")
-    f.add_argument("--out", required=True, help="folder for results.json and fewshot.png")
+    f.add_argument("--out", required=True, help="folder for results.json, fewshot.png and runs/ (one JSON per "
+                   "finished method and split: rerunning the same command resumes from them)")
+    f.add_argument("--no-resume", action="store_true", help="run every method and split again, ignoring runs/")
     f.set_defaults(fn=_cmd_fewshot)
 
     a = sub.add_parser("autoseq", help="AutoSeq: search label sequences for a task's classes")

@@ -96,6 +96,7 @@ class MethodResult:
     majorities: list[float] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
     extra: list[dict] = field(default_factory=list)  # per split: whatever the method reports (e.g. the sequences)
+    resumed: int = 0  # splits taken from an earlier run's store (see harness.run_fewshot)
 
     def add(self, accuracy: float, split: FewShotSplit, seconds: float, extra: dict | None = None) -> None:
         self.accuracies.append(float(accuracy))
@@ -111,7 +112,7 @@ class MethodResult:
                 "std": float(acc.std(ddof=1)) if len(acc) > 1 else 0.0,
                 "failure_rate": float(np.mean(failures)) if failures else None,
                 "accuracies": self.accuracies, "majority": self.majorities, "seconds": self.seconds,
-                "extra": self.extra}
+                "extra": self.extra, "resumed": self.resumed}
 
 
 def format_summary(s: dict) -> str:

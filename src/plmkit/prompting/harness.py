@@ -20,7 +20,8 @@ import copy
 import tempfile
 import time
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Sequence
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
 
 from ..data.tasks import ClassificationTask
 from ..errors import ConfigError
@@ -138,9 +139,16 @@ def _head_method(tuning, split, config, tmp, seed) -> tuple[float, dict]:
 def run_fewshot(task: str | ClassificationTask, methods: Sequence[str], k: int | None = 16,
                 seeds: Sequence[int] = range(5), config: FewShotConfig = FewShotConfig(), *,
                 prompt: Prompt | None = None, max_test: int | None = None, lm_loader: Loader | None = None,
-                discriminator_loader: Loader | None = None, progress: bool = True) -> dict[str, MethodResult]:
+                discriminator_loader: Loader | None = None, progress: bool = True,
+                store: str | Path | None = None, store_inputs: Mapping[str, Any] | None = None
+                ) -> dict[str, MethodResult]:
     """Every method on the same splits of ``task`` (an asset task's name, or a task; one split per seed);
-    returns {method: MethodResult}."""
+    returns {method: MethodResult}.
+
+    ``store``: a folder where each finished (method, split) run is written as JSON the moment it ends; a rerun
+    with the same task, K, settings, prompt and ``store_inputs`` (what identifies the loaders' models) takes
+    those runs from there, so a long run that stopped resumes where it was. A stored run keeps its own seconds
+    and CPU; ``MethodResult.resumed`` counts the runs taken from the store."""
     from tqdm.auto import tqdm
 
     from ..data.tasks import classification_task
@@ -152,18 +160,67 @@ def run_fewshot(task: str | ClassificationTask, methods: Sequence[str], k: int |
     prompt = prompt or load_prompt(task.name)
     splits = few_shot_splits(task, k, list(seeds), max_test)
     lm_loader = lm_loader or (default_lm_loader(config.model) if set(methods) & set(LM_METHODS) else None)
+    cells = _CellStore(store, {"task": task.name, "k": k, "config": config, "prompt": prompt,
+                               "max_test": max_test, "inputs": store_inputs or {}}) if store else None
     results = {m: MethodResult(m, task.name, k) for m in methods}
     bar = tqdm(total=len(methods) * len(splits), desc=f"few-shot {task.name}", disable=not progress)
     for split in splits:
         for m in methods:
-            t = time.perf_counter()
-            acc, extra = run_method(m, split, prompt, config, lm_loader=lm_loader,
-                                    discriminator_loader=discriminator_loader, seed=split.seed)
-            results[m].add(acc, split, time.perf_counter() - t, extra)
+            done = cells.get(m, split.seed) if cells else None
+            if done is not None:
+                acc, seconds, extra = done["accuracy"], done["seconds"], done["extra"]
+                results[m].resumed += 1
+            else:
+                t = time.perf_counter()
+                acc, extra = run_method(m, split, prompt, config, lm_loader=lm_loader,
+                                        discriminator_loader=discriminator_loader, seed=split.seed)
+                seconds = time.perf_counter() - t
+                if cells:
+                    cells.put(m, split.seed, acc, seconds, extra)
+            results[m].add(acc, split, seconds, extra)
             bar.update(1)
             bar.set_postfix(method=m, acc=f"{acc:.3f}")
     bar.close()
     return results
+
+
+class _CellStore:
+    """One JSON file per finished (method, split) run, named by the run's settings: what makes few-shot runs
+    resumable. Files are written atomically; one made under other settings is ignored and replaced."""
+
+    def __init__(self, folder: str | Path, identity: Mapping[str, Any]):
+        from ..cache import cache_key
+
+        self.folder, self.key = Path(folder), cache_key("fewshot-run", identity)
+        self.prefix = f"{identity['task']}-k{'full' if identity['k'] is None else identity['k']}"
+
+    def _path(self, method: str, seed: int) -> Path:
+        return self.folder / f"{self.prefix}-{method}-split{seed}.json"
+
+    def get(self, method: str, seed: int) -> dict | None:
+        import json
+
+        path = self._path(method, seed)
+        try:
+            cell = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return cell if cell.get("key") == self.key else None
+
+    def put(self, method: str, seed: int, accuracy: float, seconds: float, extra: dict) -> None:
+        from .._io import write_json
+        from ..device import cpu_info
+
+        write_json(self._path(method, seed), {"key": self.key, "method": method, "split_seed": seed,
+                                               "accuracy": float(accuracy), "seconds": round(seconds, 2),
+                                               "extra": extra, "cpu": cpu_info().get("cpu")})
+
+
+def resumed_note(summaries: Sequence[dict]) -> list[str]:
+    """A report note when some runs of ``summaries`` came from an earlier, stopped run's store (else none)."""
+    n, total = sum(s.get("resumed", 0) for s in summaries), sum(s["runs"] for s in summaries)
+    return [f"{n} of {total} runs were taken from an earlier, stopped run of this command (kept in runs/, each "
+            "with its own seconds and CPU)."] if n else []
 
 
 # --- tables and plots -----------------------------------------------------------------------------------------

@@ -12,8 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ..cache import model_identity
 from ..prompting.autoseq import AutoSeqConfig
-from ..prompting.harness import FewShotConfig, default_lm_loader, plot_summaries, run_fewshot, summary_table
+from ..prompting.harness import FewShotConfig, resumed_note, default_lm_loader, plot_summaries, run_fewshot, summary_table
 from ..prompting.scoring import PromptTuneConfig
 from .registry import Budgets, RecipeContext, recipe
 
@@ -58,7 +59,8 @@ def run(ctx: RecipeContext) -> dict[str, Any]:
     for task in S.tasks:
         with ctx.phase(f"few-shot {task}"):
             res = run_fewshot(task, S.methods, S.k, [ctx.seed + s for s in S.seeds], S.fewshot, max_test=S.max_test,
-                              lm_loader=loader, progress=ctx.progress)
+                              lm_loader=loader, progress=ctx.progress, store=ctx.out_dir / "runs",
+                              store_inputs={"model": model_identity(S.fewshot.model)})
         summaries += [r.summary() for r in res.values()]
     measured = {f"{s['task']}.{s['method']}.{stat}": s[stat] for s in summaries
                 for stat in ("mean", "std", "failure_rate")}
@@ -90,11 +92,12 @@ def run(ctx: RecipeContext) -> dict[str, Any]:
         "Prompt-based fine-tuning: " + (f"{S.fewshot.tune.steps} steps, LM loss on the gold sequence."
                                         if S.fewshot.tune.steps else "none in this budget: every method is scored "
                                                                       "zero-shot with its label words."),
+        *resumed_note(summaries),
     ]
     if ctx.quick:
         notes.insert(0, f"Quick run: polarity only, K={S.k}, {len(S.seeds)} splits, test capped at {S.max_test}, a "
-                        "small beam, zero-shot; the full run has three tasks, 5 splits, the paper's beam and the "
-                        "soft-prompt / LoRA / fine-tuning baselines.")
+                        "small beam, zero-shot; the full run has three tasks, 5 splits, beam 20 and up to 10 tokens, "
+                        "prompt-based fine-tuning and the soft-prompt / LoRA / fine-tuning baselines.")
     title = f"AutoSeq vs manual and single-word label words ({S.fewshot.model}, K={S.k})"
     tables = [summary_table(summaries, title + ", test accuracy"),
               {"title": "Label sequences found (in class order) and the search cost per split",

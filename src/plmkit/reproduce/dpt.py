@@ -12,10 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
+from ..cache import model_identity
 from ..prompting import dpt_qa
 from ..prompting.dpt import DPTConfig
 from ..prompting.dpt_qa import SpanConfig
-from ..prompting.harness import FewShotConfig, fresh_copies, plot_summaries, run_fewshot, summary_table
+from ..prompting.harness import FewShotConfig, resumed_note, fresh_copies, plot_summaries, run_fewshot, summary_table
 from ..prompting.scoring import PromptTuneConfig
 from .registry import Budgets, RecipeContext, recipe
 from .shared import DiscriminatorSettings, MLMHeadSettings, minilm_discriminator, minilm_mlm
@@ -76,12 +77,14 @@ def run(ctx: RecipeContext) -> dict[str, Any]:
     discriminator = fresh_copies(lambda: (disc, tok))
     lm = fresh_copies(lambda: minilm_mlm(S.discriminator.generator)[:2])
     cfg = replace(S.fewshot, mixed_precision=S.discriminator.mixed_precision)
+    inputs = {"model": model_identity("minilm"), "discriminator": S.discriminator}  # what the stored runs came from
     summaries = []
     for task in S.tasks:
         for k in S.ks:
             with ctx.phase(f"few-shot {task}"):
                 res = run_fewshot(task, S.methods, k, [ctx.seed + s for s in S.seeds], cfg, max_test=S.max_test,
-                                  lm_loader=lm, discriminator_loader=discriminator, progress=ctx.progress)
+                                  lm_loader=lm, discriminator_loader=discriminator, progress=ctx.progress,
+                                  store=ctx.out_dir / "runs", store_inputs=inputs)
             summaries += [{**r.summary(), "method": METHOD_NAMES[m]} for m, r in res.items()]
     qa = _qa(ctx, S.qa, disc, tok) if S.qa else None
     measured = {f"{s['task']}.k{s['k'] or 'full'}.{s['method'].split(' ')[0]}.{stat}": s[stat]
@@ -109,6 +112,7 @@ def run(ctx: RecipeContext) -> dict[str, Any]:
         "continued copy, the others from the original.",
         "DPT input: [CLS] text [SEP] template with every label word [SEP]; p(original) = sigmoid(b_c - z_c) at each "
         "word's first token (class bias inside the sigmoid); BCE, whole model tuned.",
+        *resumed_note(summaries),
     ]
     if ctx.quick:
         notes.insert(0, f"Quick run: polarity only, K={S.ks[0]}, {len(S.seeds)} splits, {S.fewshot.dpt.steps} tuning "
