@@ -146,9 +146,9 @@ def run_fewshot(task: str | ClassificationTask, methods: Sequence[str], k: int |
     returns {method: MethodResult}.
 
     ``store``: a folder where each finished (method, split) run is written as JSON the moment it ends; a rerun
-    with the same task, K, settings, prompt and ``store_inputs`` (what identifies the loaders' models) takes
-    those runs from there, so a long run that stopped resumes where it was. A stored run keeps its own seconds
-    and CPU; ``MethodResult.resumed`` counts the runs taken from the store."""
+    with the same task, K, settings, prompt, plmkit version and ``store_inputs`` (what identifies the loaders'
+    models) takes those runs from there, so a long run that stopped resumes where it was. A stored run keeps
+    its own seconds and CPU; ``MethodResult.resumed`` counts the runs taken from the store."""
     from tqdm.auto import tqdm
 
     from ..data.tasks import classification_task
@@ -189,9 +189,10 @@ class _CellStore:
     resumable. Files are written atomically; one made under other settings is ignored and replaced."""
 
     def __init__(self, folder: str | Path, identity: Mapping[str, Any]):
+        from .. import __version__
         from ..cache import cache_key
 
-        self.folder, self.key = Path(folder), cache_key("fewshot-run", identity)
+        self.folder, self.key = Path(folder), cache_key("fewshot-run", {**identity, "plmkit": __version__})
         self.prefix = f"{identity['task']}-k{'full' if identity['k'] is None else identity['k']}"
 
     def _path(self, method: str, seed: int) -> Path:
