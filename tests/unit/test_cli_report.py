@@ -42,11 +42,14 @@ def test_missing_asset_names_its_install_command(monkeypatch, capsys):
     assert "install: apt-get install -y wordnet-base" in capsys.readouterr().out
 
 
-def test_reproduce_runner_writes_results_and_report(tmp_path, capsys):
+def test_reproduce_runner_writes_results_and_report(tmp_path, capsys, monkeypatch):
     from dataclasses import dataclass
 
     from plmkit.errors import ConfigError, PlmkitError
-    from plmkit.reproduce import Budgets, load_recipes
+    from plmkit.reproduce import Budgets, load_recipes, registry
+
+    committed = []  # a commit made while the recipe runs must not be recorded as the one that ran
+    monkeypatch.setattr(registry, "_git_commit", lambda: "later" if committed else "started")
 
     @dataclass(frozen=True)
     class ToySettings:
@@ -56,6 +59,7 @@ def test_reproduce_runner_writes_results_and_report(tmp_path, capsys):
             budgets=Budgets(quick=ToySettings(2), full=ToySettings(20)))
     def _toy(ctx):
         (ctx.out_dir / "p.png").write_bytes(b"png")
+        committed.append(1)
         return {"measured": {"a": 1.5, "n": ctx.settings.n},
                 "tables": [{"title": "T", "columns": ["k", "v"], "rows": [["a", 1.5]]}],
                 "headline": {"metric": "a", "ours": 1.5, "paper": 2.0}, "plots": ["p.png"], "notes": ["n"]}
@@ -79,6 +83,7 @@ def test_reproduce_runner_writes_results_and_report(tmp_path, capsys):
     assert res["measured"] == {"a": 1.5, "n": 2} and res["command"].startswith("plmkit reproduce toy --quick")
     assert res["budget"] == "quick" and res["settings"] == {"n": 2} and res["date"]
     assert res["environment"]["cpu_info"]["cores"] and res["environment"]["fast_dtype"] in ("float32", "bfloat16")
+    assert res["environment"]["git_commit"] == "started" and len(res["environment"]["loadavg_end"]) == 3
     assert not (tmp_path / "rec").exists()  # quick runs (and non-built-in recipes) are never recorded
     md = (tmp_path / "index.md").read_text()
     assert "| a | 1.500 |" in md and "toy/p.png" in md and "no full run recorded" in md

@@ -161,6 +161,7 @@ def run_recipe(recipe_: Recipe, out_dir: str | Path, quick: bool = True, seed: i
     ctx.out_dir.mkdir(parents=True, exist_ok=True)
     (ctx.out_dir / "error.txt").unlink(missing_ok=True)
     started = _dt.datetime.now(_dt.timezone.utc)
+    env = environment()  # at the start: the commit whose code runs (a long run may outlive later commits)
     t0 = time.perf_counter()
     try:
         body, status, error = recipe_.run(ctx), "ok", None
@@ -174,7 +175,8 @@ def run_recipe(recipe_: Recipe, out_dir: str | Path, quick: bool = True, seed: i
         "status": status, **({"error": error} if error else {}),
         "command": f"plmkit reproduce {recipe_.name}{' --quick' if quick else ''} --out {out}",
         "date": started.isoformat(timespec="seconds"), "out_dir": str(ctx.out_dir),
-        "runtime_s": round(time.perf_counter() - t0, 1), "phases_s": ctx.phases, "environment": environment(),
+        "runtime_s": round(time.perf_counter() - t0, 1), "phases_s": ctx.phases,
+        "environment": {**env, "loadavg_end": [round(x, 2) for x in os.getloadavg()]},
         "settings": dataclasses.asdict(settings) if dataclasses.is_dataclass(settings) else None, **body,
     }
     write_json(ctx.out_dir / "results.json", res)
