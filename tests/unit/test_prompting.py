@@ -316,6 +316,18 @@ def test_a_stored_run_resumes_and_a_changed_setting_reruns(tmp_path, monkeypatch
     assert len(calls) == 4
 
 
+def test_plots_bars_for_one_k_and_lines_across_ks():
+    from plmkit.prompting.harness import plot_summaries
+
+    runs = [{"task": t, "k": k, "method": m, "mean": 0.6, "std": 0.02, "accuracies": [0.58, 0.62], "majority": [0.5]}
+            for t in ("a", "b") for k in (8, None) for m in ("dpt", "finetune")]
+    lines = plot_summaries(runs, "across K").axes
+    assert len(lines) == 2 and [t.get_text() for t in lines[0].get_xticklabels()] == ["8", "full"]
+    assert len(lines[0].get_lines()) >= 3  # a line per method and the majority class
+    bars = plot_summaries([r for r in runs if r["k"] == 8], "one K").axes
+    assert len(bars) == 2 and len(bars[0].patches) == 2
+
+
 # --- DPT extractive QA --------------------------------------------------------------------------------------------
 
 QA_ROWS = [{"question": "capital of ab?", "passage": "ab has cd. ef has gh.", "answer": "cd", "answer_start": 7,

@@ -246,18 +246,40 @@ def _mean(xs: Sequence[float | None]) -> float:
 
 
 def plot_summaries(summaries: Sequence[dict], title: str):
-    """A matplotlib figure: per task, each method's mean test accuracy (bar), every split (dots) and the
-    majority-class line."""
+    """A matplotlib figure, one panel per task. With one K per task: each method's mean test accuracy (bar, std
+    as error bar), every split (dots) and the majority-class line. With several: accuracy against K, a line per
+    method (mean, std as error bar) and the majority class as a dashed line."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    groups: dict[tuple, list[dict]] = {}
+    tasks: dict[str, dict] = {}
     for s in summaries:
-        groups.setdefault((s["task"], s["k"]), []).append(s)
-    fig, axes = plt.subplots(1, len(groups), figsize=(max(6.0, 4.2 * len(groups)), 3.8), squeeze=False)
-    for ax, ((task, k), ss) in zip(axes[0], groups.items()):
+        tasks.setdefault(s["task"], {}).setdefault(s["k"], []).append(s)
+    if all(len(by_k) == 1 for by_k in tasks.values()):
+        return _bar_panels([(task, k, ss) for task, by_k in tasks.items() for k, ss in by_k.items()], title, plt)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(max(6.0, 4.6 * len(tasks)), 3.8), squeeze=False)
+    for ax, (task, by_k) in zip(axes[0], tasks.items()):
+        ks = list(by_k)
+        xs = range(len(ks))
+        for method in dict.fromkeys(s["method"] for ss in by_k.values() for s in ss):
+            pts = [(x, s) for x, k in zip(xs, ks) for s in by_k[k] if s["method"] == method]
+            ax.errorbar([x for x, _ in pts], [100 * s["mean"] for _, s in pts], yerr=[100 * s["std"] for _, s in pts],
+                        marker="o", capsize=3, label=method)
+        ax.plot(list(xs), [100 * _mean(by_k[k][0]["majority"]) for k in ks], ls="--", color="#888", lw=1,
+                label="majority class")
+        ax.set_xticks(list(xs), ["full" if k is None else str(k) for k in ks])
+        ax.set_xlabel("K (examples per class)")
+        ax.set_ylabel("test accuracy %")
+        ax.set_title(task)
+        ax.legend(fontsize=7)
+    return _titled(fig, title)
+
+
+def _bar_panels(panels: list[tuple], title: str, plt):
+    fig, axes = plt.subplots(1, len(panels), figsize=(max(6.0, 4.2 * len(panels)), 3.8), squeeze=False)
+    for ax, (task, k, ss) in zip(axes[0], panels):
         xs = range(len(ss))
         ax.bar(xs, [100 * s["mean"] for s in ss], yerr=[100 * s["std"] for s in ss], color="#9ab", capsize=3)
         for x, s in zip(xs, ss):
@@ -267,6 +289,10 @@ def plot_summaries(summaries: Sequence[dict], title: str):
         ax.set_title(f"{task}, K={'full' if k is None else k}")
         ax.set_ylabel("test accuracy %")
         ax.legend(fontsize=7, loc="lower right")
+    return _titled(fig, title)
+
+
+def _titled(fig, title: str):
     import textwrap
 
     fig.suptitle("\n".join(textwrap.wrap(title, 90)), fontsize=9)
