@@ -80,19 +80,20 @@ def _escaped(ch: str) -> str:
 
 
 @lru_cache(maxsize=1)
-def _marked_phrases() -> tuple[dict, dict, frozenset, frozenset, bool]:
+def _marked_phrases() -> tuple[dict, dict, dict, frozenset, bool]:
     """Where pypinyin's phrase data reads a character otherwise than alone (alone it gets the first of its
-    readings), ``(left, right, phrases, prefixes, regular)``: each such ``(offset, phrase)`` indexed by the
+    readings), ``(left, right, marks, prefixes, regular)``: each such ``(offset, phrase)`` indexed by the
     character and a neighbour, ``right[(ch, next)]`` where ``ch`` is not the phrase's last character,
-    ``left[(previous, ch)]`` where it is; the set of those phrases; every prefix of every phrase (what pypinyin's
-    segmenter matches); whether every phrase has one reading per character. Readings are compared as pypinyin
+    ``left[(previous, ch)]`` where it is; ``marks[phrase]``: its ``(offset, reading)`` pairs; every prefix of
+    every phrase (what pypinyin's segmenter matches); whether every phrase has one reading per character. Readings are compared as pypinyin
     stores them (tone marks), before any style: a superset for every style. Built once, from the phrase data
     loaded at first use."""
     from pypinyin.constants import PHRASES_DICT, PINYIN_DICT
 
     left: dict[tuple[str, str], list[tuple[int, str]]] = {}
     right: dict[tuple[str, str], list[tuple[int, str]]] = {}
-    marked, prefixes, regular = set(), set(), True
+    marks: dict[str, list[tuple[int, str | None]]] = {}
+    prefixes, regular = set(), True
     for phrase, readings in PHRASES_DICT.items():
         prefixes.update(phrase[:i] for i in range(1, len(phrase) + 1))
         regular = regular and len(readings) == len(phrase)
@@ -100,12 +101,12 @@ def _marked_phrases() -> tuple[dict, dict, frozenset, frozenset, bool]:
             item = readings[o] if len(readings) == len(phrase) else None
             if item and item[0] == PINYIN_DICT.get(ord(ch), "").split(",")[0]:
                 continue
-            marked.add(phrase)
+            marks.setdefault(phrase, []).append((o, item[0] if item else None))
             if o + 1 < len(phrase):
                 right.setdefault((ch, phrase[o + 1]), []).append((o, phrase))
             elif o:
                 left.setdefault((phrase[o - 1], ch), []).append((o, phrase))
-    return left, right, frozenset(marked), frozenset(prefixes), regular
+    return left, right, {p: tuple(m) for p, m in marks.items()}, frozenset(prefixes), regular
 
 
 class _ContextReader:
@@ -114,10 +115,12 @@ class _ContextReader:
     first reading; only a phrase of its phrase data (:func:`_marked_phrases`) reads it otherwise, and only where
     its segmenter (forward maximum matching) cuts that phrase as a word. So a heteronym is looked at only where
     such a phrase occurs around it; then pypinyin segments a window from the nearest position no phrase can
-    span, which cuts as the whole run does, and converts the word holding the heteronym (once per word: a
-    word's reading does not depend on its neighbours). Where the phrase data or the table break the window's
-    assumptions (a phrase without one reading per character, a character pypinyin does not read as Chinese,
-    or a heteronym whose reading alone is not its first code; none in pypinyin 0.55), whole runs are read.
+    span, which cuts as the whole run does, and if the word holding the heteronym is such a phrase, its
+    readings come from a table made with pypinyin's converter when the reader is built. Where the phrase data
+    or the code table break the window's assumptions (a phrase without one reading per character, a character
+    pypinyin does not read as Chinese, or a heteronym whose reading alone is not its first code; none in
+    pypinyin 0.55), whole runs are read and converted, each word once (a word's reading does not depend on its
+    neighbours).
     """
 
     def __init__(self, encoding: str, codes: dict[str, list[str]]):
@@ -133,12 +136,16 @@ class _ContextReader:
         self._style = _style(encoding)
         self._words: dict[str, list[str]] = {}
         self._codes = codes
-        self._left, self._right, self._marked, self._prefixes, regular = _marked_phrases()
+        self._left, self._right, self._marks, self._prefixes, regular = _marked_phrases()
         self._longest = max(map(len, self._prefixes), default=1)
         self.heteronyms = frozenset(ch for ch, cs in codes.items() if len(cs) > 1)
         self._unusual = frozenset(h for h in self.heteronyms if self._convert(h) != codes[h][:1])
         self._windows = regular and not self._unusual and all(
             RE_HANS.match(ch) and ord(ch) in PINYIN_DICT for ch in codes)
+        # a marked phrase's readings where they differ from alone, in this style (what pypinyin's converter
+        # gives each of those characters in the phrase): the window path reads phrases from this table
+        self._styled = {(p[o], raw): self._converter.convert_style(p[o], raw, self._style, strict=True)
+                        for p, marks in self._marks.items() for o, raw in marks if p[o] in self.heteronyms}
         # where to look: heteronyms some phrase reads otherwise, and the bigrams around them in those phrases
         self._bigrams = frozenset(a + b for a, b in (*self._right, *self._left))
         marked = {h for h, _ in self._right} | {h for _, h in self._left}
@@ -164,7 +171,7 @@ class _ContextReader:
         """Per character of ``run``, its contextual reading, or ``None`` where it is read as alone."""
         out: list[str | None] = []
         for word in self._pinyin.seg(run):
-            if word in self._marked or not self._windows:
+            if word in self._marks or not self._windows:
                 out.extend(self._word(word))
             else:
                 out.extend([None] * len(word))
@@ -210,18 +217,20 @@ class _ContextReader:
             if self._windows:
                 start, word = self._word_at(text, j)
                 end = start + len(word)
-                if word not in self._marked:
-                    continue
-                read: list[str | None] = self._word(word)
-            else:
-                start, end = j, j + 1
-                while start and text[start - 1] in codes:
-                    start -= 1
-                while end < len(text) and text[end] in codes:
-                    end += 1
-                read = self.read(text[start:end])
-                if len(read) != end - start:  # pypinyin kept some characters together: the run keeps first codes
-                    continue
+                for o, raw in self._marks.get(word, ()):
+                    ch = word[o]
+                    code = self._styled.get((ch, raw))
+                    if code is not None and code != codes[ch][0] and code in codes[ch]:
+                        yield start + o, code
+                continue
+            start, end = j, j + 1
+            while start and text[start - 1] in codes:
+                start -= 1
+            while end < len(text) and text[end] in codes:
+                end += 1
+            read = self.read(text[start:end])
+            if len(read) != end - start:  # pypinyin kept some characters together: the run keeps first codes
+                continue
             for k, r in enumerate(read, start):
                 if r is not None and r != codes[text[k]][0] and r in codes[text[k]]:
                     yield k, r
