@@ -104,6 +104,23 @@ def test_fast_spelling_equals_reading_every_run_with_pypinyin(encoding):
     assert enc.encode_batch(texts[:300]) == [_reference_spelling(enc, t) for t in texts[:300]]
 
 
+def test_phrase_data_without_one_reading_per_character_reads_whole_runs(monkeypatch):
+    from pypinyin.constants import PHRASES_DICT
+
+    from plmkit.chinese.subchar import _marked_phrases
+
+    monkeypatch.setitem(PHRASES_DICT, "银行家们", [["yín"], ["háng"]])
+    _marked_phrases.cache_clear()
+    try:
+        enc = SubCharEncoder.build("pinyin")
+        assert not enc._reader._windows
+        texts = ["他是银行家们的朋友", VARIED[0]] + _phrase_soup(50, seed=1)
+        assert enc.encode_batch(texts) == [_reference_spelling(enc, t) for t in texts]
+    finally:
+        monkeypatch.undo()
+        _marked_phrases.cache_clear()
+
+
 def test_stroke_sequences_mostly_have_unihan_stroke_counts():
     chars = {ch for r in peoples_daily()[:2000] for ch in r["text"] if codes.is_han(ch)}
     check = codes.stroke_count_agreement(chars)

@@ -145,7 +145,8 @@ class _ContextReader:
         # a marked phrase's readings where they differ from alone, in this style (what pypinyin's converter
         # gives each of those characters in the phrase): the window path reads phrases from this table
         self._styled = {(p[o], raw): self._converter.convert_style(p[o], raw, self._style, strict=True)
-                        for p, marks in self._marks.items() for o, raw in marks if p[o] in self.heteronyms}
+                        for p, marks in self._marks.items() for o, raw in marks
+                        if raw is not None and p[o] in self.heteronyms}
         # where to look: heteronyms some phrase reads otherwise, and the bigrams around them in those phrases
         self._bigrams = frozenset(a + b for a, b in (*self._right, *self._left))
         marked = {h for h, _ in self._right} | {h for _, h in self._left}
