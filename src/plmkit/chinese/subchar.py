@@ -85,9 +85,9 @@ def _marked_phrases() -> tuple[dict, dict, dict, frozenset, bool]:
     readings), ``(left, right, marks, prefixes, regular)``: each such ``(offset, phrase)`` indexed by the
     character and a neighbour, ``right[(ch, next)]`` where ``ch`` is not the phrase's last character,
     ``left[(previous, ch)]`` where it is; ``marks[phrase]``: its ``(offset, reading)`` pairs; every prefix of
-    every phrase (what pypinyin's segmenter matches); whether every phrase has one reading per character. Readings are compared as pypinyin
-    stores them (tone marks), before any style: a superset for every style. Built once, from the phrase data
-    loaded at first use."""
+    every phrase (what pypinyin's segmenter matches); whether every phrase has one reading per character.
+    Readings are compared as pypinyin stores them (tone marks), before any style: a superset for every style.
+    Built once, from the phrase data loaded at first use."""
     from pypinyin.constants import PHRASES_DICT, PINYIN_DICT
 
     left: dict[tuple[str, str], list[tuple[int, str]]] = {}
@@ -138,19 +138,19 @@ class _ContextReader:
         self._codes = codes
         self._left, self._right, self._marks, self._prefixes, regular = _marked_phrases()
         self._longest = max(map(len, self._prefixes), default=1)
-        self.heteronyms = frozenset(ch for ch, cs in codes.items() if len(cs) > 1)
-        self._unusual = frozenset(h for h in self.heteronyms if self._convert(h) != codes[h][:1])
+        self._heteronyms = frozenset(ch for ch, cs in codes.items() if len(cs) > 1)
+        self._unusual = frozenset(h for h in self._heteronyms if self._convert(h) != codes[h][:1])
         self._windows = regular and not self._unusual and all(
             RE_HANS.match(ch) and ord(ch) in PINYIN_DICT for ch in codes)
         # a marked phrase's readings where they differ from alone, in this style (what pypinyin's converter
         # gives each of those characters in the phrase): the window path reads phrases from this table
         self._styled = {(p[o], raw): self._converter.convert_style(p[o], raw, self._style, strict=True)
                         for p, marks in self._marks.items() for o, raw in marks
-                        if raw is not None and p[o] in self.heteronyms}
+                        if raw is not None and p[o] in self._heteronyms}
         # where to look: heteronyms some phrase reads otherwise, and the bigrams around them in those phrases
         self._bigrams = frozenset(a + b for a, b in (*self._right, *self._left))
         marked = {h for h, _ in self._right} | {h for _, h in self._left}
-        chars = sorted(marked & self.heteronyms | self._unusual)
+        chars = sorted(marked & self._heteronyms | self._unusual)
         self._candidates = re.compile("[" + "".join(map(re.escape, chars)) + "]" if chars else "(?!)")
 
     def _convert(self, word: str) -> list[str]:
@@ -168,15 +168,9 @@ class _ContextReader:
     def clear(self) -> None:
         self._words.clear()
 
-    def read(self, run: str) -> list[str | None]:
-        """Per character of ``run``, its contextual reading, or ``None`` where it is read as alone."""
-        out: list[str | None] = []
-        for word in self._pinyin.seg(run):
-            if word in self._marks or not self._windows:
-                out.extend(self._word(word))
-            else:
-                out.extend([None] * len(word))
-        return out
+    def read(self, run: str) -> list[str]:
+        """The readings of ``run``'s words in pypinyin's segmentation (the whole-run path)."""
+        return [py for word in self._pinyin.seg(run) for py in self._word(word)]
 
     def _in_context(self, text: str, j: int) -> bool:
         """Whether the heteronym at ``j`` may be read otherwise than alone: a marked phrase covers it."""
@@ -196,7 +190,8 @@ class _ContextReader:
         and ends ``longest`` characters after ``j`` at most (no word starting by ``j`` is longer)."""
         codes, prefixes, longest = self._codes, self._prefixes, self._longest
         p = j
-        while p and text[p - 1] in codes and any(text[a:p + 1] in prefixes for a in range(max(0, p - longest + 1), p)):
+        while p and text[p - 1] in codes and any(text[a:p + 1] in prefixes
+                                                  for a in range(max(0, p - longest + 1), p)):
             p -= 1
         e = j + 1
         while e < len(text) and e < j + longest and text[e] in codes:
@@ -233,7 +228,7 @@ class _ContextReader:
             if len(read) != end - start:  # pypinyin kept some characters together: the run keeps first codes
                 continue
             for k, r in enumerate(read, start):
-                if r is not None and r != codes[text[k]][0] and r in codes[text[k]]:
+                if r != codes[text[k]][0] and r in codes[text[k]]:
                     yield k, r
 
 

@@ -14,7 +14,8 @@ from typing import Any
 
 from ..cache import model_identity
 from ..prompting.autoseq import AutoSeqConfig
-from ..prompting.harness import FewShotConfig, resumed_note, default_lm_loader, plot_summaries, run_fewshot, summary_table
+from ..prompting.harness import (FewShotConfig, default_lm_loader, plot_summaries, resumed_note, run_fewshot,
+                                summary_table)
 from ..prompting.scoring import PromptTuneConfig
 from .registry import Budgets, RecipeContext, recipe
 

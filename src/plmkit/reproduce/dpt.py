@@ -16,7 +16,7 @@ from ..cache import model_identity
 from ..prompting import dpt_qa
 from ..prompting.dpt import DPTConfig
 from ..prompting.dpt_qa import SpanConfig
-from ..prompting.harness import FewShotConfig, resumed_note, fresh_copies, plot_summaries, run_fewshot, summary_table
+from ..prompting.harness import FewShotConfig, fresh_copies, plot_summaries, resumed_note, run_fewshot, summary_table
 from ..prompting.scoring import PromptTuneConfig
 from .registry import Budgets, RecipeContext, recipe
 from .shared import DiscriminatorSettings, MLMHeadSettings, minilm_discriminator, minilm_mlm
