@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-from ._io import atomic_dir, file_lock, write_json
+from ._io import _json_default, atomic_dir, file_lock, write_json
 from .errors import ConfigError
 
 if TYPE_CHECKING:
@@ -193,3 +193,64 @@ def cached(producer: str, config: Any, inputs: Mapping[str, Any] | None, build: 
                                         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                         "files": files})
         return CacheEntry(producer, key, path, False, time.perf_counter() - t0, rebuilt_corrupt=use and existed)
+
+
+class StepStore:
+    """The finished steps of a long run, one JSON file each, so a run that stopped resumes where it was.
+
+    A step's record is written atomically the moment the step ends, under a key hashing ``producer``,
+    ``identity`` (the run's settings), the plmkit version and the step's own ``inputs`` (what it reads beyond
+    the settings); a later store with the same key takes it from there. A damaged file, or one written under
+    another key, is ignored: the step runs again and replaces it. Records hold JSON only, never pickle.
+
+        steps = StepStore(out_dir / "steps", "my-run", {"settings": settings})
+        row = steps.run("variant-a", lambda: train_and_score("a"), inputs={"model": model_identity("minilm")})
+        steps.resumed  # ["variant-a"] when it came from an earlier run
+    """
+
+    def __init__(self, folder: str | os.PathLike, producer: str, identity: Mapping[str, Any]):
+        from . import __version__
+
+        self.folder, self.producer = Path(folder), producer
+        self.identity = {**identity, "plmkit": __version__}
+        self.key = cache_key(producer, self.identity)
+        self.resumed: list[str] = []  # names of the steps taken from the store, in order
+        self.resumed_seconds = 0.0  # what those steps took when they ran
+
+    def _key(self, inputs: Mapping[str, Any] | None) -> str:
+        return cache_key(self.producer, self.identity, inputs) if inputs else self.key
+
+    def path(self, name: str) -> Path:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", name):
+            raise ConfigError(f"step name {name!r}: use letters, digits, '-', '_', '.' or '+'")
+        return self.folder / f"{name}.json"
+
+    def get(self, name: str, inputs: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
+        """The stored record of step ``name`` (``key`` left out), or None when absent, damaged or stale."""
+        try:
+            record = json.loads(self.path(name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        if not isinstance(record, dict) or record.get("key") != self._key(inputs):
+            return None
+        return {k: v for k, v in record.items() if k != "key"}
+
+    def put(self, name: str, record: Mapping[str, Any], inputs: Mapping[str, Any] | None = None) -> None:
+        """Write step ``name``'s record (JSON values) atomically, under this store's key for ``inputs``."""
+        write_json(self.path(name), {"key": self._key(inputs), **record})
+
+    def run(self, name: str, fn: Callable[[], Any], inputs: Mapping[str, Any] | None = None) -> Any:
+        """``fn()``'s result as JSON values (tuples become lists), taken from the store when an earlier run
+        finished this step with the same ``inputs``; else computed and stored with its seconds and CPU."""
+        from .device import cpu_info
+
+        done = self.get(name, inputs)
+        if done is not None and "result" in done:
+            self.resumed.append(name)
+            self.resumed_seconds += float(done.get("seconds") or 0.0)
+            return done["result"]
+        t0 = time.perf_counter()
+        result = json.loads(json.dumps(fn(), default=_json_default))  # as a resumed run would return it
+        self.put(name, {"result": result, "seconds": round(time.perf_counter() - t0, 2),
+                        "cpu": cpu_info().get("cpu")}, inputs)
+        return result

@@ -125,3 +125,30 @@ def test_cache_off_rebuilds_and_root_follows_env(tmp_path, monkeypatch):
     monkeypatch.setenv("PLMKIT_HOME", str(tmp_path / "home"))
     assert cache_root() == tmp_path / "home" / "cache"
     assert os.environ["PLMKIT_CACHE"] == "off"
+
+
+def test_step_store_resumes_finished_steps_and_reruns_stale_ones(tmp_path):
+    from plmkit.cache import StepStore
+
+    calls = []
+
+    def step(v):
+        calls.append(v)
+        return {"v": v, "pair": (v, v + 1), "t": torch.tensor([0.5, 1.5])}
+
+    first = StepStore(tmp_path, "run", {"settings": {"n": 1}})
+    fresh = first.run("a", lambda: step(1), inputs={"model": "m1"})
+    assert fresh == {"v": 1, "pair": [1, 2], "t": [0.5, 1.5]} and first.resumed == []  # as JSON, like a resumed one
+    again = StepStore(tmp_path, "run", {"settings": {"n": 1}})
+    assert again.run("a", lambda: step(2), inputs={"model": "m1"}) == fresh and again.resumed == ["a"]
+    assert calls == [1] and again.resumed_seconds >= 0
+    record = json.loads((tmp_path / "a.json").read_text())
+    assert record["seconds"] >= 0 and "cpu" in record
+    # other inputs, other settings, or a damaged file: the step runs again and replaces the record
+    assert again.run("a", lambda: step(3), inputs={"model": "m2"})["v"] == 3
+    assert StepStore(tmp_path, "run", {"settings": {"n": 2}}).run("a", lambda: step(4), inputs={"model": "m2"})["v"] == 4
+    (tmp_path / "a.json").write_text('{"key": ')
+    assert StepStore(tmp_path, "run", {"settings": {"n": 2}}).run("a", lambda: step(5), inputs={"model": "m2"})["v"] == 5
+    assert calls == [1, 3, 4, 5]
+    with pytest.raises(ConfigError, match="step name"):
+        first.run("../x", lambda: step(6))

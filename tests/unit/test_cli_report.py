@@ -93,6 +93,36 @@ def test_reproduce_runner_writes_results_and_report(tmp_path, capsys, monkeypatc
     assert "RuntimeError: boom" in (tmp_path / "b" / "toy-broken" / "error.txt").read_text()
 
 
+def test_a_stopped_recipe_resumes_its_finished_steps(tmp_path):
+    from plmkit.reproduce import run_recipe
+
+    ran = []
+
+    def toy(ctx):
+        for name in ("one", "two"):
+            def step(name=name):
+                ran.append(name)
+                if name == "two" and len(ran) == 2:
+                    raise RuntimeError("stopped")  # the first run stops in its second step
+                return {"score": len(name)}
+            ctx.resumable(name, step, model="m")
+        return {"measured": {"steps": len(ran)}}
+
+    @recipe("toy-steps", "Resumable toy", system="moefication", paper_claim="x", citation="none")
+    def _toy(ctx):
+        return toy(ctx)
+
+    try:
+        assert run_recipe(RECIPES["toy-steps"], tmp_path, progress=False)["status"] == "failed"
+        res = run_recipe(RECIPES["toy-steps"], tmp_path, progress=False)
+    finally:
+        RECIPES.pop("toy-steps")
+    assert ran == ["one", "two", "two"]  # "one" was taken from the stopped run's store
+    assert res["status"] == "ok" and res["resumed_steps"]["steps"] == ["one"]
+    assert "1 step(s) were taken from an earlier, stopped run" in res["notes"][-1]
+    assert (tmp_path / "toy-steps" / "steps" / "one.json").is_file()
+
+
 def test_builtin_recipes_are_discovered_with_typed_budgets():
     from plmkit.reproduce import load_recipes
 

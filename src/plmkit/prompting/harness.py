@@ -186,35 +186,23 @@ def run_fewshot(task: str | ClassificationTask, methods: Sequence[str], k: int |
 
 class _CellStore:
     """One JSON file per finished (method, split) run, named by the run's settings: what makes few-shot runs
-    resumable. Files are written atomically; one made under other settings is ignored and replaced."""
+    resumable (a :class:`plmkit.cache.StepStore` whose records are the run's accuracy, seconds and extras)."""
 
     def __init__(self, folder: str | Path, identity: Mapping[str, Any]):
-        from .. import __version__
-        from ..cache import cache_key
+        from ..cache import StepStore
 
-        self.folder, self.key = Path(folder), cache_key("fewshot-run", {**identity, "plmkit": __version__})
+        self.steps = StepStore(folder, "fewshot-run", identity)
         self.prefix = f"{identity['task']}-k{'full' if identity['k'] is None else identity['k']}"
 
-    def _path(self, method: str, seed: int) -> Path:
-        return self.folder / f"{self.prefix}-{method}-split{seed}.json"
-
     def get(self, method: str, seed: int) -> dict | None:
-        import json
-
-        path = self._path(method, seed)
-        try:
-            cell = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return None
-        return cell if cell.get("key") == self.key else None
+        return self.steps.get(f"{self.prefix}-{method}-split{seed}")
 
     def put(self, method: str, seed: int, accuracy: float, seconds: float, extra: dict) -> None:
-        from .._io import write_json
         from ..device import cpu_info
 
-        write_json(self._path(method, seed), {"key": self.key, "method": method, "split_seed": seed,
-                                               "accuracy": float(accuracy), "seconds": round(seconds, 2),
-                                               "extra": extra, "cpu": cpu_info().get("cpu")})
+        self.steps.put(f"{self.prefix}-{method}-split{seed}",
+                       {"method": method, "split_seed": seed, "accuracy": float(accuracy),
+                        "seconds": round(seconds, 2), "extra": extra, "cpu": cpu_info().get("cpu")})
 
 
 def resumed_note(summaries: Sequence[dict]) -> list[str]:

@@ -201,21 +201,28 @@ def run(ctx: RecipeContext) -> dict[str, Any]:
         rows: dict[str, Any] = {}
         for peer in S.pykeen_models:
             if setting == "transductive":
-                with ctx.phase("PyKEEN"):
+                def pykeen_row(peer=peer) -> dict[str, Any]:
                     r = pykeen_link_prediction(graph, peer, epochs=S.pykeen_epochs, seed=ctx.seed,
                                                progress=ctx.progress)
                     r.update(_pykeen_through_plmkit(graph, r.pop("pykeen_model"), r["both"]))
-                rows[f"PyKEEN {peer}"] = r
+                    return r
+
+                with ctx.phase("PyKEEN"):
+                    rows[f"PyKEEN {peer}"] = ctx.resumable(f"{setting}-pykeen-{peer}", pykeen_row)
             else:
                 rows[f"PyKEEN {peer}"] = None  # no vector for an unseen entity
-        with ctx.phase("frozen baseline"):
-            frozen = _frozen(graph, start, S, ctx, ctx.out_dir / f"{setting}-frozen")
-        relations = frozen.pop("relations")
+        with ctx.phase("frozen baseline"):  # each step resumable: a full run that stopped goes on from the last
+            frozen = ctx.resumable(f"{setting}-frozen", lambda: _frozen(graph, start, S, ctx,
+                                                                        ctx.out_dir / f"{setting}-frozen"),
+                                   start=head_cache["key"])
+        relations = torch.tensor(frozen.pop("relations"), dtype=torch.float32)
         rows["frozen MiniLM + fitted relations"] = frozen
         for name in S.variants[setting]:
             slug = name.split("(")[1].split(",")[0].rstrip(")").replace(" ", "-").replace("+", "plus")
             with ctx.phase("KEPLER"):
-                r = _kepler(graph, start, name, S, ctx, texts, heldout, ctx.out_dir / f"{setting}-{slug}", relations)
+                r = ctx.resumable(f"{setting}-{slug}", lambda name=name, slug=slug: _kepler(
+                    graph, start, name, S, ctx, texts, heldout, ctx.out_dir / f"{setting}-{slug}", relations),
+                    start=head_cache["key"])
             curves[f"{setting}: {name}"] = r.pop("losses")
             mlm[f"after {name}, {setting}"] = r.pop("lm_loss_after")
             rows[name] = r

@@ -91,31 +91,43 @@ def _ms(xs: list[float]) -> str:
 
 def _grid(base, tok, calib_texts: list[str], S: MoEficationSettings, grid, evaluate: dict[str, Callable],
           treatment: str, pick: Callable[[dict], float], ctx: RecipeContext,
-          save_name: str) -> tuple[list[dict], list[dict]]:
+          save_name: str, base_id: Any) -> tuple[list[dict], list[dict]]:
     """MoEfy copies of ``base`` per split x router x seed and score each on validation at every fraction
-    (each MoEfication is saved under ``ctx.out_dir / save_name``); then re-load only the config chosen on validation
-    (highest mean ``pick``) and score it on test."""
+    (each MoEfication is saved under ``ctx.out_dir / save_name``; each cell is a resumable step, ``base_id``
+    identifying ``base``); then re-load only the config chosen on validation (highest mean ``pick``) and score
+    it on test."""
     val: dict[tuple[str, str], dict[float, list[dict]]] = {}
     recalls = []
     save_dir = ctx.out_dir / save_name
     for split, router in grid:
         val[(split, router)] = {f: [] for f in S.fractions}
         for seed in S.seeds:
-            m = copy.deepcopy(base)
-            cfg = MoEficationConfig(experts=EXPERTS, split=split, router=router, active=0.25,
-                                    router_steps=S.router_steps, calibration_tokens=S.calib_tokens)
-            with ctx.phase("moefy"):
-                rep = moefy(m, cfg, calibration=token_batches(tok, calib_texts, 8, 128), seed=seed,
-                            progress=ctx.progress)
-            recalls.append({"treatment": treatment, "split": split, "router": router, "seed": seed,
-                            "layers": [l.__dict__ for l in rep.layers], "router_recall": rep.mean("router_recall"),
-                            "random_recall": rep.mean("random_recall"), "oracle_recall": rep.mean("oracle_recall")})
-            for f in S.fractions:
-                set_selection(m, active=f)
-                with ctx.phase("evaluate validation"):
-                    val[(split, router)][f].append(evaluate["validation"](m))
-            save_moefication(m, save_dir / f"{treatment}-{split}-{router}-seed{seed}")
-            del m
+            cell = f"{treatment}-{split}-{router}-seed{seed}"
+
+            def fit(split=split, router=router, seed=seed, cell=cell) -> dict[str, Any]:
+                m = copy.deepcopy(base)
+                cfg = MoEficationConfig(experts=EXPERTS, split=split, router=router, active=0.25,
+                                        router_steps=S.router_steps, calibration_tokens=S.calib_tokens)
+                with ctx.phase("moefy"):
+                    rep = moefy(m, cfg, calibration=token_batches(tok, calib_texts, 8, 128), seed=seed,
+                                progress=ctx.progress)
+                scores = []
+                for f in S.fractions:
+                    set_selection(m, active=f)
+                    with ctx.phase("evaluate validation"):
+                        scores.append(evaluate["validation"](m))
+                save_moefication(m, save_dir / cell)
+                recall = {"treatment": treatment, "split": split, "router": router, "seed": seed,
+                          "layers": [l.__dict__ for l in rep.layers], "router_recall": rep.mean("router_recall"),
+                          "random_recall": rep.mean("random_recall"), "oracle_recall": rep.mean("oracle_recall")}
+                return {"recall": recall, "validation": scores}
+
+            done = ctx.resumable(f"{save_name}-{cell}", fit, base=base_id)
+            if not (save_dir / cell).is_dir():  # stored step, but its saved MoEfication is gone: fit again
+                done = fit()
+            recalls.append(done["recall"])
+            for f, score in zip(S.fractions, done["validation"]):
+                val[(split, router)][f].append(score)
     rows = []
     for f in S.fractions:
         best = max(val, key=lambda c: _mean([pick(s) for s in val[c][f]]))
@@ -134,17 +146,21 @@ def _grid(base, tok, calib_texts: list[str], S: MoEficationSettings, grid, evalu
 
 
 def _magnitude_rows(model, tok, calib_texts, S: MoEficationSettings, evaluate, treatment,
-                    ctx: RecipeContext) -> list[dict]:
-    """CATS-style neuron masks (no choice to make, so validation and test are both reported)."""
-    rows = []
-    with ctx.phase("CATS masks"):
-        for f in S.fractions:
-            magnitude_mask(model, f, token_batches(tok, calib_texts, 8, 128), max_tokens=S.calib_tokens)
-            rows.append({"treatment": treatment, "split": "neurons", "router": CATS, "active": f,
-                         "validation": [evaluate["validation"](model)], "test": [evaluate["test"](model)],
-                         "selected": False})
-            remove_magnitude_mask(model)
-    return rows
+                    ctx: RecipeContext, base_id: Any) -> list[dict]:
+    """CATS-style neuron masks (no choice to make, so validation and test are both reported); one resumable
+    step."""
+    def rows() -> list[dict]:
+        out = []
+        with ctx.phase("CATS masks"):
+            for f in S.fractions:
+                magnitude_mask(model, f, token_batches(tok, calib_texts, 8, 128), max_tokens=S.calib_tokens)
+                out.append({"treatment": treatment, "split": "neurons", "router": CATS, "active": f,
+                            "validation": [evaluate["validation"](model)], "test": [evaluate["test"](model)],
+                            "selected": False})
+                remove_magnitude_mask(model)
+        return out
+
+    return ctx.resumable(f"cats-{treatment}", rows, base=base_id)
 
 
 def train_selected(base, tok, moefication_dir, active: float, texts: list[str], settings: MoETrainSettings,
@@ -194,14 +210,15 @@ def _minilm(ctx: RecipeContext, S: MoEficationSettings) -> dict[str, Any]:
         with ctx.phase("evaluate dense"):
             out["dense"][treatment] = {k: f(model) for k, f in evaluate.items()}
         rows, recalls = _grid(model, tok, calib, S, S.grid, evaluate, treatment, lambda s: s["acc"], ctx,
-                              "moefications")
-        out["rows"] += rows + _magnitude_rows(model, tok, calib, S, evaluate, treatment, ctx)
+                              "moefications", info["key"])
+        out["rows"] += rows + _magnitude_rows(model, tok, calib, S, evaluate, treatment, ctx, info["key"])
         out["recalls"] += recalls
     return out
 
 
 def _smollm2(ctx: RecipeContext, S: MoEficationSettings) -> dict[str, Any]:
     from ..assets import load_model
+    from ..cache import model_identity
 
     model, tok = load_model("smollm2")
     corpus = text.english_corpus(max_chars=S.lm_chars, seed=ctx.seed)
@@ -218,18 +235,20 @@ def _smollm2(ctx: RecipeContext, S: MoEficationSettings) -> dict[str, Any]:
     pick = lambda s: -s["ppl"]  # noqa: E731
     out: dict[str, Any] = {"rows": [], "recalls": [], "dense": {"silu": {k: f(model) for k, f in evaluate.items()}},
                            "cache": {}}
-    rows, recalls = _grid(model, tok, calib, S, S.lm_grid, evaluate, "silu", pick, ctx, "moefications-lm")
-    out["rows"] += rows + _magnitude_rows(model, tok, calib, S, evaluate, "silu", ctx)
+    base_id = model_identity("smollm2")
+    rows, recalls = _grid(model, tok, calib, S, S.lm_grid, evaluate, "silu", pick, ctx, "moefications-lm", base_id)
+    out["rows"] += rows + _magnitude_rows(model, tok, calib, S, evaluate, "silu", ctx, base_id)
     out["recalls"] += recalls
     if S.moe_train is not None:
         out["trained"] = []
         for f in S.moe_train.fractions:
             best = _best_test(out, "silu", f)
+            cell = f"silu-{best['split']}-{best['router']}-seed0"
             with ctx.phase("MoE training (experts and routers)"):
-                out["trained"].append(train_selected(
-                    model, tok, ctx.out_dir / "moefications-lm" / f"silu-{best['split']}-{best['router']}-seed0", f,
-                    calib, S.moe_train, evaluate, ctx.out_dir / f"moe-train-{f:g}", seed=ctx.seed,
-                    progress=ctx.progress))
+                out["trained"].append(ctx.resumable(f"moe-train-{f:g}", lambda cell=cell, f=f: train_selected(
+                    model, tok, ctx.out_dir / "moefications-lm" / cell, f, calib, S.moe_train, evaluate,
+                    ctx.out_dir / f"moe-train-{f:g}", seed=ctx.seed, progress=ctx.progress),
+                    base=base_id, moefication=cell))
             out["trained"][-1].update(split=best["split"], router=best["router"])
     swapped = relufy(copy.deepcopy(model))
     out["dense"]["relu (no fine-tuning)"] = {k: f(swapped) for k, f in evaluate.items()}
@@ -239,7 +258,8 @@ def _smollm2(ctx: RecipeContext, S: MoEficationSettings) -> dict[str, Any]:
     out["cache"]["smollm2-relu"] = info
     out["relu_cost"] = info["built_with"]
     out["dense"]["relu"] = {k: f(relu) for k, f in evaluate.items()}
-    rows, recalls = _grid(relu, tok, calib, S, S.lm_grid, evaluate, "relu", pick, ctx, "moefications-lm")
+    rows, recalls = _grid(relu, tok, calib, S, S.lm_grid, evaluate, "relu", pick, ctx, "moefications-lm",
+                          info["key"])
     out["rows"] += rows
     out["recalls"] += recalls
     return out

@@ -49,6 +49,21 @@ class RecipeContext:
     progress: bool = True
     settings: Any = None  # the recipe's quick or full settings (None for a recipe without Budgets)
     phases: dict[str, float] = field(default_factory=dict)  # seconds per named phase (results["phases_s"])
+    _steps: Any = field(default=None, repr=False)  # the StepStore behind resumable(), made on first use
+
+    def resumable(self, name: str, fn: Callable[[], Any], **inputs: Any) -> Any:
+        """``fn()``'s result (JSON values), stored as ``out_dir/steps/NAME.json`` the moment it ends, so a full
+        run that stopped resumes: a rerun of this recipe with the same budget, seed, settings and plmkit version
+        takes finished steps from there. ``inputs`` identify what the step reads beyond the settings (e.g. a
+        model's :func:`plmkit.cache.model_identity` or a cache entry's key); a step stored under other inputs
+        runs again. The runner records the steps taken from the store in ``results["resumed_steps"]``."""
+        from ..cache import StepStore
+
+        if self._steps is None:
+            settings = dataclasses.asdict(self.settings) if dataclasses.is_dataclass(self.settings) else None
+            self._steps = StepStore(self.out_dir / "steps", f"recipe-{self.out_dir.name}",
+                                    {"quick": self.quick, "seed": self.seed, "settings": settings})
+        return self._steps.run(name, fn, inputs)
 
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:
@@ -179,6 +194,13 @@ def run_recipe(recipe_: Recipe, out_dir: str | Path, quick: bool = True, seed: i
         "environment": {**env, "loadavg_end": [round(x, 2) for x in os.getloadavg()]},
         "settings": dataclasses.asdict(settings) if dataclasses.is_dataclass(settings) else None, **body,
     }
+    steps = ctx._steps
+    if steps is not None and steps.resumed:
+        res["resumed_steps"] = {"steps": steps.resumed, "seconds_when_run": round(steps.resumed_seconds, 1)}
+        res["notes"] = [*res.get("notes", []),
+                        f"{len(steps.resumed)} step(s) were taken from an earlier, stopped run of this recipe "
+                        f"({ctx.out_dir / 'steps'}), where they took {steps.resumed_seconds:.0f} s; runtime_s "
+                        "counts this run only."]
     write_json(ctx.out_dir / "results.json", res)
     return res
 
