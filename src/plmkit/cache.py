@@ -208,10 +208,10 @@ class StepStore:
         steps.resumed  # ["variant-a"] when it came from an earlier run
     """
 
-    def __init__(self, folder: str | os.PathLike, producer: str, identity: Mapping[str, Any]):
+    def __init__(self, folder: str | os.PathLike, producer: str, identity: Mapping[str, Any], resume: bool = True):
         from . import __version__
 
-        self.folder, self.producer = Path(folder), producer
+        self.folder, self.producer, self.resume = Path(folder), producer, resume  # resume False: run every step
         self.identity = {**identity, "plmkit": __version__}
         self.key = cache_key(producer, self.identity)
         self.resumed: list[str] = []  # names of the steps taken from the store, in order
@@ -226,7 +226,10 @@ class StepStore:
         return self.folder / f"{name}.json"
 
     def get(self, name: str, inputs: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
-        """The stored record of step ``name`` (``key`` left out), or None when absent, damaged or stale."""
+        """The stored record of step ``name`` (``key`` left out), or None when absent, damaged, stale, or the
+        store does not resume."""
+        if not self.resume:
+            return None
         try:
             record = json.loads(self.path(name).read_text(encoding="utf-8"))
         except (OSError, ValueError):

@@ -548,7 +548,8 @@ def _cmd_reproduce(args: argparse.Namespace) -> None:
         if unknown:
             raise PlmkitError(f"unknown recipe{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
                               f"available: {', '.join(recipes)}, or 'all' alone (see `plmkit reproduce --help`)")
-    results = run_recipes(args.names, args.out, quick=args.quick, seed=args.seed, progress=not args.no_progress)
+    results = run_recipes(args.names, args.out, quick=args.quick, seed=args.seed, progress=not args.no_progress,
+                          resume=not args.no_resume)
     total = sum(float(r.get("runtime_s", 0)) for r in results)
     print(f"{len(results)} recipe{'s' if len(results) != 1 else ''} in {total:.0f} s; "
           f"report: {Path(args.out).resolve() / 'index.html'}")
@@ -844,6 +845,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", default="reports", help="output folder (default: reports)")
     r.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    r.add_argument("--no-resume", action="store_true",
+                   help="run every step again; by default a rerun into the same --out takes the steps an earlier, "
+                        "stopped run finished (OUT/NAME/steps/, OUT/NAME/runs/) from there")
     r.set_defaults(fn=_cmd_reproduce)
 
     rep = sub.add_parser("report", help="rebuild index.md/index.html from the results under --out")

@@ -115,9 +115,11 @@ def test_a_stopped_recipe_resumes_its_finished_steps(tmp_path):
     try:
         assert run_recipe(RECIPES["toy-steps"], tmp_path, progress=False)["status"] == "failed"
         res = run_recipe(RECIPES["toy-steps"], tmp_path, progress=False)
+        assert ran == ["one", "two", "two"]  # "one" was taken from the stopped run's store
+        fresh = run_recipe(RECIPES["toy-steps"], tmp_path, progress=False, resume=False)
     finally:
         RECIPES.pop("toy-steps")
-    assert ran == ["one", "two", "two"]  # "one" was taken from the stopped run's store
+    assert ran[3:] == ["one", "two"] and "resumed_steps" not in fresh  # --no-resume: every step again
     assert res["status"] == "ok" and res["resumed_steps"]["steps"] == ["one"]
     assert "1 step(s) were taken from an earlier, stopped run" in res["notes"][-1]
     assert (tmp_path / "toy-steps" / "steps" / "one.json").is_file()

@@ -56,7 +56,7 @@ def _cmd_fewshot(args: argparse.Namespace) -> None:
     results = run_fewshot(args.task, args.method, None if args.full_data else args.k, range(args.seeds), cfg,
                           prompt=_prompt(args), max_test=args.max_test, lm_loader=_lm_loader(args.model),
                           discriminator_loader=disc, progress=not args.no_progress,
-                          store=None if args.no_resume else out / "runs",
+                          store=out / "runs", resume=not args.no_resume,
                           store_inputs={"model": model_identity(args.model), "discriminator":
                                         model_identity(args.discriminator) if args.discriminator else None})
     summaries = [r.summary() for r in results.values()]
@@ -170,7 +170,7 @@ def add_parser(sub: Any) -> None:
     f.add_argument("--discriminator", default=None, help="ELECTRA discriminator folder for --method dpt")
     f.add_argument("--out", required=True, help="folder for results.json, fewshot.png and runs/ (one JSON per "
                    "finished method and split: rerunning the same command resumes from them)")
-    f.add_argument("--no-resume", action="store_true", help="run every method and split again, ignoring runs/")
+    f.add_argument("--no-resume", action="store_true", help="run every method and split again (runs/ is rewritten, not read)")
     f.set_defaults(fn=_cmd_fewshot)
 
     a = sub.add_parser("autoseq", help="AutoSeq: search label sequences for a task's classes")

@@ -140,15 +140,16 @@ def run_fewshot(task: str | ClassificationTask, methods: Sequence[str], k: int |
                 seeds: Sequence[int] = range(5), config: FewShotConfig = FewShotConfig(), *,
                 prompt: Prompt | None = None, max_test: int | None = None, lm_loader: Loader | None = None,
                 discriminator_loader: Loader | None = None, progress: bool = True,
-                store: str | Path | None = None, store_inputs: Mapping[str, Any] | None = None
-                ) -> dict[str, MethodResult]:
+                store: str | Path | None = None, store_inputs: Mapping[str, Any] | None = None,
+                resume: bool = True) -> dict[str, MethodResult]:
     """Every method on the same splits of ``task`` (an asset task's name, or a task; one split per seed);
     returns {method: MethodResult}.
 
     ``store``: a folder where each finished (method, split) run is written as JSON the moment it ends; a rerun
     with the same task, K, settings, prompt, plmkit version and ``store_inputs`` (what identifies the loaders'
     models) takes those runs from there, so a long run that stopped resumes where it was. A stored run keeps
-    its own seconds and CPU; ``MethodResult.resumed`` counts the runs taken from the store."""
+    its own seconds and CPU; ``MethodResult.resumed`` counts the runs taken from the store. ``resume=False`` runs
+    every method and split again (and stores the new runs)."""
     from tqdm.auto import tqdm
 
     from ..data.tasks import classification_task
@@ -161,7 +162,7 @@ def run_fewshot(task: str | ClassificationTask, methods: Sequence[str], k: int |
     splits = few_shot_splits(task, k, list(seeds), max_test)
     lm_loader = lm_loader or (default_lm_loader(config.model) if set(methods) & set(LM_METHODS) else None)
     cells = _CellStore(store, {"task": task.name, "k": k, "config": config, "prompt": prompt,
-                               "max_test": max_test, "inputs": store_inputs or {}}) if store else None
+                               "max_test": max_test, "inputs": store_inputs or {}}, resume) if store else None
     results = {m: MethodResult(m, task.name, k) for m in methods}
     bar = tqdm(total=len(methods) * len(splits), desc=f"few-shot {task.name}", disable=not progress)
     for split in splits:
@@ -188,10 +189,10 @@ class _CellStore:
     """One JSON file per finished (method, split) run, named by the run's settings: what makes few-shot runs
     resumable (a :class:`plmkit.cache.StepStore` whose records are the run's accuracy, seconds and extras)."""
 
-    def __init__(self, folder: str | Path, identity: Mapping[str, Any]):
+    def __init__(self, folder: str | Path, identity: Mapping[str, Any], resume: bool = True):
         from ..cache import StepStore
 
-        self.steps = StepStore(folder, "fewshot-run", identity)
+        self.steps = StepStore(folder, "fewshot-run", identity, resume)
         self.prefix = f"{identity['task']}-k{'full' if identity['k'] is None else identity['k']}"
 
     def get(self, method: str, seed: int) -> dict | None:

@@ -61,7 +61,7 @@ def run(ctx: RecipeContext) -> dict[str, Any]:
         with ctx.phase(f"few-shot {task}"):
             res = run_fewshot(task, S.methods, S.k, [ctx.seed + s for s in S.seeds], S.fewshot, max_test=S.max_test,
                               lm_loader=loader, progress=ctx.progress, store=ctx.out_dir / "runs",
-                              store_inputs={"model": model_identity(S.fewshot.model)})
+                              store_inputs={"model": model_identity(S.fewshot.model)}, resume=ctx.resume)
         summaries += [r.summary() for r in res.values()]
     measured = {f"{s['task']}.{s['method']}.{stat}": s[stat] for s in summaries
                 for stat in ("mean", "std", "failure_rate")}

@@ -84,7 +84,8 @@ def run(ctx: RecipeContext) -> dict[str, Any]:
             with ctx.phase(f"few-shot {task}"):
                 res = run_fewshot(task, S.methods, k, [ctx.seed + s for s in S.seeds], cfg, max_test=S.max_test,
                                   lm_loader=lm, discriminator_loader=discriminator, progress=ctx.progress,
-                                  store=ctx.out_dir / "runs", store_inputs=inputs)
+                                  store=ctx.out_dir / "runs", store_inputs=inputs,
+                                  resume=ctx.resume)
             summaries += [{**r.summary(), "method": METHOD_NAMES[m]} for m, r in res.items()]
     qa = _qa(ctx, S.qa, disc, tok) if S.qa else None
     measured = {f"{s['task']}.k{s['k'] or 'full'}.{s['method'].split(' ')[0]}.{stat}": s[stat]

@@ -49,6 +49,7 @@ class RecipeContext:
     progress: bool = True
     settings: Any = None  # the recipe's quick or full settings (None for a recipe without Budgets)
     phases: dict[str, float] = field(default_factory=dict)  # seconds per named phase (results["phases_s"])
+    resume: bool = True  # take finished steps from an earlier, stopped run (resumable(); few-shot runs/)
     _steps: Any = field(default=None, repr=False)  # the StepStore behind resumable(), made on first use
 
     def resumable(self, name: str, fn: Callable[[], Any], **inputs: Any) -> Any:
@@ -62,7 +63,7 @@ class RecipeContext:
         if self._steps is None:
             settings = dataclasses.asdict(self.settings) if dataclasses.is_dataclass(self.settings) else None
             self._steps = StepStore(self.out_dir / "steps", f"recipe-{self.out_dir.name}",
-                                    {"quick": self.quick, "seed": self.seed, "settings": settings})
+                                    {"quick": self.quick, "seed": self.seed, "settings": settings}, self.resume)
         return self._steps.run(name, fn, inputs)
 
     @contextlib.contextmanager
@@ -167,12 +168,13 @@ def print_done(res: dict[str, Any]) -> None:
 
 
 def run_recipe(recipe_: Recipe, out_dir: str | Path, quick: bool = True, seed: int = 0,
-               progress: bool = True) -> dict[str, Any]:
+               progress: bool = True, resume: bool = True) -> dict[str, Any]:
     """Run one recipe, writing DIR/<name>/results.json; a failure is recorded there (status "failed",
-    error.txt with the traceback) rather than raised."""
+    error.txt with the traceback) rather than raised. ``resume=False`` runs every step again rather than taking
+    finished ones from an earlier, stopped run (:meth:`RecipeContext.resumable`)."""
     out = Path(out_dir)
     settings = recipe_.budgets.pick(quick) if recipe_.budgets else None
-    ctx = RecipeContext(out / recipe_.name, quick, seed, progress, settings)
+    ctx = RecipeContext(out / recipe_.name, quick, seed, progress, settings, resume=resume)
     ctx.out_dir.mkdir(parents=True, exist_ok=True)
     (ctx.out_dir / "error.txt").unlink(missing_ok=True)
     started = _dt.datetime.now(_dt.timezone.utc)
@@ -207,12 +209,12 @@ def run_recipe(recipe_: Recipe, out_dir: str | Path, quick: bool = True, seed: i
 
 def run_recipes(names: list[str] | None, out_dir: str | Path, quick: bool = True, seed: int = 0,
                 progress: bool = True, on_done: Callable[[dict[str, Any]], None] | None = print_done,
-                record_dir: str | Path | None = "auto") -> list[dict[str, Any]]:
+                record_dir: str | Path | None = "auto", resume: bool = True) -> list[dict[str, Any]]:
     """Run recipes (all when ``names`` is empty or ``["all"]``), writing DIR/<name>/results.json and the report.
 
     ``on_done(results)`` is called as each recipe finishes (default: print its time). A successful full
     run of a built-in recipe is also recorded as ``record_dir/NAME.json`` (``"auto"``: the checkout's
-    docs/results; None: not recorded). Raises PlmkitError after the report is written if any recipe failed.
+    docs/results; None: not recorded). ``resume``: see :func:`run_recipe`. Raises PlmkitError after the report is written if any recipe failed.
     """
     from ..report import write_report
     from ..report.records import record_full_run, recorded_dir
@@ -223,7 +225,7 @@ def run_recipes(names: list[str] | None, out_dir: str | Path, quick: bool = True
     record = recorded_dir() if record_dir == "auto" else (Path(record_dir) if record_dir else None)
     results = []
     for r in chosen:
-        res = run_recipe(r, out_dir, quick, seed, progress)
+        res = run_recipe(r, out_dir, quick, seed, progress, resume)
         if not quick and res["status"] == "ok" and record and r.run.__module__.startswith(f"{__package__}."):
             record_full_run(res, record)
         results.append(res)
