@@ -31,7 +31,7 @@ browser:
 	else echo "make: chromium is missing (tests/unit/test_report_html.py will skip): as root run: apt-get install -y chromium"; fi
 
 demo: setup
-	$(BIN)/plmkit reproduce --quick --out reports
+	$(BIN)/plmkit reproduce --quick --no-resume --out reports
 
 test: setup
 	$(BIN)/python -m pytest -q
