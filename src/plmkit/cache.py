@@ -213,12 +213,11 @@ class StepStore:
 
         self.folder, self.producer, self.resume = Path(folder), producer, resume  # resume False: run every step
         self.identity = {**identity, "plmkit": __version__}
-        self.key = cache_key(producer, self.identity)
         self.resumed: list[str] = []  # names of the steps taken from the store, in order
         self.resumed_seconds = 0.0  # what those steps took when they ran
 
     def _key(self, inputs: Mapping[str, Any] | None) -> str:
-        return cache_key(self.producer, self.identity, inputs) if inputs else self.key
+        return cache_key(self.producer, self.identity, inputs)
 
     def path(self, name: str) -> Path:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", name):

@@ -146,9 +146,10 @@ def test_step_store_resumes_finished_steps_and_reruns_stale_ones(tmp_path):
     assert record["seconds"] >= 0 and "cpu" in record
     # other inputs, other settings, or a damaged file: the step runs again and replaces the record
     assert again.run("a", lambda: step(3), inputs={"model": "m2"})["v"] == 3
-    assert StepStore(tmp_path, "run", {"settings": {"n": 2}}).run("a", lambda: step(4), inputs={"model": "m2"})["v"] == 4
+    other = {"settings": {"n": 2}}
+    assert StepStore(tmp_path, "run", other).run("a", lambda: step(4), inputs={"model": "m2"})["v"] == 4
     (tmp_path / "a.json").write_text('{"key": ')
-    assert StepStore(tmp_path, "run", {"settings": {"n": 2}}).run("a", lambda: step(5), inputs={"model": "m2"})["v"] == 5
+    assert StepStore(tmp_path, "run", other).run("a", lambda: step(5), inputs={"model": "m2"})["v"] == 5
     assert calls == [1, 3, 4, 5]
     no_resume = StepStore(tmp_path, "run", {"settings": {"n": 2}}, resume=False)  # runs again, rewrites the record
     assert no_resume.run("a", lambda: step(6), inputs={"model": "m2"})["v"] == 6 and no_resume.resumed == []

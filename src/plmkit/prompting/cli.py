@@ -170,7 +170,8 @@ def add_parser(sub: Any) -> None:
     f.add_argument("--discriminator", default=None, help="ELECTRA discriminator folder for --method dpt")
     f.add_argument("--out", required=True, help="folder for results.json, fewshot.png and runs/ (one JSON per "
                    "finished method and split: rerunning the same command resumes from them)")
-    f.add_argument("--no-resume", action="store_true", help="run every method and split again (runs/ is rewritten, not read)")
+    f.add_argument("--no-resume", action="store_true",
+                   help="run every method and split again (runs/ is rewritten, not read)")
     f.set_defaults(fn=_cmd_fewshot)
 
     a = sub.add_parser("autoseq", help="AutoSeq: search label sequences for a task's classes")

@@ -214,7 +214,8 @@ def run_recipes(names: list[str] | None, out_dir: str | Path, quick: bool = True
 
     ``on_done(results)`` is called as each recipe finishes (default: print its time). A successful full
     run of a built-in recipe is also recorded as ``record_dir/NAME.json`` (``"auto"``: the checkout's
-    docs/results; None: not recorded). ``resume``: see :func:`run_recipe`. Raises PlmkitError after the report is written if any recipe failed.
+    docs/results; None: not recorded). ``resume``: see :func:`run_recipe`. Raises PlmkitError after the report is
+    written if any recipe failed.
     """
     from ..report import write_report
     from ..report.records import record_full_run, recorded_dir
