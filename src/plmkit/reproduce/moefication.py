@@ -242,7 +242,7 @@ def _smollm2(ctx: RecipeContext, S: MoEficationSettings) -> dict[str, Any]:
     if S.moe_train is not None:
         out["trained"] = []
         for f in S.moe_train.fractions:
-            best = _best_test(out, "silu", f)
+            best = _selected_row(out, "silu", f)
             cell = f"silu-{best['split']}-{best['router']}-seed0"
             with ctx.phase("MoE training (experts and routers)"):
                 out["trained"].append(ctx.resumable(f"moe-train-{f:g}", lambda cell=cell, f=f: train_selected(
@@ -312,7 +312,8 @@ def _plots(ctx: RecipeContext, cls: dict, lm: dict | None) -> list[str]:
     return ["retained_performance.png", "router_recall.png"]
 
 
-def _best_test(res: dict, treatment: str, f: float) -> dict | None:
+def _selected_row(res: dict, treatment: str, f: float) -> dict | None:
+    """The row of the split x router layout chosen on validation (its test scores are reported, never compared)."""
     return next((r for r in res["rows"] if r["treatment"] == treatment and r["active"] == f and r["selected"]), None)
 
 
@@ -394,7 +395,7 @@ def run(ctx: RecipeContext) -> dict[str, Any]:
     for t in S.treatments:
         measured[f"minilm.{t}.dense_test_acc"] = dense[t]["test"]["acc"]
         for f in S.fractions:
-            best = _best_test(cls, t, f)
+            best = _selected_row(cls, t, f)
             measured[f"minilm.{t}.selected_test_retained@{f:g}"] = (
                 _mean([s["acc"] for s in best["test"]]) / dense[t]["test"]["acc"])
             cats = next(r for r in cls["rows"] if r["treatment"] == t and r["active"] == f and r["router"] == CATS)
@@ -404,7 +405,7 @@ def run(ctx: RecipeContext) -> dict[str, Any]:
         measured["smollm2.relu_ft_test_ppl"] = lm["dense"]["relu"]["test"]["ppl"]
         for t in ("silu", "relu"):
             for f in S.fractions:
-                best = _best_test(lm, t, f)
+                best = _selected_row(lm, t, f)
                 measured[f"smollm2.{t}.selected_test_ppl@{f:g}"] = _mean([s["ppl"] for s in best["test"]])
         for t in lm.get("trained", []):
             measured[f"smollm2.trained.test_ppl@{t['active']:g}"] = t["after"]["test"]["ppl"]
@@ -413,7 +414,7 @@ def run(ctx: RecipeContext) -> dict[str, Any]:
             measured[f"smollm2.trained.capital_acc@{t['active']:g}"] = t["after"]["test"]["capital_acc"]
     head_t = "relu" if "relu" in S.treatments else S.treatments[0]
     f_head = 0.25 if 0.25 in S.fractions else S.fractions[0]
-    best = _best_test(cls, head_t, f_head)
+    best = _selected_row(cls, head_t, f_head)
     headline = {
         "metric": f"MiniLM ({head_t}) test accuracy retained, {f_head:.0%} of experts (config chosen on validation)",
         "ours": round(measured[f"minilm.{head_t}.selected_test_retained@{f_head:g}"], 3),
