@@ -151,7 +151,7 @@ def test_step_store_resumes_finished_steps_and_reruns_stale_ones(tmp_path):
     (tmp_path / "a.json").write_text('{"key": ')
     assert StepStore(tmp_path, "run", other).run("a", lambda: step(5), inputs={"model": "m2"})["v"] == 5
     assert calls == [1, 3, 4, 5]
-    no_resume = StepStore(tmp_path, "run", {"settings": {"n": 2}}, resume=False)  # runs again, rewrites the record
+    no_resume = StepStore(tmp_path, "run", other, resume=False)  # runs again, rewrites the record
     assert no_resume.run("a", lambda: step(6), inputs={"model": "m2"})["v"] == 6 and no_resume.resumed == []
     assert StepStore(tmp_path, "run", {"settings": {"n": 2}}).get("a", {"model": "m2"})["result"]["v"] == 6
     with pytest.raises(ConfigError, match="step name"):
