@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -223,6 +224,16 @@ class StepStore:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", name):
             raise ConfigError(f"step name {name!r}: use letters, digits, '-', '_', '.' or '+'")
         return self.folder / f"{name}.json"
+
+    def partial_dir(self, name: str, inputs: Mapping[str, Any] | None = None) -> Path:
+        """A folder for step ``name``'s partial state (e.g. training checkpoints), named by the step's key: a
+        step stopped midway finds what it left there, one under other settings or inputs gets another folder.
+        A store that does not resume empties it first. Its parent is made; the folder itself is not."""
+        folder = self.folder / "partial" / f"{self.path(name).stem}.{self._key(inputs)[:16]}"
+        if not self.resume:
+            shutil.rmtree(folder, ignore_errors=True)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        return folder
 
     def get(self, name: str, inputs: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
         """The stored record of step ``name`` (``key`` left out), or None when absent, damaged, stale, or the

@@ -156,3 +156,19 @@ def test_step_store_resumes_finished_steps_and_reruns_stale_ones(tmp_path):
     assert StepStore(tmp_path, "run", {"settings": {"n": 2}}).get("a", {"model": "m2"})["result"]["v"] == 6
     with pytest.raises(ConfigError, match="step name"):
         first.run("../x", lambda: step(6))
+
+
+def test_step_partial_dir_is_kept_for_the_same_step_and_fresh_otherwise(tmp_path):
+    from plmkit.cache import StepStore
+
+    store = StepStore(tmp_path, "run", {"settings": {"n": 1}})
+    work = store.partial_dir("train", {"model": "m1"})
+    (work / "checkpoints").mkdir(parents=True)
+    (work / "checkpoints" / "state").write_text("step 50")
+    again = StepStore(tmp_path, "run", {"settings": {"n": 1}}).partial_dir("train", {"model": "m1"})
+    assert again == work and (again / "checkpoints" / "state").read_text() == "step 50"  # a stopped step continues
+    others = {store.partial_dir("train", {"model": "m2"}), store.partial_dir("other", {"model": "m1"}),
+              StepStore(tmp_path, "run", {"settings": {"n": 2}}).partial_dir("train", {"model": "m1"})}
+    assert work not in others and len(others) == 3 and not any(p.exists() for p in others)
+    no_resume = StepStore(tmp_path, "run", {"settings": {"n": 1}}, resume=False).partial_dir("train", {"model": "m1"})
+    assert no_resume == work and not work.exists()  # --no-resume starts the step afresh

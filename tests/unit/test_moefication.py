@@ -320,6 +320,38 @@ def test_recipe_trains_a_saved_moefication_and_scores_it_before_and_after(tmp_pa
     assert not list(moe_layers(ref))  # the base model is left alone
 
 
+def test_recipe_training_stopped_after_its_last_checkpoint_continues_from_it(tmp_path, monkeypatch):
+    from plmkit.data import token_batches
+    from plmkit.eval import perplexity
+    from plmkit.reproduce import moefication as recipe
+    from plmkit.testing import tiny_tokenizer
+
+    monkeypatch.setattr(recipe, "CHECKPOINT_EVERY", 3)
+    model, ref, _ = _moefied("llama", active=0.5)
+    save_moefication(model, tmp_path / "moe")
+    tok = tiny_tokenizer(chat=False)
+    texts = ["abcabc abc", "the cat sat on the mat", "abc the cat"] * 6
+    calls = []
+
+    def scores(m):
+        calls.append(1)
+        if len(calls) == 4 and stop:  # the scoring after training: the process "stops" here
+            raise KeyboardInterrupt
+        return {"ppl": perplexity(m, token_batches(tok, texts[:3], 3, 16)), "capital_acc": 0.0}
+
+    evaluate = {"validation": scores, "test": scores}
+    settings = recipe.MoETrainSettings(steps=6, batch_size=4, lr=3e-3)
+    stop = True
+    with pytest.raises(KeyboardInterrupt):
+        recipe.train_selected(ref, tok, tmp_path / "moe", 0.5, texts, settings, evaluate, tmp_path / "run")
+    stop = False
+    resumed = recipe.train_selected(ref, tok, tmp_path / "moe", 0.5, texts, settings, evaluate, tmp_path / "run")
+    whole = recipe.train_selected(ref, tok, tmp_path / "moe", 0.5, texts, settings, evaluate, tmp_path / "other")
+    assert resumed["resumed_from"] == 6 and whole["resumed_from"] == 0  # the trained experts came from step 6
+    assert resumed["after"] == whole["after"] and resumed["after"]["test"]["ppl"] < resumed["before"]["test"]["ppl"]
+    assert resumed["tokens"] == whole["tokens"] and resumed["seconds"] > 0  # the cost counted before the stop
+
+
 def test_cli_moefy_trains_the_experts_when_asked(tmp_path, capsys):
     import json
 

@@ -12,6 +12,7 @@ from typing import Any, ClassVar, Iterable
 
 import torch
 from torch import nn
+from torch.nn.modules import module as _m  # the global hook registries
 
 
 class Wrapper(nn.Module):
@@ -134,8 +135,6 @@ def unwrap(model: nn.Module, kinds: type | tuple[type, ...] = Wrapper) -> int:
 
 def observed(modules: Iterable[nn.Module | None]) -> bool:
     """True when any of ``modules`` carries a forward hook or pre-hook (someone is watching it)."""
-    from torch.nn.modules import module as _m
-
     if _m._global_forward_hooks or _m._global_forward_pre_hooks:
         return True
     return any(m is not None and (m._forward_hooks or m._forward_pre_hooks) for m in modules)

@@ -16,6 +16,7 @@ from :mod:`plmkit.cache` (see :mod:`plmkit.reproduce.shared`).
 from __future__ import annotations
 
 import copy
+import shutil
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -44,6 +45,9 @@ class MoETrainSettings:
     batch_size: int = 8
     lr: float = 1e-4
     max_length: int = 128
+
+
+CHECKPOINT_EVERY = 50  # training steps between checkpoints (not a setting: results do not depend on it)
 GRID = (("kmeans", "mlp"), ("kmeans", "similarity"), ("coactivation", "mlp"), ("coactivation", "similarity"))
 CATS = "magnitude (CATS)"
 
@@ -166,7 +170,9 @@ def _magnitude_rows(model, tok, calib_texts, S: MoEficationSettings, evaluate, t
 def train_selected(base, tok, moefication_dir, active: float, texts: list[str], settings: MoETrainSettings,
                    evaluate: dict[str, Callable], out_dir, *, seed: int = 0, progress: bool = False) -> dict[str, Any]:
     """A saved MoEfication loaded on a copy of ``base`` at ``active``, scored, trained end to end on ``texts``
-    (experts and routers) and scored again; with the training cost (seconds, real tokens)."""
+    (experts and routers) and scored again; with the training cost (seconds, real tokens, summed over a resume).
+    The training checkpoints in ``out_dir`` every ``CHECKPOINT_EVERY`` steps and continues from there when
+    called again (``resumed_from``: the step it continued from, 0 for one uninterrupted run)."""
     from ..compress.moefication import train_moe
     from ..train import TrainConfig
 
@@ -175,12 +181,14 @@ def train_selected(base, tok, moefication_dir, active: float, texts: list[str], 
     before = {k: f(m) for k, f in evaluate.items()}
     result = train_moe(m, tok, texts, TrainConfig(out_dir=str(out_dir), max_steps=settings.steps,
                                                   batch_size=settings.batch_size, lr=settings.lr,
-                                                  warmup_steps=max(1, settings.steps // 10), resume=False,
-                                                  seed=seed, mixed_precision="no", progress=progress),
+                                                  warmup_steps=max(1, settings.steps // 10), seed=seed,
+                                                  save_every=CHECKPOINT_EVERY, keep_checkpoints=1,
+                                                  mixed_precision="no", progress=progress),
                        max_length=settings.max_length)
     after = {k: f(m) for k, f in evaluate.items()}
     del m
-    return {"active": active, "steps": result.step, "seconds": result.totals.get("seconds"),
+    return {"active": active, "steps": result.step, "resumed_from": result.resumed_from,
+            "seconds": result.totals.get("seconds"),
             "tokens": int(result.totals.get("tokens", 0)), "precision": result.mixed_precision,
             "loss_first": result.losses[0], "loss_last": result.losses[-1], "before": before, "after": after}
 
@@ -244,11 +252,13 @@ def _smollm2(ctx: RecipeContext, S: MoEficationSettings) -> dict[str, Any]:
         for f in S.moe_train.fractions:
             best = _selected_row(out, "silu", f)
             cell = f"silu-{best['split']}-{best['router']}-seed0"
+            name, inputs = f"moe-train-{f:g}", {"base": base_id, "moefication": cell}
+            work = ctx.partial_dir(name, **inputs)  # checkpoints: a stopped run continues the training
             with ctx.phase("MoE training (experts and routers)"):
-                out["trained"].append(ctx.resumable(f"moe-train-{f:g}", lambda cell=cell, f=f: train_selected(
+                out["trained"].append(ctx.resumable(name, lambda cell=cell, f=f, work=work: train_selected(
                     model, tok, ctx.out_dir / "moefications-lm" / cell, f, calib, S.moe_train, evaluate,
-                    ctx.out_dir / f"moe-train-{f:g}", seed=ctx.seed, progress=ctx.progress),
-                    base=base_id, moefication=cell))
+                    work, seed=ctx.seed, progress=ctx.progress), **inputs))
+            shutil.rmtree(work / "checkpoints", ignore_errors=True)  # stored: its checkpoints are not needed
             out["trained"][-1].update(split=best["split"], router=best["router"])
     swapped = relufy(copy.deepcopy(model))
     out["dense"]["relu (no fine-tuning)"] = {k: f(swapped) for k, f in evaluate.items()}

@@ -58,13 +58,21 @@ class RecipeContext:
         takes finished steps from there. ``inputs`` identify what the step reads beyond the settings (e.g. a
         model's :func:`plmkit.cache.model_identity` or a cache entry's key); a step stored under other inputs
         runs again. The runner records the steps taken from the store in ``results["resumed_steps"]``."""
+        return self._store().run(name, fn, inputs)
+
+    def partial_dir(self, name: str, **inputs: Any) -> Path:
+        """Where resumable step ``name`` (with these ``inputs``) keeps its partial state, such as training
+        checkpoints, so that a run stopped in the middle of a long step continues it (``StepStore.partial_dir``)."""
+        return self._store().partial_dir(name, inputs)
+
+    def _store(self) -> Any:
         from ..cache import StepStore
 
         if self._steps is None:
             settings = dataclasses.asdict(self.settings) if dataclasses.is_dataclass(self.settings) else None
             self._steps = StepStore(self.out_dir / "steps", f"recipe-{self.out_dir.name}",
                                     {"quick": self.quick, "seed": self.seed, "settings": settings}, self.resume)
-        return self._steps.run(name, fn, inputs)
+        return self._steps
 
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:

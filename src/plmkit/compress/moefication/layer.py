@@ -169,18 +169,19 @@ class MoEFFN(Wrapper):
         """Activations of experts ``[e0, e1)`` for tokens ``x`` (n, d_model) -> (n, (e1-e0)*s)."""
         e1 = self.experts if e1 is None else e1
         w_t, b, _ = self._views(e0, e1)
+        return self._neurons(x, w_t, b, e1 - e0)
+
+    def _neurons(self, x: torch.Tensor, w_t: torch.Tensor, b: torch.Tensor | None, n_experts: int) -> torch.Tensor:
         h = torch.mm(x, w_t) if b is None else torch.addmm(b, x, w_t)
-        if self.gated:
-            if e1 - e0 == 1:
-                return self._act(h[:, :self.size]) * h[:, self.size:]
-            h = h.view(len(x), e1 - e0, 2, self.size)
-            return (self._act(h[:, :, 0]) * h[:, :, 1]).reshape(len(x), -1)
+        if self.gated:  # unbind: one call for both halves (two __getitem__ cost more at batch 1)
+            gate, up = h.view(len(x), n_experts, 2, self.size).unbind(2)
+            return torch.mul(self._act(gate), up).reshape(len(x), -1)
         return self._act(h)
 
     def _experts(self, x: torch.Tensor, e0: int, e1: int, out: torch.Tensor | None = None) -> torch.Tensor:
         """The summed output of experts ``[e0, e1)``, added into ``out`` when given."""
-        h = self.neurons(x, e0, e1)
-        w_out = self._views(e0, e1)[2]
+        w_t, b, w_out = self._views(e0, e1)
+        h = self._neurons(x, w_t, b, e1 - e0)
         return torch.mm(h, w_out) if out is None else out.addmm_(h, w_out)
 
     def select(self, x: torch.Tensor) -> torch.Tensor:
@@ -206,20 +207,13 @@ class MoEFFN(Wrapper):
         x2 = x.reshape(-1, shape[-1])
         if self._originals is not None and observed(self._originals):
             return self._observed_forward(x)
-        if self.mode == "dense":
+        if self.mode == "sparse" and len(x2) == 1:  # decoding: the hot path, checked first
+            out = self._one_token(x2)
+        elif self.mode == "dense":
             out = self._experts(x2, 0, self.experts)
         elif self.mode == "masked":
             sel = self.select(x2).to(x2.dtype).repeat_interleave(self.size, dim=1)
             out = (self.neurons(x2) * sel) @ self.w_out
-        elif len(x2) == 1:
-            if self.k is not None:
-                idx = sorted(self.router.forward(x2)[0].topk(self.k).indices.tolist())
-            else:
-                idx = self.select(x2)[0].nonzero().flatten().tolist()
-            runs = _runs(idx)
-            out = self._experts(x2, *runs[0])
-            for e0, e1 in runs[1:]:
-                self._experts(x2, e0, e1, out)
         else:
             gate = self._straight_through(x2)
             sel = self.select(x2) if gate is None else select_experts(gate[1], self.k, self.mass)
@@ -232,6 +226,17 @@ class MoEFFN(Wrapper):
         if self.b_out is not None:
             out = out + self.b_out
         return out.view(shape)
+
+    def _one_token(self, x: torch.Tensor) -> torch.Tensor:
+        """One token (1, d_model): each run of adjacent selected experts is one slice of each weight."""
+        if self.k is not None:
+            idx = sorted(self.router.forward(x)[0].topk(self.k).indices.tolist())
+        else:
+            idx = self.select(x)[0].nonzero().flatten().tolist()
+        out = None
+        for e0, e1 in _runs(idx):
+            out = self._experts(x, e0, e1, out)
+        return out
 
     def _straight_through(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
         """While the router trains: (per-token weights equal to 1 that carry the router's gradient, detached

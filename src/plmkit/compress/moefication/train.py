@@ -35,7 +35,8 @@ def train_moe(model: torch.nn.Module, tokenizer, texts: Sequence[str], config: T
     ``arch`` and :func:`unmoefy` see the trained weights), and :func:`save_moefication` then saves them.
 
     plmkit's own callers train in fp32 (``mixed_precision="no"``): on this project's 2-core AMD EPYC a bf16
-    autocast step of SmolLM2 at 25% active ran no faster than an fp32 one (one thread, 8 x 128 tokens).
+    autocast step of SmolLM2 at 25% active ran no faster than an fp32 one (one thread, 8 x 128 tokens), and on
+    the 2-core Xeon with AMX it ran slower (9.4 s against 6.9-7.3 s a step at 50% active, 8 x 128 tokens).
     """
     from ...train.heads import train_lm
 
