@@ -139,11 +139,15 @@ def _grid(base, tok, calib_texts: list[str], S: MoEficationSettings, grid, evalu
             test = []
             if (split, router) == best:
                 for seed in S.seeds:
-                    m = load_moefication(copy.deepcopy(base), save_dir / f"{treatment}-{split}-{router}-seed{seed}")
-                    set_selection(m, active=f)
-                    with ctx.phase("evaluate test"):
-                        test.append(evaluate["test"](m))
-                    del m
+                    cell = f"{treatment}-{split}-{router}-seed{seed}"
+
+                    def score(cell=cell, f=f) -> dict[str, Any]:
+                        m = load_moefication(copy.deepcopy(base), save_dir / cell)
+                        set_selection(m, active=f)
+                        with ctx.phase("evaluate test"):
+                            return evaluate["test"](m)
+
+                    test.append(ctx.resumable(f"{save_name}-{cell}-test-{f:g}", score, base=base_id))
             rows.append({"treatment": treatment, "split": split, "router": router, "active": f,
                          "validation": by_f[f], "test": test, "selected": (split, router) == best})
     return rows, recalls
@@ -193,6 +197,11 @@ def train_selected(base, tok, moefication_dir, active: float, texts: list[str], 
             "loss_first": result.losses[0], "loss_last": result.losses[-1], "before": before, "after": after}
 
 
+def _scores(ctx: RecipeContext, name: str, model, evaluate: dict[str, Callable], base_id: Any) -> dict[str, Any]:
+    """``model`` scored on validation and test, as a resumable step (``base_id`` identifies the model)."""
+    return ctx.resumable(name, lambda: {k: f(model) for k, f in evaluate.items()}, base=base_id)
+
+
 def _cls_accuracy(model, tok, rows: list[dict], max_length: int) -> dict[str, float]:
     """Accuracy, and the share of the most predicted class (near 1 = the model collapsed to one class)."""
     preds = predict_labels(model, tok, [r["text"] for r in rows], max_length=max_length)
@@ -216,7 +225,7 @@ def _minilm(ctx: RecipeContext, S: MoEficationSettings) -> dict[str, Any]:
         evaluate = {"validation": lambda m: _cls_accuracy(m, tok, val, S.max_length),
                     "test": lambda m: _cls_accuracy(m, tok, test, S.max_length)}
         with ctx.phase("evaluate dense"):
-            out["dense"][treatment] = {k: f(model) for k, f in evaluate.items()}
+            out["dense"][treatment] = _scores(ctx, f"dense-{treatment}", model, evaluate, info["key"])
         rows, recalls = _grid(model, tok, calib, S, S.grid, evaluate, treatment, lambda s: s["acc"], ctx,
                               "moefications", info["key"])
         out["rows"] += rows + _magnitude_rows(model, tok, calib, S, evaluate, treatment, ctx, info["key"])
@@ -241,9 +250,9 @@ def _smollm2(ctx: RecipeContext, S: MoEficationSettings) -> dict[str, Any]:
 
     evaluate = {k: scorer(*v) for k, v in parts.items()}
     pick = lambda s: -s["ppl"]  # noqa: E731
-    out: dict[str, Any] = {"rows": [], "recalls": [], "dense": {"silu": {k: f(model) for k, f in evaluate.items()}},
-                           "cache": {}}
     base_id = model_identity("smollm2")
+    out: dict[str, Any] = {"rows": [], "recalls": [], "cache": {},
+                           "dense": {"silu": _scores(ctx, "dense-lm-silu", model, evaluate, base_id)}}
     rows, recalls = _grid(model, tok, calib, S, S.lm_grid, evaluate, "silu", pick, ctx, "moefications-lm", base_id)
     out["rows"] += rows + _magnitude_rows(model, tok, calib, S, evaluate, "silu", ctx, base_id)
     out["recalls"] += recalls
@@ -260,14 +269,13 @@ def _smollm2(ctx: RecipeContext, S: MoEficationSettings) -> dict[str, Any]:
                     work, seed=ctx.seed, progress=ctx.progress), **inputs))
             shutil.rmtree(work / "checkpoints", ignore_errors=True)  # stored: its checkpoints are not needed
             out["trained"][-1].update(split=best["split"], router=best["router"])
-    swapped = relufy(copy.deepcopy(model))
-    out["dense"]["relu (no fine-tuning)"] = {k: f(swapped) for k, f in evaluate.items()}
-    del swapped
+    out["dense"]["relu (no fine-tuning)"] = _scores(ctx, "dense-lm-relu-swap", relufy(copy.deepcopy(model)),
+                                                     evaluate, base_id)
     with ctx.phase("ReLU-fied SmolLM2 (fine-tune or cache)"):
         relu, _, info = relufied_lm(S.relu_lm, progress=ctx.progress)
     out["cache"]["smollm2-relu"] = info
     out["relu_cost"] = info["built_with"]
-    out["dense"]["relu"] = {k: f(relu) for k, f in evaluate.items()}
+    out["dense"]["relu"] = _scores(ctx, "dense-lm-relu", relu, evaluate, info["key"])
     rows, recalls = _grid(relu, tok, calib, S, S.lm_grid, evaluate, "relu", pick, ctx, "moefications-lm",
                           info["key"])
     out["rows"] += rows
