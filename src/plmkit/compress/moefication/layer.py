@@ -173,7 +173,7 @@ class MoEFFN(Wrapper):
 
     def _neurons(self, x: torch.Tensor, w_t: torch.Tensor, b: torch.Tensor | None, n_experts: int) -> torch.Tensor:
         h = torch.mm(x, w_t) if b is None else torch.addmm(b, x, w_t)
-        if self.gated:  # unbind: one call for both halves (two __getitem__ cost more at batch 1)
+        if self.gated:  # each expert's rows are [gate; up]: one unbind splits every expert of the run
             gate, up = h.view(len(x), n_experts, 2, self.size).unbind(2)
             return torch.mul(self._act(gate), up).reshape(len(x), -1)
         return self._act(h)
