@@ -108,7 +108,7 @@ def bf16_is_fast(device: str = "cpu") -> bool:
     instructions (AMX, AVX512-BF16). On such a CPU a measured bf16 matmul (timed in turn with fp32, fastest of
     9) must not be more than 4x slower than fp32, which catches a torch build without the kernels (emulated bf16
     is 26x slower on AVX2-only CPUs, where the flags alone say no). The margin is wide because the answer keys
-    cached models: on the 2-core Xeon with AMX, with a training run on the other core, this matmul took 1.3-2.0x
+    cached models: on the 2-core Xeon with AMX, while a training run used both cores, this matmul took 1.3-2.0x
     the fp32 time, and a 2x limit flipped between runs. ``PLMKIT_BF16=0|1`` forces the answer.
     Decided once per process."""
     forced = os.environ.get("PLMKIT_BF16")
