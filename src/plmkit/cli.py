@@ -549,7 +549,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> None:
             raise PlmkitError(f"unknown recipe{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
                               f"available: {', '.join(recipes)}, or 'all' alone (see `plmkit reproduce --help`)")
     results = run_recipes(args.names, args.out, quick=args.quick, seed=args.seed, progress=not args.no_progress,
-                          resume=not args.no_resume)
+                          resume=not args.no_resume, overrides=args.set or ())
     total = sum(float(r.get("runtime_s", 0)) for r in results)
     print(f"{len(results)} recipe{'s' if len(results) != 1 else ''} in {total:.0f} s; "
           f"report: {Path(args.out).resolve() / 'index.html'}")
@@ -848,6 +848,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-resume", action="store_true",
                    help="run every step again; by default a rerun into the same --out takes the steps an earlier, "
                         "stopped run finished (OUT/NAME/steps/, OUT/NAME/runs/) from there")
+    r.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="change one of the named recipe's settings (repeatable; a.b=V for a nested one, tuples "
+                        "comma-separated, none for None), e.g. --set lm_relu=true; the settings are in its "
+                        "results.json, and such a run is not recorded under docs/results")
     r.set_defaults(fn=_cmd_reproduce)
 
     rep = sub.add_parser("report", help="rebuild index.md/index.html from the results under --out")

@@ -147,3 +147,62 @@ def test_recorded_full_runs_round_trip(tmp_path):
 def test_list_shows_all_eighteen(capsys):
     cli.main(["list"])
     assert len(capsys.readouterr().out.strip().splitlines()) == 19
+
+
+def test_reproduce_set_changes_the_named_recipes_settings_and_is_not_recorded(tmp_path, capsys, monkeypatch):
+    from dataclasses import dataclass
+
+    from plmkit.reproduce import Budgets
+
+    @dataclass(frozen=True)
+    class Inner:
+        steps: int = 3
+
+    @dataclass(frozen=True)
+    class ToySettings:
+        n: int
+        flag: bool = False
+        inner: Inner = Inner()
+
+    def toy(ctx):
+        return {"measured": {"n": ctx.settings.n, "steps": ctx.settings.inner.steps, "flag": int(ctx.settings.flag)}}
+
+    toy.__module__ = "plmkit.reproduce.toy_set"  # as a built-in recipe, whose full runs are recorded
+    recipe("toy-set", "Toy", system="moefication", paper_claim="x", citation="none",
+           budgets=Budgets(quick=ToySettings(1), full=ToySettings(10)))(toy)
+    monkeypatch.setenv("PLMKIT_RESULTS_DIR", str(tmp_path / "rec"))
+    try:
+        cli.main(["reproduce", "toy-set", "--out", str(tmp_path / "a"), "--no-progress",
+                  "--set", "n=7", "--set", "inner.steps=5", "--set", "flag=true"])
+        res = json.loads((tmp_path / "a" / "toy-set" / "results.json").read_text())
+        assert res["measured"] == {"n": 7, "steps": 5, "flag": 1} and res["settings"]["inner"] == {"steps": 5}
+        assert res["overrides"] == ["n=7", "inner.steps=5", "flag=true"] and "--set inner.steps=5" in res["command"]
+        assert not (tmp_path / "rec").exists()  # not the recipe's budget: not recorded
+        cli.main(["reproduce", "toy-set", "--out", str(tmp_path / "b"), "--no-progress"])
+        assert json.loads((tmp_path / "rec" / "toy-set.json").read_text())["measured"]["n"] == 10
+        capsys.readouterr()
+        for argv, message in ((["--set", "m=1"], "unknown setting 'm'; known: n, flag, inner"),
+                              (["--set", "flag=maybe"], "'flag': expected true or false"),
+                              (["--set", "n"], "write KEY=VALUE"),
+                              (["--set", "n.x=1"], "'n.x': n is 10, not a group of settings"),
+                              (["sparsity", "--set", "n=1"], "name that recipe alone")):
+            with pytest.raises(SystemExit) as e:
+                cli.main(["reproduce", "toy-set", *argv, "--out", str(tmp_path / "c")])
+            err = capsys.readouterr().err
+            assert e.value.code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+        assert not (tmp_path / "c").exists()  # refused before anything ran
+    finally:
+        RECIPES.pop("toy-set")
+
+
+def test_settings_overrides_take_each_fields_type():
+    from plmkit.config import override_settings
+    from plmkit.errors import ConfigError
+    from plmkit.reproduce.moefication import FULL
+
+    s = override_settings(FULL, ["fractions=0.125, 0.5", "moe_train.steps=100", "lm_relu=yes", "n_test=none"])
+    assert s.fractions == (0.125, 0.5) and s.moe_train.steps == 100 and s.lm_relu is True and s.n_test is None
+    assert FULL.moe_train.steps == 500 and FULL.lm_relu is False  # the budget itself is unchanged
+    assert override_settings(FULL, ["moe_train=none"]).moe_train is None
+    with pytest.raises(ConfigError, match="'seeds': expected int, got 'a'"):
+        override_settings(FULL, ["seeds=0,a"])

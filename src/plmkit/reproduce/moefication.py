@@ -5,7 +5,8 @@
   then the selected MoEfication trained end to end (experts and routers, :func:`train_moe`) at 50% and 25%
   active, with the training cost.
 For each split (balanced k-means, co-activation) x router (MLP, similarity) x activation treatment
-(original GELU/SiLU, ReLU-fied + short fine-tuning), at several active fractions of experts; and
+(original GELU/SiLU, ReLU-fied + short fine-tuning; for SmolLM2 only with ``lm_relu``, which the full budget
+leaves off), at several active fractions of experts; and
 CATS-style neuron magnitude masks at the same fractions (quality only, no speed path).
 
 Honest selection: the best split x router per active fraction is chosen on a validation split and
@@ -84,7 +85,7 @@ FULL = MoEficationSettings(seeds=(0, 1, 2), fractions=(0.125, 0.25, 0.5), treatm
                            classifier_steps=400, classifier_lr=1e-4, max_length=128, n_validation=None, n_test=None,
                            router_steps=400,
                            calib_tokens=8192, smollm2=True, moe_train=MoETrainSettings(),
-                           lm_relu=False)  # the ReLU-fied SmolLM2 adds about an hour on 2 cores: --set lm_relu=true
+                           lm_relu=False)  # --set lm_relu=true: + a 400-step SmolLM2 fine-tune and 12 grid cells
 
 
 def _mean(xs: list[float]) -> float:

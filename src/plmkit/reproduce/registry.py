@@ -16,15 +16,17 @@ import importlib
 import os
 import pkgutil
 import platform
+import shlex
 import subprocess
 import sys
 import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Generic, Iterator, TypeVar
+from typing import Any, Callable, Generic, Iterator, Sequence, TypeVar
 
 from .._io import write_json, write_text
+from ..config import override_settings
 from ..errors import ConfigError, PlmkitError
 
 S = TypeVar("S")
@@ -176,12 +178,15 @@ def print_done(res: dict[str, Any]) -> None:
 
 
 def run_recipe(recipe_: Recipe, out_dir: str | Path, quick: bool = True, seed: int = 0,
-               progress: bool = True, resume: bool = True) -> dict[str, Any]:
+               progress: bool = True, resume: bool = True, overrides: Sequence[str] = ()) -> dict[str, Any]:
     """Run one recipe, writing DIR/<name>/results.json; a failure is recorded there (status "failed",
     error.txt with the traceback) rather than raised. ``resume=False`` runs every step again rather than taking
-    finished ones from an earlier, stopped run (:meth:`RecipeContext.resumable`)."""
+    finished ones from an earlier, stopped run (:meth:`RecipeContext.resumable`). ``overrides``: ``KEY=VALUE``
+    changes to the budget's settings (:func:`plmkit.config.override_settings`), recorded in the results."""
     out = Path(out_dir)
     settings = recipe_.budgets.pick(quick) if recipe_.budgets else None
+    if overrides:
+        settings = override_settings(settings, overrides)
     ctx = RecipeContext(out / recipe_.name, quick, seed, progress, settings, resume=resume)
     ctx.out_dir.mkdir(parents=True, exist_ok=True)
     (ctx.out_dir / "error.txt").unlink(missing_ok=True)
@@ -198,7 +203,9 @@ def run_recipe(recipe_: Recipe, out_dir: str | Path, quick: bool = True, seed: i
         "name": recipe_.name, "title": recipe_.title, "system": recipe_.system, "paper_claim": recipe_.paper_claim,
         "citation": recipe_.citation, "quick": quick, "budget": "quick" if quick else "full", "seed": seed,
         "status": status, **({"error": error} if error else {}),
-        "command": f"plmkit reproduce {recipe_.name}{' --quick' if quick else ''} --out {out}",
+        "command": f"plmkit reproduce {recipe_.name}{' --quick' if quick else ''} --out {out}"
+                   + "".join(f" --set {shlex.quote(o)}" for o in overrides),
+        **({"overrides": list(overrides)} if overrides else {}),
         "date": started.isoformat(timespec="seconds"), "out_dir": str(ctx.out_dir),
         "runtime_s": round(time.perf_counter() - t0, 1), "phases_s": ctx.phases,
         "environment": {**env, "loadavg_end": [round(x, 2) for x in os.getloadavg()]},
@@ -217,13 +224,15 @@ def run_recipe(recipe_: Recipe, out_dir: str | Path, quick: bool = True, seed: i
 
 def run_recipes(names: list[str] | None, out_dir: str | Path, quick: bool = True, seed: int = 0,
                 progress: bool = True, on_done: Callable[[dict[str, Any]], None] | None = print_done,
-                record_dir: str | Path | None = "auto", resume: bool = True) -> list[dict[str, Any]]:
+                record_dir: str | Path | None = "auto", resume: bool = True,
+                overrides: Sequence[str] = ()) -> list[dict[str, Any]]:
     """Run recipes (all when ``names`` is empty or ``["all"]``), writing DIR/<name>/results.json and the report.
 
     ``on_done(results)`` is called as each recipe finishes (default: print its time). A successful full
     run of a built-in recipe is also recorded as ``record_dir/NAME.json`` (``"auto"``: the checkout's
-    docs/results; None: not recorded). ``resume``: see :func:`run_recipe`. Raises PlmkitError after the report is
-    written if any recipe failed.
+    docs/results; None: not recorded). ``resume``: see :func:`run_recipe`. ``overrides`` (``KEY=VALUE``) change
+    the settings of the one recipe named; such a run is not the recipe's budget, so it is not recorded. Raises
+    PlmkitError after the report is written if any recipe failed.
     """
     from ..report import write_report
     from ..report.records import record_full_run, recorded_dir
@@ -231,11 +240,17 @@ def run_recipes(names: list[str] | None, out_dir: str | Path, quick: bool = True
     recipes = load_recipes()
     names = list(recipes) if not names or names == ["all"] else list(dict.fromkeys(names))
     chosen = [get_recipe(n) for n in names]  # every name checked before anything runs
+    if overrides:
+        if len(chosen) != 1:
+            raise ConfigError("--set changes one recipe's settings: name that recipe alone, "
+                              "e.g. `plmkit reproduce moefication --set lm_relu=true`")
+        override_settings(chosen[0].budgets.pick(quick) if chosen[0].budgets else None, overrides)  # checked early
     record = recorded_dir() if record_dir == "auto" else (Path(record_dir) if record_dir else None)
     results = []
     for r in chosen:
-        res = run_recipe(r, out_dir, quick, seed, progress, resume)
-        if not quick and res["status"] == "ok" and record and r.run.__module__.startswith(f"{__package__}."):
+        res = run_recipe(r, out_dir, quick, seed, progress, resume, overrides)
+        if (not quick and not overrides and res["status"] == "ok" and record
+                and r.run.__module__.startswith(f"{__package__}.")):
             record_full_run(res, record)
         results.append(res)
         if on_done:
