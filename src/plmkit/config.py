@@ -58,6 +58,8 @@ def _parse_like(text: str, current: Any, where: str) -> Any:
             return t.lower() in _TRUE
         raise ConfigError(f"setting {where!r}: expected true or false, got {text!r}")
     if isinstance(current, tuple):
+        if current and isinstance(current[0], (tuple, list)):
+            raise ConfigError(f"setting {where!r}: a tuple of tuples cannot be set from text; change it in Python")
         items = [s for s in t.split(",") if s.strip()]
         return tuple(_parse_like(s, current[0], where) if current else s.strip() for s in items)
     for kind in (int, float):

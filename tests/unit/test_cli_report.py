@@ -206,3 +206,5 @@ def test_settings_overrides_take_each_fields_type():
     assert override_settings(FULL, ["moe_train=none"]).moe_train is None
     with pytest.raises(ConfigError, match="'seeds': expected int, got 'a'"):
         override_settings(FULL, ["seeds=0,a"])
+    with pytest.raises(ConfigError, match="'grid': a tuple of tuples cannot be set"):
+        override_settings(FULL, ["grid=kmeans,mlp"])
