@@ -391,7 +391,7 @@ def run(ctx: RecipeContext) -> dict[str, Any]:
                      + (f"; ReLU swap without training ppl {d['relu (no fine-tuning)']['test']['ppl']:.0f}; after "
                         f"{S.relu_lm.steps} steps ({lm['relu_cost'].get('tokens', 0):,} tokens) ppl "
                         f"{d['relu']['test']['ppl']:.1f} / acc {d['relu']['test']['capital_acc']:.3f}"
-                        if "relu" in d else ""),
+                        if S.lm_relu else ""),
             "columns": ["activation", "split", "router", "active", "selected on validation", "validation ppl",
                         "test ppl", "test capital acc", "seeds"],
             "rows": table_rows(lm, lm_cells)})
@@ -426,9 +426,9 @@ def run(ctx: RecipeContext) -> dict[str, Any]:
             measured[f"minilm.{t}.cats_test_retained@{f:g}"] = cats["test"][0]["acc"] / dense[t]["test"]["acc"]
     if lm:
         measured["smollm2.dense_test_ppl"] = lm["dense"]["silu"]["test"]["ppl"]
-        if "relu" in lm["dense"]:
+        if S.lm_relu:
             measured["smollm2.relu_ft_test_ppl"] = lm["dense"]["relu"]["test"]["ppl"]
-        for t in ("silu", "relu") if "relu" in lm["dense"] else ("silu",):
+        for t in ("silu", "relu") if S.lm_relu else ("silu",):
             for f in S.fractions:
                 best = _selected_row(lm, t, f)
                 measured[f"smollm2.{t}.selected_test_ppl@{f:g}"] = _mean([s["ppl"] for s in best["test"]])
